@@ -1,0 +1,5 @@
+//! CPU primitives: f32 compute, rayon for parallel loops, GEMM through the `gemm` crate.
+
+mod matmul;
+
+pub use matmul::{matmul, Transpose};

@@ -1,0 +1,3 @@
+//! Device backends: the primitives ops are built from.
+
+pub mod cpu;

@@ -1,0 +1,3 @@
+fn main() {
+    println!("scotd {}", env!("CARGO_PKG_VERSION"));
+}

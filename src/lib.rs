@@ -1,0 +1,14 @@
+//! scotd: a from-scratch tensor and autograd engine for the Qwen2/Llama architecture,
+//! with a reasoning-distillation pipeline on top. See README.md and DESIGN.md.
+
+pub mod autograd;
+pub mod backend;
+pub mod error;
+pub mod model;
+pub mod ops;
+pub mod optim;
+pub mod rng;
+pub mod tensor;
+
+pub use error::{Error, Result};
+pub use tensor::{DType, Device, Shape, Tensor};

@@ -1,0 +1,1 @@
+//! Qwen2 / Llama models: config, weights, forward.

@@ -1,0 +1,43 @@
+//! The ops of the Qwen2/Llama architecture. One folder per op: `mod.rs` holds the public
+//! function (shape checks, dispatch, the backward registered on the tape) and `cpu.rs`
+//! the reference implementation every other backend is tested against.
+
+pub mod add;
+
+pub use add::add;
+
+use crate::{DType, Device, Error, Result, Tensor};
+
+/// Every op on the CPU computes in f32; this names the op and the offending tensor.
+pub(crate) fn expect_f32(op: &'static str, tensors: &[&Tensor]) -> Result<()> {
+    for t in tensors {
+        if t.device() != Device::Cpu {
+            return Err(Error::Device(
+                t.device(),
+                format!("{op} runs on the CPU only in this build"),
+            ));
+        }
+        if t.dtype() != DType::F32 {
+            return Err(Error::DType {
+                op,
+                got: t.dtype(),
+                expected: "F32 (convert with to_dtype(DType::F32))",
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Checks that a tensor has exactly `rank` dimensions.
+pub(crate) fn expect_rank(op: &'static str, name: &str, t: &Tensor, rank: usize) -> Result<()> {
+    if t.shape().rank() != rank {
+        return Err(Error::shape(
+            op,
+            format!(
+                "{name} must have {rank} dimensions, got shape {}",
+                t.shape()
+            ),
+        ));
+    }
+    Ok(())
+}
