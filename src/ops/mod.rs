@@ -3,8 +3,14 @@
 //! the reference implementation every other backend is tested against.
 
 pub mod add;
+pub mod embedding;
+pub mod rmsnorm;
+pub mod swiglu;
 
 pub use add::add;
+pub use embedding::embedding;
+pub use rmsnorm::rmsnorm;
+pub use swiglu::swiglu;
 
 use crate::{DType, Device, Error, Result, Tensor};
 
