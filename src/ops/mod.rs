@@ -3,8 +3,12 @@
 //! the reference implementation every other backend is tested against.
 
 pub mod add;
+pub mod cross_entropy;
+pub mod linear;
 
 pub use add::add;
+pub use cross_entropy::{cross_entropy, Reduction, IGNORE_INDEX};
+pub use linear::linear;
 
 use crate::{DType, Device, Error, Result, Tensor};
 
