@@ -3,12 +3,16 @@
 //! the reference implementation every other backend is tested against.
 
 pub mod add;
+pub mod cross_entropy;
 pub mod embedding;
+pub mod linear;
 pub mod rmsnorm;
 pub mod swiglu;
 
 pub use add::add;
+pub use cross_entropy::{cross_entropy, Reduction, IGNORE_INDEX};
 pub use embedding::embedding;
+pub use linear::linear;
 pub use rmsnorm::rmsnorm;
 pub use swiglu::swiglu;
 

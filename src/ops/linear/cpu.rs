@@ -1,0 +1,84 @@
+//! CPU reference for linear: every product goes through the GEMM primitive, with the
+//! weight's transpose expressed as strides; the bias gradient is a deterministic f64
+//! column sum.
+
+use rayon::prelude::*;
+
+use crate::backend::cpu::{matmul, Transpose};
+
+/// Columns summed by one task of `bias_grad`: contiguous enough per row to stream
+/// well, small enough to spread a hidden-size bias over the cores.
+const BIAS_COLUMNS_PER_TASK: usize = 128;
+
+/// `y = x · Wᵀ (+ b)`: x is rows×k, W is m×k (out × in), y is rows×m.
+pub fn linear_forward(
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    (rows, k, m): (usize, usize, usize),
+) -> Vec<f32> {
+    let mut y = vec![0.0; rows * m];
+    // Starting from the broadcast bias lets the GEMM add the product in its own pass.
+    if let Some(b) = bias {
+        y.par_chunks_mut(m.max(1))
+            .for_each(|row| row.copy_from_slice(b));
+    }
+    matmul(
+        &mut y,
+        x,
+        Transpose::No,
+        weight,
+        Transpose::Yes,
+        (rows, m, k),
+        bias.is_some(),
+    );
+    y
+}
+
+/// `dx = dy · W`: rows×k.
+pub fn input_grad(dy: &[f32], weight: &[f32], (rows, k, m): (usize, usize, usize)) -> Vec<f32> {
+    let mut dx = vec![0.0; rows * k];
+    matmul(
+        &mut dx,
+        dy,
+        Transpose::No,
+        weight,
+        Transpose::No,
+        (rows, k, m),
+        false,
+    );
+    dx
+}
+
+/// `dW = dyᵀ · x`: m×k, summed over every row.
+pub fn weight_grad(dy: &[f32], x: &[f32], (rows, k, m): (usize, usize, usize)) -> Vec<f32> {
+    let mut dw = vec![0.0; m * k];
+    matmul(
+        &mut dw,
+        dy,
+        Transpose::Yes,
+        x,
+        Transpose::No,
+        (m, k, rows),
+        false,
+    );
+    dw
+}
+
+/// `db = Σ_rows dy`: each task owns a block of columns and sums the rows in order, in
+/// f64, so the result does not depend on scheduling.
+pub fn bias_grad(dy: &[f32], rows: usize, m: usize) -> Vec<f32> {
+    let mut db = vec![0.0; m];
+    db.par_chunks_mut(BIAS_COLUMNS_PER_TASK)
+        .enumerate()
+        .for_each(|(task, out)| {
+            let first = task * BIAS_COLUMNS_PER_TASK;
+            let mut acc = vec![0.0f64; out.len()];
+            for r in 0..rows {
+                let row = &dy[r * m + first..r * m + first + out.len()];
+                acc.iter_mut().zip(row).for_each(|(a, &g)| *a += g as f64);
+            }
+            out.iter_mut().zip(&acc).for_each(|(o, &a)| *o = a as f32);
+        });
+    db
+}

@@ -1,0 +1,123 @@
+//! Linear layer in Hugging Face's nn.Linear layout: `y = x · Wᵀ + b` with W stored
+//! [out, in]. Every projection of the model (q/k/v/o, the MLP, the LM head) is one, so
+//! this is where training time goes: all three products are single GEMM calls.
+
+mod cpu;
+
+use crate::autograd::Backward;
+use crate::tensor::Storage;
+use crate::{Error, Result, Shape, Tensor};
+
+/// `x · weightᵀ + bias`: x [..., K], weight [M, K], bias [M] → [..., M].
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let dims = check_shapes(x, weight, bias)?;
+    let mut inputs = vec![x, weight];
+    inputs.extend(bias);
+    super::expect_f32("linear", &inputs)?;
+
+    let y = {
+        let bias_data = bias.map(|b| b.read_f32()).transpose()?;
+        cpu::linear_forward(
+            &x.read_f32()?,
+            &weight.read_f32()?,
+            bias_data.as_deref(),
+            dims,
+        )
+    };
+    let mut out_dims = x.dims().to_vec();
+    *out_dims.last_mut().expect("x has rank >= 1") = dims.2;
+    Ok(Tensor::from_op(
+        Storage::F32(y),
+        Shape::from(out_dims),
+        &inputs,
+        LinearBackward { dims },
+    ))
+}
+
+/// Validates the operands and returns (rows, K, M).
+fn check_shapes(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<(usize, usize, usize)> {
+    if x.shape().rank() == 0 {
+        return Err(Error::shape(
+            "linear",
+            "x must have at least one dimension [..., in_features], got a scalar",
+        ));
+    }
+    super::expect_rank("linear", "weight [out_features, in_features]", weight, 2)?;
+    let (m, k) = (weight.dims()[0], weight.dims()[1]);
+    let x_k = x.shape().dim(-1);
+    if x_k != k {
+        return Err(Error::shape(
+            "linear",
+            format!(
+                "x {} has {x_k} input features but weight {} expects {k}",
+                x.shape(),
+                weight.shape()
+            ),
+        ));
+    }
+    if let Some(b) = bias {
+        if b.dims() != [m] {
+            return Err(Error::shape(
+                "linear",
+                format!(
+                    "bias must have shape [{m}] to match weight {}, got {}",
+                    weight.shape(),
+                    b.shape()
+                ),
+            ));
+        }
+    }
+    Ok((x.shape().rows(), k, m))
+}
+
+/// Needs only the inputs (x, W), which the tape keeps anyway, and the problem size.
+struct LinearBackward {
+    dims: (usize, usize, usize),
+}
+
+impl Backward for LinearBackward {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+
+    fn backward(&self, inputs: &[Tensor], grad_output: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let (x, weight) = (&inputs[0], &inputs[1]);
+        let (rows, _, m) = self.dims;
+        let dy = grad_output.read_f32()?;
+        if dy.len() != rows * m {
+            return Err(Error::Autograd(format!(
+                "linear: output gradient has shape {}, expected {rows} rows of {m}",
+                grad_output.shape()
+            )));
+        }
+        // Frozen operands (a teacher's weights, an input without history) cost no GEMM.
+        let dx = if x.requires_grad() {
+            let dx = cpu::input_grad(&dy, &weight.read_f32()?, self.dims);
+            Some(Tensor::from_vec(dx, x.shape().clone())?)
+        } else {
+            None
+        };
+        let dw = if weight.requires_grad() {
+            let dw = cpu::weight_grad(&dy, &x.read_f32()?, self.dims);
+            Some(Tensor::from_vec(dw, weight.shape().clone())?)
+        } else {
+            None
+        };
+        let mut grads = vec![dx, dw];
+        if let Some(b) = inputs.get(2) {
+            let db = b.requires_grad().then(|| cpu::bias_grad(&dy, rows, m));
+            grads.push(
+                db.map(|db| Tensor::from_vec(db, b.shape().clone()))
+                    .transpose()?,
+            );
+        }
+        Ok(grads)
+    }
+}
+
+#[cfg(test)]
+mod tests;
