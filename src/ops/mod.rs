@@ -3,8 +3,12 @@
 //! the reference implementation every other backend is tested against.
 
 pub mod add;
+pub mod attention;
+pub mod rope;
 
 pub use add::add;
+pub use attention::attention;
+pub use rope::rope;
 
 use crate::{DType, Device, Error, Result, Tensor};
 
