@@ -3,17 +3,21 @@
 //! the reference implementation every other backend is tested against.
 
 pub mod add;
+pub mod attention;
 pub mod cross_entropy;
 pub mod embedding;
 pub mod linear;
 pub mod rmsnorm;
+pub mod rope;
 pub mod swiglu;
 
 pub use add::add;
+pub use attention::attention;
 pub use cross_entropy::{cross_entropy, Reduction, IGNORE_INDEX};
 pub use embedding::embedding;
 pub use linear::linear;
 pub use rmsnorm::rmsnorm;
+pub use rope::rope;
 pub use swiglu::swiglu;
 
 use crate::{DType, Device, Error, Result, Tensor};
