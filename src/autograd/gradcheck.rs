@@ -67,7 +67,8 @@ where
             let numeric = ((eval(cfg.eps)? - eval(-cfg.eps)?) / (2.0 * cfg.eps as f64)) as f32;
             let a = analytic[j];
             let tol = cfg.atol + cfg.rtol * a.abs().max(numeric.abs());
-            if !((a - numeric).abs() <= tol) {
+            // Written so that a NaN on either side fails the check.
+            if (a - numeric).abs().is_nan() || (a - numeric).abs() > tol {
                 return Err(Error::Autograd(format!(
                     "gradcheck: input {i} (shape {}), element {j}: backward gives {a}, finite difference gives {numeric}",
                     p.shape()

@@ -1,1 +1,264 @@
-//! Qwen2 / Llama models: config, weights, forward.
+//! Qwen2 / Llama decoder-only models: config, weights, forward. The forward is written
+//! once in terms of ops, so it runs with or without the tape (training or inference).
+
+mod batch;
+mod config;
+mod weights;
+
+pub use batch::Batch;
+pub use config::{Architecture, ModelConfig};
+pub use weights::{save_safetensors, Weights};
+
+use std::path::Path;
+
+use crate::ops::{self, Reduction};
+use crate::rng::Rng;
+use crate::{Result, Tensor};
+
+/// A linear layer's parameters, in Hugging Face layout (weight [out, in]).
+#[derive(Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        ops::linear(x, &self.weight, self.bias.as_ref())
+    }
+}
+
+#[derive(Clone)]
+pub struct Layer {
+    pub input_layernorm: Tensor,
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    pub post_attention_layernorm: Tensor,
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+#[derive(Clone)]
+pub struct Model {
+    pub config: ModelConfig,
+    pub embed_tokens: Tensor,
+    pub layers: Vec<Layer>,
+    pub norm: Tensor,
+    /// `None` when the output projection is tied to the embedding.
+    pub lm_head: Option<Tensor>,
+}
+
+/// Where each parameter lives under its Hugging Face name, with its shape. The one
+/// place that knows the checkpoint layout: loading, random init and saving all use it.
+fn parameter_layout(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let (d, dh, i) = (c.hidden_size, c.head_dim, c.intermediate_size);
+    let q = c.num_attention_heads * dh;
+    let kv = c.num_key_value_heads * dh;
+    let mut out = vec![(
+        "model.embed_tokens.weight".to_string(),
+        vec![c.vocab_size, d],
+    )];
+    for l in 0..c.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        out.push((format!("{p}.input_layernorm.weight"), vec![d]));
+        for (name, rows) in [("q_proj", q), ("k_proj", kv), ("v_proj", kv)] {
+            out.push((format!("{p}.self_attn.{name}.weight"), vec![rows, d]));
+            if c.qkv_bias {
+                out.push((format!("{p}.self_attn.{name}.bias"), vec![rows]));
+            }
+        }
+        out.push((format!("{p}.self_attn.o_proj.weight"), vec![d, q]));
+        if c.o_bias {
+            out.push((format!("{p}.self_attn.o_proj.bias"), vec![d]));
+        }
+        out.push((format!("{p}.post_attention_layernorm.weight"), vec![d]));
+        out.push((format!("{p}.mlp.gate_proj.weight"), vec![i, d]));
+        out.push((format!("{p}.mlp.up_proj.weight"), vec![i, d]));
+        out.push((format!("{p}.mlp.down_proj.weight"), vec![d, i]));
+    }
+    out.push(("model.norm.weight".to_string(), vec![d]));
+    if !c.tie_word_embeddings {
+        out.push(("lm_head.weight".to_string(), vec![c.vocab_size, d]));
+    }
+    out
+}
+
+/// Parameters by name while a model is assembled from them.
+#[derive(Default)]
+struct NamedParams(std::collections::HashMap<String, Tensor>);
+
+impl NamedParams {
+    fn take(&mut self, name: &str) -> Tensor {
+        self.0
+            .remove(name)
+            .expect("every name asked for comes from parameter_layout")
+    }
+
+    fn linear(&mut self, prefix: &str, bias: bool) -> Linear {
+        Linear {
+            weight: self.take(&format!("{prefix}.weight")),
+            bias: bias.then(|| self.take(&format!("{prefix}.bias"))),
+        }
+    }
+}
+
+impl Model {
+    /// Loads `dir/config.json` and the safetensors weights beside it, as f32 parameters.
+    pub fn load(dir: &Path) -> Result<Model> {
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let weights = Weights::open(dir)?;
+        Self::from_named(config, |name, shape| weights.read(name, shape))
+    }
+
+    /// A model with random weights (normal, std 0.02; norms at 1), for tests and benchmarks.
+    pub fn random(config: ModelConfig, seed: u64) -> Model {
+        let mut rng = Rng::new(seed);
+        Self::from_named(config, |name, shape| {
+            let n: usize = shape.iter().product();
+            let data = if name.ends_with("norm.weight") {
+                vec![1.0; n]
+            } else if name.ends_with(".bias") {
+                vec![0.0; n]
+            } else {
+                rng.normal_vec(n, 0.02)
+            };
+            Tensor::from_vec(data, shape.to_vec())
+        })
+        .expect("random init builds tensors of exactly the layout's shapes")
+    }
+
+    fn from_named(
+        config: ModelConfig,
+        mut get: impl FnMut(&str, &[usize]) -> Result<Tensor>,
+    ) -> Result<Model> {
+        let mut params = NamedParams::default();
+        for (name, shape) in parameter_layout(&config) {
+            let t = get(&name, &shape)?.into_param();
+            params.0.insert(name, t);
+        }
+        let layers = (0..config.num_hidden_layers)
+            .map(|l| {
+                let p = format!("model.layers.{l}");
+                Layer {
+                    input_layernorm: params.take(&format!("{p}.input_layernorm.weight")),
+                    q_proj: params.linear(&format!("{p}.self_attn.q_proj"), config.qkv_bias),
+                    k_proj: params.linear(&format!("{p}.self_attn.k_proj"), config.qkv_bias),
+                    v_proj: params.linear(&format!("{p}.self_attn.v_proj"), config.qkv_bias),
+                    o_proj: params.linear(&format!("{p}.self_attn.o_proj"), config.o_bias),
+                    post_attention_layernorm: params
+                        .take(&format!("{p}.post_attention_layernorm.weight")),
+                    gate_proj: params.linear(&format!("{p}.mlp.gate_proj"), false),
+                    up_proj: params.linear(&format!("{p}.mlp.up_proj"), false),
+                    down_proj: params.linear(&format!("{p}.mlp.down_proj"), false),
+                }
+            })
+            .collect();
+        Ok(Model {
+            embed_tokens: params.take("model.embed_tokens.weight"),
+            layers,
+            norm: params.take("model.norm.weight"),
+            lm_head: (!config.tie_word_embeddings).then(|| params.take("lm_head.weight")),
+            config,
+        })
+    }
+
+    /// Every parameter under its Hugging Face name, in checkpoint order.
+    pub fn parameters(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            self.embed_tokens.clone(),
+        )];
+        let push_linear = |out: &mut Vec<(String, Tensor)>, name: String, lin: &Linear| {
+            out.push((format!("{name}.weight"), lin.weight.clone()));
+            if let Some(b) = &lin.bias {
+                out.push((format!("{name}.bias"), b.clone()));
+            }
+        };
+        for (l, layer) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{l}");
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                layer.input_layernorm.clone(),
+            ));
+            push_linear(&mut out, format!("{p}.self_attn.q_proj"), &layer.q_proj);
+            push_linear(&mut out, format!("{p}.self_attn.k_proj"), &layer.k_proj);
+            push_linear(&mut out, format!("{p}.self_attn.v_proj"), &layer.v_proj);
+            push_linear(&mut out, format!("{p}.self_attn.o_proj"), &layer.o_proj);
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                layer.post_attention_layernorm.clone(),
+            ));
+            push_linear(&mut out, format!("{p}.mlp.gate_proj"), &layer.gate_proj);
+            push_linear(&mut out, format!("{p}.mlp.up_proj"), &layer.up_proj);
+            push_linear(&mut out, format!("{p}.mlp.down_proj"), &layer.down_proj);
+        }
+        out.push(("model.norm.weight".to_string(), self.norm.clone()));
+        if let Some(h) = &self.lm_head {
+            out.push(("lm_head.weight".to_string(), h.clone()));
+        }
+        out
+    }
+
+    /// Writes a Hugging Face checkpoint folder: `config.json` and `model.safetensors`
+    /// (f32), each atomically.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let config =
+            serde_json::to_vec_pretty(&self.config.to_hf_json()).expect("a JSON value serialises");
+        crate::io::write_atomic(&dir.join("config.json"), &config)?;
+        save_safetensors(&dir.join("model.safetensors"), &self.parameters())
+    }
+
+    /// Hidden states after the final norm, [B*T, hidden].
+    pub fn hidden_states(&self, batch: &Batch) -> Result<Tensor> {
+        let mut x = ops::embedding(&self.embed_tokens, &batch.input_ids)?;
+        for layer in &self.layers {
+            x = self.layer_forward(layer, &x, batch)?;
+        }
+        ops::rmsnorm(&x, &self.norm, self.config.rms_norm_eps)
+    }
+
+    /// Logits [B, T, vocab].
+    pub fn forward(&self, batch: &Batch) -> Result<Tensor> {
+        let h = self.hidden_states(batch)?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        ops::linear(&h, head, None)?.reshape([
+            batch.batch_size,
+            batch.seq_len,
+            self.config.vocab_size,
+        ])
+    }
+
+    /// Cross-entropy of the logits against `targets` (one per token, -100 = ignored).
+    pub fn loss(&self, batch: &Batch, targets: &[i64], reduction: Reduction) -> Result<Tensor> {
+        let logits = self.forward(batch)?;
+        ops::cross_entropy(&logits, targets, reduction)
+    }
+
+    fn layer_forward(&self, layer: &Layer, x: &Tensor, batch: &Batch) -> Result<Tensor> {
+        let c = &self.config;
+        let (b, t, dh) = (batch.batch_size, batch.seq_len, c.head_dim);
+        let h = ops::rmsnorm(x, &layer.input_layernorm, c.rms_norm_eps)?;
+        let heads = |lin: &Linear, n_heads: usize, rotate: bool| -> Result<Tensor> {
+            let y = lin.forward(&h)?.reshape([b * t, n_heads, dh])?;
+            let y = if rotate {
+                ops::rope(&y, &batch.positions, c.rope_theta)?
+            } else {
+                y
+            };
+            y.reshape([b, t, n_heads, dh])
+        };
+        let q = heads(&layer.q_proj, c.num_attention_heads, true)?;
+        let k = heads(&layer.k_proj, c.num_key_value_heads, true)?;
+        let v = heads(&layer.v_proj, c.num_key_value_heads, false)?;
+        let attn = ops::attention(&q, &k, &v, batch.segments.as_deref())?;
+        let attn = attn.reshape([b * t, c.num_attention_heads * dh])?;
+        let x = ops::add(x, &layer.o_proj.forward(&attn)?)?;
+
+        let h = ops::rmsnorm(&x, &layer.post_attention_layernorm, c.rms_norm_eps)?;
+        let act = ops::swiglu(&layer.gate_proj.forward(&h)?, &layer.up_proj.forward(&h)?)?;
+        ops::add(&x, &layer.down_proj.forward(&act)?)
+    }
+}
