@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# gpu-check.sh: every check and benchmark scotd runs on a GPU machine, in one go.
+#
+# Run it on a machine with CUDA, PyTorch and transformers (no Rust needed):
+#
+#     tools/gpu-check.sh "$OUT"            # the real run (estimated 1 to 2 minutes on an H100)
+#     tools/gpu-check.sh --smoke "$OUT"    # tiny shapes, CPU allowed: tests this script anywhere
+#
+# It writes its report into OUT (created if missing), a handful of files only:
+#   env.txt          nvidia-smi, nvcc, Python / PyTorch / transformers versions
+#   gpu-check.log    the output of every section, as it ran
+#   summary.txt      one line per section: ok / FAILED (exit status), seconds
+#   torch_gpu.json   PyTorch reference numbers (tools/bench_torch_gpu.py), and torch_gpu.md, its tables
+#
+# Each section runs in its own subshell: a failing section is recorded and the next one
+# still runs. The script exits 1 if any section failed, 2 on bad usage.
+#
+# Environment:
+#   PYTHON               interpreter with torch and transformers (default: python3)
+#   GPU_CHECK_SECTIONS   sections to run, in order (default: all of SECTIONS below)
+#   TORCH_BENCH_TIMEOUT  seconds before the PyTorch benchmark is interrupted (default 240;
+#                        interrupted, it still writes what it measured)
+#   TORCH_BENCH_ARGS     extra arguments for bench_torch_gpu.py, e.g. "--compile"
+#
+# Adding a section (our own CUDA tests and benchmarks, once they exist): write a function
+# section_NAME below that returns non-zero on failure and writes its results under $OUT
+# (few files: keep a report to one .json and one .md), and add NAME to SECTIONS. Our
+# binaries are built on the CPU machine (`cargo build --release --features cuda`),
+# stripped and copied next to the repository (e.g. into bin/), since the GPU machine may
+# have no Rust; they load libcuda, libnvrtc and cuBLAS at run time.
+
+set -uo pipefail   # no -e: a failing command must not end the run, each section reports its own status
+
+SECTIONS="env torch_bench"
+
+usage() { echo "usage: $0 [--smoke] OUT_DIR" >&2; exit 2; }
+SMOKE=0
+if [[ ${1:-} == --smoke ]]; then SMOKE=1; shift; fi
+[[ $# -eq 1 ]] || usage
+mkdir -p "$1" || exit 2
+OUT=$(cd "$1" && pwd)
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT" || exit 2
+
+PYTHON=${PYTHON:-python3}
+TORCH_BENCH_TIMEOUT=${TORCH_BENCH_TIMEOUT:-240}
+TORCH_BENCH_ARGS=${TORCH_BENCH_ARGS:-}
+export PYTHONUNBUFFERED=1   # keep the log in step with the run
+LOG=$OUT/gpu-check.log
+SUMMARY=$OUT/summary.txt
+: >"$LOG"
+: >"$SUMMARY"
+
+# ---------------------------------------------------------------------------- sections
+
+# The machine, the driver, the compiler and the Python stack, into env.txt.
+section_env() {
+    local f=$OUT/env.txt rc=0
+    {
+        echo "== date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+        echo "== uname: $(uname -srm)"
+        echo "== repo: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo 'not a git checkout')"
+        echo "== nvidia-smi"
+        if command -v nvidia-smi >/dev/null; then
+            nvidia-smi
+            nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,clocks.mem,power.limit,temperature.gpu,persistence_mode \
+                --format=csv
+        else
+            echo "nvidia-smi: not found"
+        fi
+        echo "== nvcc"
+        local nvcc
+        nvcc=$(command -v nvcc || ls /usr/local/cuda/bin/nvcc 2>/dev/null || true)
+        if [[ -n $nvcc ]]; then "$nvcc" --version; else echo "nvcc: not found"; fi
+        echo "== python: $PYTHON"
+        "$PYTHON" - <<'EOF'
+import platform, sys
+print("python", platform.python_version(), sys.executable)
+import torch
+print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())
+print("cuda available:", torch.cuda.is_available())
+for i in range(torch.cuda.device_count()):
+    p = torch.cuda.get_device_properties(i)
+    print(f"device {i}: {p.name}, cc {p.major}.{p.minor}, {p.multi_processor_count} SMs, "
+          f"{p.total_memory / 2**30:.1f} GiB, L2 {getattr(p, 'L2_cache_size', 0) / 2**20:.0f} MiB")
+for mod in ("transformers", "triton", "numpy", "safetensors"):
+    try:
+        print(mod, __import__(mod).__version__)
+    except Exception as e:
+        print(mod, "unavailable:", e)
+EOF
+    } >"$f" 2>&1 || rc=1
+    cat "$f"
+    grep -q '^torch ' "$f" || { echo "env: PyTorch could not be imported by $PYTHON"; rc=1; }
+    if [[ $SMOKE == 0 ]]; then
+        command -v nvidia-smi >/dev/null || { echo "env: no nvidia-smi"; rc=1; }
+        grep -q '^cuda available: True' "$f" || { echo "env: PyTorch sees no CUDA device"; rc=1; }
+    fi
+    return $rc
+}
+
+# PyTorch's times for every op our kernels replace, the card's limits, a full HF step.
+section_torch_bench() {
+    local args=(--out "$OUT")
+    [[ $SMOKE == 1 ]] && args+=(--smoke)
+    # word splitting of TORCH_BENCH_ARGS is intended: it holds several arguments
+    # shellcheck disable=SC2206
+    args+=($TORCH_BENCH_ARGS)
+    # SIGINT lets the script save what it measured; -k kills it if it does not stop
+    timeout -s INT -k 30 "$TORCH_BENCH_TIMEOUT" "$PYTHON" tools/bench_torch_gpu.py "${args[@]}"
+    local rc=$?
+    [[ $rc == 124 ]] && echo "torch_bench: timed out after $TORCH_BENCH_TIMEOUT s (partial results kept)"
+    # clocks, power and temperature just after the load: a throttled card shows here
+    # (the throttle-reason field was renamed in newer drivers; fall back to the plain fields)
+    if command -v nvidia-smi >/dev/null; then
+        local q=clocks.sm,clocks.max.sm,clocks.mem,power.draw,temperature.gpu
+        nvidia-smi --query-gpu=$q,clocks_event_reasons.active --format=csv 2>/dev/null ||
+            nvidia-smi --query-gpu=$q --format=csv
+    fi
+    return $rc
+}
+
+# ---------------------------------------------------------------------------- driver
+
+FAILED=0
+for name in ${GPU_CHECK_SECTIONS:-$SECTIONS}; do
+    if ! declare -F "section_$name" >/dev/null; then
+        echo "unknown section: $name" | tee -a "$LOG"
+        printf '%-16s FAILED (no such section)\n' "$name" >>"$SUMMARY"
+        FAILED=1
+        continue
+    fi
+    echo "===== $name  $(date -u '+%H:%M:%S')" | tee -a "$LOG"
+    start=$SECONDS
+    ("section_$name") 2>&1 | tee -a "$LOG"
+    rc=${PIPESTATUS[0]}
+    took=$((SECONDS - start))
+    if [[ $rc == 0 ]]; then status="ok"; else status="FAILED (exit $rc)"; FAILED=1; fi
+    printf '%-16s %-20s %5d s\n' "$name" "$status" "$took" | tee -a "$LOG" >>"$SUMMARY"
+done
+
+# The tables last, so the end of the output carries them.
+for md in "$OUT"/*.md; do
+    [[ -e $md ]] && { echo; cat "$md"; }
+done
+echo
+echo "===== summary ($OUT)"
+cat "$SUMMARY"
+exit $FAILED
