@@ -9,6 +9,7 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod rng;
+pub mod sample;
 pub mod tensor;
 
 pub use error::{Error, Result};

@@ -31,6 +31,8 @@ pub struct ModelConfig {
     pub qkv_bias: bool,
     /// Bias on the attention output projection (Llama's `attention_bias` sets it too).
     pub o_bias: bool,
+    /// The longest sequence the model was trained for, when config.json says.
+    pub max_position_embeddings: Option<usize>,
 }
 
 /// Reads typed fields out of the JSON object, naming the file and field on error.
@@ -198,6 +200,7 @@ impl ModelConfig {
             tie_word_embeddings: f.bool_or("tie_word_embeddings", false)?,
             qkv_bias,
             o_bias,
+            max_position_embeddings: f.usize_opt("max_position_embeddings")?,
         })
     }
 
@@ -223,6 +226,9 @@ impl ModelConfig {
             "hidden_act": "silu",
             "torch_dtype": "float32",
         });
+        if let Some(n) = self.max_position_embeddings {
+            v["max_position_embeddings"] = n.into();
+        }
         if self.architecture == Architecture::Llama {
             v["attention_bias"] = Value::Bool(self.qkv_bias);
         }

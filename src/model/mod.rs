@@ -3,10 +3,13 @@
 
 mod batch;
 mod config;
+mod inference;
+mod kv_cache;
 mod weights;
 
 pub use batch::Batch;
 pub use config::{Architecture, ModelConfig};
+pub use kv_cache::KvCache;
 pub use weights::{save_safetensors, Weights};
 
 use std::path::Path;
@@ -220,11 +223,15 @@ impl Model {
         ops::rmsnorm(&x, &self.norm, self.config.rms_norm_eps)
     }
 
+    /// The output projection: lm_head, or the embedding when tied.
+    fn output_weight(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    }
+
     /// Logits [B, T, vocab].
     pub fn forward(&self, batch: &Batch) -> Result<Tensor> {
         let h = self.hidden_states(batch)?;
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        ops::linear(&h, head, None)?.reshape([
+        ops::linear(&h, self.output_weight(), None)?.reshape([
             batch.batch_size,
             batch.seq_len,
             self.config.vocab_size,
@@ -240,25 +247,51 @@ impl Model {
     fn layer_forward(&self, layer: &Layer, x: &Tensor, batch: &Batch) -> Result<Tensor> {
         let c = &self.config;
         let (b, t, dh) = (batch.batch_size, batch.seq_len, c.head_dim);
-        let h = ops::rmsnorm(x, &layer.input_layernorm, c.rms_norm_eps)?;
-        let heads = |lin: &Linear, n_heads: usize, rotate: bool| -> Result<Tensor> {
-            let y = lin.forward(&h)?.reshape([b * t, n_heads, dh])?;
-            let y = if rotate {
-                ops::rope(&y, &batch.positions, c.rope_theta)?
-            } else {
-                y
-            };
-            y.reshape([b, t, n_heads, dh])
-        };
-        let q = heads(&layer.q_proj, c.num_attention_heads, true)?;
-        let k = heads(&layer.k_proj, c.num_key_value_heads, true)?;
-        let v = heads(&layer.v_proj, c.num_key_value_heads, false)?;
+        let (q, k, v) = self.rotated_qkv(layer, x, &batch.positions)?;
+        let q = q.reshape([b, t, c.num_attention_heads, dh])?;
+        let k = k.reshape([b, t, c.num_key_value_heads, dh])?;
+        let v = v.reshape([b, t, c.num_key_value_heads, dh])?;
         let attn = ops::attention(&q, &k, &v, batch.segments.as_deref())?;
-        let attn = attn.reshape([b * t, c.num_attention_heads * dh])?;
-        let x = ops::add(x, &layer.o_proj.forward(&attn)?)?;
+        let x = ops::add(
+            x,
+            &layer
+                .o_proj
+                .forward(&attn.reshape([b * t, c.num_attention_heads * dh])?)?,
+        )?;
+        self.mlp_block(layer, &x)
+    }
 
-        let h = ops::rmsnorm(&x, &layer.post_attention_layernorm, c.rms_norm_eps)?;
+    /// The attention block's projections for tokens x [n, hidden] at `positions`:
+    /// q [n, Hq, Dh] and k [n, Hkv, Dh] rotated, v [n, Hkv, Dh].
+    fn rotated_qkv(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        positions: &[u32],
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let c = &self.config;
+        let n = x.shape().rows();
+        let h = ops::rmsnorm(x, &layer.input_layernorm, c.rms_norm_eps)?;
+        let heads =
+            |lin: &Linear, n_heads: usize| lin.forward(&h)?.reshape([n, n_heads, c.head_dim]);
+        let q = ops::rope(
+            &heads(&layer.q_proj, c.num_attention_heads)?,
+            positions,
+            c.rope_theta,
+        )?;
+        let k = ops::rope(
+            &heads(&layer.k_proj, c.num_key_value_heads)?,
+            positions,
+            c.rope_theta,
+        )?;
+        let v = heads(&layer.v_proj, c.num_key_value_heads)?;
+        Ok((q, k, v))
+    }
+
+    /// The residual MLP half of a layer: x + down(swiglu(gate(norm x), up(norm x))).
+    fn mlp_block(&self, layer: &Layer, x: &Tensor) -> Result<Tensor> {
+        let h = ops::rmsnorm(x, &layer.post_attention_layernorm, self.config.rms_norm_eps)?;
         let act = ops::swiglu(&layer.gate_proj.forward(&h)?, &layer.up_proj.forward(&h)?)?;
-        ops::add(&x, &layer.down_proj.forward(&act)?)
+        ops::add(x, &layer.down_proj.forward(&act)?)
     }
 }

@@ -12,7 +12,7 @@ pub mod rope;
 pub mod swiglu;
 
 pub use add::add;
-pub use attention::attention;
+pub use attention::{attention, attention_with_cache, CachedDims};
 pub use cross_entropy::{cross_entropy, Reduction, IGNORE_INDEX};
 pub use embedding::embedding;
 pub use linear::linear;

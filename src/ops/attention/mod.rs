@@ -1,7 +1,10 @@
 //! Causal grouped-query self-attention, softmax(q·kᵀ/√Dh)·v, with an optional segment
 //! mask so that sequences packed into one row never attend to each other.
 
+mod cached;
 mod cpu;
+
+pub use cached::{attention_with_cache, CachedDims};
 
 use cpu::AttentionDims;
 

@@ -1,0 +1,118 @@
+//! Incremental forward for generation: new tokens of several sequences at once, each
+//! continuing its own KV cache. Prefill (a whole prompt) and decode (one token) are the
+//! same call with chunks of different lengths, so a batch can mix both, and sequences
+//! of different lengths need no padding.
+
+use super::{KvCache, Layer, Model};
+use crate::autograd::no_grad;
+use crate::ops::{self, attention_with_cache, CachedDims};
+use crate::{Error, Result, Tensor};
+
+/// Where each sequence's new tokens sit in the concatenated step.
+struct StepLayout {
+    /// Row range of each chunk in the concatenated tokens.
+    rows: Vec<std::ops::Range<usize>>,
+    /// Cache length of each sequence before this step (the position of its first new token).
+    starts: Vec<usize>,
+}
+
+impl Model {
+    /// Feeds `chunks[s]` (new tokens of sequence s) through the model, appending to
+    /// `caches[s]`; returns the logits at each chunk's last token, [chunks.len(), vocab].
+    pub fn forward_step(&self, chunks: &[&[u32]], caches: &mut [KvCache]) -> Result<Tensor> {
+        let _no_tape = no_grad();
+        let layout = self.step_layout(chunks, caches)?;
+        let ids = chunks.concat();
+        let positions: Vec<u32> = layout
+            .rows
+            .iter()
+            .zip(&layout.starts)
+            .flat_map(|(r, &start)| (start..start + r.len()).map(|p| p as u32))
+            .collect();
+        let mut x = ops::embedding(&self.embed_tokens, &ids)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            x = self.layer_step(l, layer, &x, &positions, &layout, caches)?;
+        }
+        let d = self.config.hidden_size;
+        let xs = x.read_f32()?;
+        let last: Vec<f32> = layout
+            .rows
+            .iter()
+            .flat_map(|r| &xs[(r.end - 1) * d..r.end * d])
+            .copied()
+            .collect();
+        let last = Tensor::from_vec(last, [chunks.len(), d])?;
+        let h = ops::rmsnorm(&last, &self.norm, self.config.rms_norm_eps)?;
+        ops::linear(&h, self.output_weight(), None)
+    }
+
+    fn step_layout(&self, chunks: &[&[u32]], caches: &[KvCache]) -> Result<StepLayout> {
+        if chunks.len() != caches.len() {
+            return Err(Error::shape(
+                "forward_step",
+                format!("{} chunks for {} caches", chunks.len(), caches.len()),
+            ));
+        }
+        let mut rows = Vec::with_capacity(chunks.len());
+        let mut offset = 0;
+        for (s, (chunk, cache)) in chunks.iter().zip(caches).enumerate() {
+            if chunk.is_empty() {
+                return Err(Error::shape(
+                    "forward_step",
+                    format!("sequence {s} has no new tokens"),
+                ));
+            }
+            let end = cache.len() + chunk.len();
+            if let Some(max) = self.config.max_position_embeddings.filter(|&m| end > m) {
+                return Err(Error::shape(
+                    "forward_step",
+                    format!(
+                        "sequence {s} would reach {end} tokens, past the model's context of {max}"
+                    ),
+                ));
+            }
+            rows.push(offset..offset + chunk.len());
+            offset += chunk.len();
+        }
+        let starts = caches.iter().map(KvCache::len).collect();
+        Ok(StepLayout { rows, starts })
+    }
+
+    fn layer_step(
+        &self,
+        l: usize,
+        layer: &Layer,
+        x: &Tensor,
+        positions: &[u32],
+        layout: &StepLayout,
+        caches: &mut [KvCache],
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let (q, k, v) = self.rotated_qkv(layer, x, positions)?;
+        let (q, k, v) = (q.read_f32()?, k.read_f32()?, v.read_f32()?);
+        let q_width = c.num_attention_heads * c.head_dim;
+        let kv_width = c.num_key_value_heads * c.head_dim;
+        let dims = CachedDims {
+            q_heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+        };
+        let mut attn = vec![0.0f32; q.len()];
+        for ((rows, &start), cache) in layout
+            .rows
+            .iter()
+            .zip(&layout.starts)
+            .zip(caches.iter_mut())
+        {
+            let kv_rows = rows.start * kv_width..rows.end * kv_width;
+            cache.append(l, &k[kv_rows.clone()], &v[kv_rows]);
+            let (k_cache, v_cache) = cache.layer(l);
+            let q_rows = rows.start * q_width..rows.end * q_width;
+            let out = attention_with_cache(&q[q_rows.clone()], k_cache, v_cache, start, dims);
+            attn[q_rows].copy_from_slice(&out);
+        }
+        let attn = Tensor::from_vec(attn, [x.shape().rows(), q_width])?;
+        let x = ops::add(x, &layer.o_proj.forward(&attn)?)?;
+        self.mlp_block(layer, &x)
+    }
+}
