@@ -91,6 +91,17 @@ impl Gradients {
         Ok(())
     }
 
+    /// Multiplies every gradient by `factor` (gradient clipping). Each gradient is
+    /// replaced by a scaled copy rather than scaled in place: a backward may hand the
+    /// same storage to several tensors, which must not be scaled twice.
+    pub fn scale(&mut self, factor: f32) -> Result<()> {
+        for g in self.0.values_mut() {
+            let scaled: Vec<f32> = g.read_f32()?.iter().map(|x| x * factor).collect();
+            *g = Tensor::from_vec(scaled, g.shape().clone())?;
+        }
+        Ok(())
+    }
+
     /// Adds every gradient of `other` into this one (gradient accumulation over
     /// micro-batches).
     pub fn add_from(&mut self, other: Gradients) -> Result<()> {
