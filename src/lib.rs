@@ -10,6 +10,7 @@ pub mod ops;
 pub mod optim;
 pub mod rng;
 pub mod tensor;
+pub mod tokenizer;
 
 pub use error::{Error, Result};
 pub use tensor::{DType, Device, Shape, Tensor};
