@@ -11,6 +11,7 @@ pub mod optim;
 pub mod rng;
 pub mod sample;
 pub mod tensor;
+pub mod tokenizer;
 
 pub use error::{Error, Result};
 pub use tensor::{DType, Device, Shape, Tensor};
