@@ -3,6 +3,8 @@
 //! for it), every error case, and parity with transformers on the real SmolLM2 and Qwen
 //! tokenizers fetched by tools/fetch-test-models.sh.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use scotd::tokenizer::{ChatTemplate, Message, StreamDecoder, Tokenizer};
@@ -14,7 +16,7 @@ const THINK: u32 = 333;
 const END_THINK: u32 = 334;
 
 fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer")
+    common::fixture("tokenizer")
 }
 
 fn fixture() -> Tokenizer {
@@ -643,16 +645,6 @@ fn every_template_rejects_an_empty_conversation() {
 
 // ---------------------------------------------------------------- real models
 
-/// Where tools/fetch-test-models.sh puts model `name`: $SCOTD_CACHE/models/name, the
-/// cache defaulting to ~/.cache/scotd.
-fn real_model_dir(name: &str) -> PathBuf {
-    let cache = match std::env::var_os("SCOTD_CACHE") {
-        Some(cache) => PathBuf::from(cache),
-        None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/scotd"),
-    };
-    cache.join("models").join(name)
-}
-
 /// The models the real-model fixtures cover: fixture key and folder under the cache.
 const REAL_MODELS: [(&str, &str); 2] = [
     ("smollm2", "smollm2-135m-instruct"),
@@ -660,27 +652,14 @@ const REAL_MODELS: [(&str, &str); 2] = [
 ];
 
 fn real_tokenizer(folder: &str) -> Tokenizer {
-    let dir = real_model_dir(folder);
-    assert!(
-        dir.join("tokenizer.json").is_file(),
-        "{} is missing: run tools/fetch-test-models.sh first",
-        dir.join("tokenizer.json").display()
-    );
-    Tokenizer::from_dir(&dir).unwrap()
+    Tokenizer::from_dir(&common::real_model_dir(folder)).unwrap()
 }
 
 /// A fixture made by transformers (tools/make_real_model_goldens.py), with a list of
 /// cases under each model's key.
 fn real_fixture(name: &str) -> serde_json::Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/real_models")
-        .join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}: run tools/fetch-test-models.sh and tools/make_real_model_goldens.py first",
-            path.display()
-        )
-    });
+    let path = common::fixture("real_models").join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
 }
 

@@ -1,3 +1,0 @@
-fn main() {
-    println!("scotd {}", env!("CARGO_PKG_VERSION"));
-}

@@ -1,0 +1,39 @@
+//! The scotd command line. Each subcommand lives in its own module; this file only
+//! parses arguments and reports errors.
+
+mod chat;
+mod generate;
+mod prompts;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "scotd",
+    version,
+    about = "Reasoning distillation for Qwen2/Llama models, from scratch in Rust"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate continuations of prompts (arguments or a JSONL file) and write JSONL.
+    Generate(generate::Args),
+    /// Talk to a model interactively; replies stream as they are produced.
+    Chat(chat::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(args) => generate::run(args),
+        Command::Chat(args) => chat::run(args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

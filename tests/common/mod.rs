@@ -1,0 +1,25 @@
+//! Paths shared by the integration tests: committed fixtures, and the real models that
+//! tools/fetch-test-models.sh puts in the cache.
+
+use std::path::PathBuf;
+
+pub fn fixture(relative: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(relative)
+}
+
+/// `${SCOTD_CACHE:-$HOME/.cache/scotd}/models/<name>`; fails with the fix when absent.
+pub fn real_model_dir(name: &str) -> PathBuf {
+    let cache = std::env::var_os("SCOTD_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/scotd")))
+        .expect("neither SCOTD_CACHE nor HOME is set");
+    let dir = cache.join("models").join(name);
+    assert!(
+        dir.is_dir(),
+        "{} is missing: run tools/fetch-test-models.sh first (the README's test command does)",
+        dir.display()
+    );
+    dir
+}
