@@ -9,6 +9,8 @@ On this machine's CPU (torch.set_num_threads(nproc) unless --threads), f32:
             short), at batch 1 and batch 8 (left-padded chat prompts). Decode time is
             t(64 new tokens) - t(1 new token), so prefill and setup cancel out:
             tokens/s = batch * 63 / that
+  loop      the batch-1 decode again as a hand-written forward + argmax loop over the
+            KV cache, to separate the model's time from generate()'s own overhead
   memcopy   numpy copy of a 512 MiB f32 array (np.copyto), GB/s counting bytes read +
             written: the machine's memory bandwidth, for the batch-1 decode limit
             = bandwidth / (weight bytes read per token)
@@ -131,6 +133,8 @@ def main():
         texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
                  for p in prompts[:batch]]
         enc = tok(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+        if batch == 1:
+            texts_b1 = texts[0]
 
         def gen(n):
             return model.generate(**enc, do_sample=False, max_new_tokens=n, min_new_tokens=n,
@@ -152,6 +156,31 @@ def main():
             "ms_per_step": round(1000 * dt / (NEW - 1), 2),
         }
 
+    # ---- the same batch-1 greedy loop by hand: forward + argmax with the KV cache, no
+    # generate() machinery (logits processors, stopping criteria, bookkeeping)
+    enc = tok([texts_b1], add_special_tokens=False, return_tensors="pt")
+
+    def manual_loop():
+        out = model(**enc, use_cache=True)
+        cache, nxt = out.cache, out.logits[:, -1].argmax(-1, keepdim=True)
+        t0 = time.perf_counter()
+        for _ in range(NEW - 1):
+            out = model(nxt, cache=cache, use_cache=True)
+            cache, nxt = out.cache, out.logits[:, -1].argmax(-1, keepdim=True)
+        return time.perf_counter() - t0
+
+    with torch.inference_mode():
+        manual_loop()
+        dts = [manual_loop() for _ in range(args.repeats)]
+    dt = statistics.median(dts)
+    res["decode"]["batch1_manual_loop"] = {
+        "batch": 1,
+        "new_tokens": NEW - 1,
+        "seconds": round(dt, 4),
+        "tokens_per_s": round((NEW - 1) / dt, 1),
+        "ms_per_step": round(1000 * dt / (NEW - 1), 2),
+    }
+
     limit = bw_best * 1e9 / weight_bytes
     res["batch1_decode_limit_tokens_per_s"] = round(limit, 1)
     res["batch1_decode_fraction_of_limit"] = round(res["decode"]["batch1"]["tokens_per_s"] / limit, 3)
@@ -165,6 +194,9 @@ def main():
     print(f"| prefill ({pf['tokens']} tokens, one forward) | {pf['tokens_per_s']} tokens/s ({pf['seconds']} s) |")
     print(f"| greedy decode, batch 1 (64 new) | {d1['tokens_per_s']} tokens/s ({d1['ms_per_step']} ms/step) |")
     print(f"| greedy decode, batch 8 (64 new each) | {d8['tokens_per_s']} tokens/s ({d8['ms_per_step']} ms/step) |")
+    dm = res["decode"]["batch1_manual_loop"]
+    print(f"| batch 1, hand-written forward+argmax loop (no generate) | {dm['tokens_per_s']} tokens/s "
+          f"({dm['ms_per_step']} ms/step) |")
     print(f"| memory copy bandwidth (read+write, 512 MiB) | {res['memcopy_GBps']['best']} GB/s best, "
           f"{res['memcopy_GBps']['median']} median |")
     print(f"| weight bytes per token (f32, {n_params / 1e6:.1f} M params) | {weight_bytes / 1e6:.1f} MB |")
