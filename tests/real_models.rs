@@ -1,0 +1,152 @@
+//! The engine on a real pretrained model, SmolLM2-135M-Instruct (Llama architecture,
+//! GQA 9:3, 30 layers), against transformers: last-position logits, greedy
+//! continuations one by one and batched, and the KV cache against the full forward.
+//! The model is fetched by tools/fetch-test-models.sh (run by the README's test
+//! command); the goldens were made by tools/make_real_model_goldens.py.
+
+mod common;
+
+use scotd::autograd::no_grad;
+use scotd::model::{Batch, Model};
+use scotd::sample::{generate, SamplingConfig, StopReason};
+use serde_json::Value;
+
+fn goldens() -> Value {
+    let path = common::fixture("real_models/smollm2_generation.json");
+    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn full_forward_last_logits(model: &Model, prompt: &[u32]) -> Vec<f32> {
+    let _g = no_grad();
+    let logits = model
+        .forward(&Batch::new(prompt.to_vec(), 1, prompt.len()).unwrap())
+        .unwrap()
+        .to_vec_f32();
+    logits[logits.len() - model.config.vocab_size..].to_vec()
+}
+
+/// Our logits at the recorded indices, and the log-sum-exp, within 1e-4 relative.
+fn check_logits(what: &str, ours: &[f32], want: &Value) {
+    let indices = ids(&want["indices"]);
+    let values: Vec<f64> = want["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    let scale = values.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    for (&i, &v) in indices.iter().zip(&values) {
+        let err = (ours[i as usize] as f64 - v).abs() / scale;
+        assert!(
+            err < 1e-4,
+            "{what}: logit {i} is {} vs transformers {v} ({err:e})",
+            ours[i as usize]
+        );
+    }
+    let max = ours.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max
+        + ours
+            .iter()
+            .map(|&x| (x as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    let want_lse = want["logsumexp"].as_f64().unwrap();
+    assert!(
+        ((lse - want_lse) / want_lse).abs() < 1e-4,
+        "{what}: logsumexp {lse} vs {want_lse}"
+    );
+    assert_eq!(
+        scotd::sample::argmax(ours),
+        want["argmax"].as_u64().unwrap() as u32,
+        "{what}: argmax"
+    );
+}
+
+fn stop_name(stop: StopReason) -> &'static str {
+    match stop {
+        StopReason::Eos => "eos",
+        StopReason::MaxNewTokens => "max_new_tokens",
+        StopReason::ContextFull => "context_full",
+    }
+}
+
+#[test]
+fn smollm2_matches_transformers() {
+    let model = Model::load(&common::real_model_dir("smollm2-135m-instruct")).unwrap();
+    let g = goldens();
+    let prompts: Vec<&Value> = g["prompts"].as_array().unwrap().iter().collect();
+    let prompt_ids: Vec<Vec<u32>> = prompts.iter().map(|p| ids(&p["prompt_ids"])).collect();
+    let eos = ids(&g["eos_token_ids"]);
+    let cfg = SamplingConfig {
+        max_new_tokens: g["max_new_tokens"].as_u64().unwrap() as usize,
+        batch_size: prompts.len(),
+        ..SamplingConfig::default()
+    };
+
+    for (n, (p, ids_n)) in prompts.iter().zip(&prompt_ids).enumerate() {
+        check_logits(
+            &format!("prompt {n}"),
+            &full_forward_last_logits(&model, ids_n),
+            &p["last_logits"],
+        );
+    }
+    let batched = generate(&model, &prompt_ids, &eos, &cfg, |_, _| {}).unwrap();
+    for (n, (p, got)) in prompts.iter().zip(&batched).enumerate() {
+        assert_eq!(
+            got.ids,
+            ids(&p["greedy_ids"]),
+            "prompt {n}: batched greedy continuation"
+        );
+        assert_eq!(
+            stop_name(got.stop),
+            p["stop_reason"].as_str().unwrap(),
+            "prompt {n}: stop reason"
+        );
+    }
+    // One by one, for the two longest continuations (the rest are covered by the batch).
+    for n in [1, 2] {
+        let alone = generate(&model, &prompt_ids[n..=n], &eos, &cfg, |_, _| {}).unwrap();
+        assert_eq!(alone[0], batched[n], "prompt {n}: alone vs batched");
+    }
+}
+
+#[test]
+fn smollm2_kv_cache_decoding_equals_the_full_forward() {
+    let model = Model::load(&common::real_model_dir("smollm2-135m-instruct")).unwrap();
+    let check = &goldens()["full_forward_logits_check"];
+    let input = ids(&check["input_ids"]);
+    let full = full_forward_last_logits(&model, &input);
+    check_logits("full forward", &full, &check["last_logits"]);
+
+    // Prefill half, then one token at a time through the cache.
+    let mut cache = vec![scotd::model::KvCache::new(&model.config)];
+    let half = input.len() / 2;
+    let mut last = model.forward_step(&[&input[..half]], &mut cache).unwrap();
+    for t in half..input.len() {
+        last = model.forward_step(&[&input[t..=t]], &mut cache).unwrap();
+    }
+    let cached = last.to_vec_f32();
+    let scale = full.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    let err = cached
+        .iter()
+        .zip(&full)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max)
+        / scale;
+    assert!(
+        err < 1e-5,
+        "KV-cache logits differ from the full forward by {err:e} (relative)"
+    );
+    assert_eq!(
+        scotd::sample::argmax(&cached),
+        check["expected_next_id"].as_u64().unwrap() as u32
+    );
+}
