@@ -22,6 +22,18 @@ impl Rng {
         }
     }
 
+    /// The generator's whole state, to save with a checkpoint.
+    pub fn state(&self) -> [u64; 4] {
+        self.s
+    }
+
+    /// A generator that continues exactly where the one `state` was taken from stopped.
+    /// The all-zero state is xoshiro's fixed point (it would only ever yield 0), so it is
+    /// refused.
+    pub fn from_state(state: [u64; 4]) -> Option<Self> {
+        (state != [0; 4]).then_some(Rng { s: state })
+    }
+
     pub fn next_u64(&mut self) -> u64 {
         let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
         let t = self.s[1] << 17;
