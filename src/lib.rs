@@ -13,6 +13,7 @@ pub mod rng;
 pub mod sample;
 pub mod tensor;
 pub mod tokenizer;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use tensor::{DType, Device, Shape, Tensor};

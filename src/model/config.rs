@@ -204,12 +204,16 @@ impl ModelConfig {
         })
     }
 
-    /// The config as Hugging Face transformers writes it, so saved checkpoints load there.
+    /// The config as Hugging Face transformers (5.x) writes it, so saved checkpoints load
+    /// there. transformers 5 reads `dtype` and `rope_parameters`; the legacy `torch_dtype`
+    /// and top-level `rope_theta` are written too because transformers 4.x reads only
+    /// those (and would silently fall back to RoPE base 10000), while 5.x accepts them.
     pub fn to_hf_json(&self) -> Value {
         let (model_type, class) = match self.architecture {
             Architecture::Qwen2 => ("qwen2", "Qwen2ForCausalLM"),
             Architecture::Llama => ("llama", "LlamaForCausalLM"),
         };
+        let rope_theta = f32_as_written(self.rope_theta);
         let mut v = serde_json::json!({
             "architectures": [class],
             "model_type": model_type,
@@ -220,17 +224,23 @@ impl ModelConfig {
             "head_dim": self.head_dim,
             "intermediate_size": self.intermediate_size,
             "vocab_size": self.vocab_size,
-            "rope_theta": self.rope_theta,
-            "rms_norm_eps": self.rms_norm_eps,
+            "rope_parameters": {"rope_type": "default", "rope_theta": rope_theta},
+            "rope_theta": rope_theta,
+            "rms_norm_eps": f32_as_written(self.rms_norm_eps),
             "tie_word_embeddings": self.tie_word_embeddings,
             "hidden_act": "silu",
+            "dtype": "float32",
             "torch_dtype": "float32",
         });
         if let Some(n) = self.max_position_embeddings {
             v["max_position_embeddings"] = n.into();
         }
-        if self.architecture == Architecture::Llama {
-            v["attention_bias"] = Value::Bool(self.qkv_bias);
+        match self.architecture {
+            Architecture::Llama => {
+                v["attention_bias"] = Value::Bool(self.qkv_bias);
+                v["mlp_bias"] = Value::Bool(false);
+            }
+            Architecture::Qwen2 => v["use_sliding_window"] = Value::Bool(false),
         }
         v
     }
@@ -250,4 +260,12 @@ impl ModelConfig {
         let head = if self.tie_word_embeddings { 0 } else { embed };
         embed + head + d + self.num_hidden_layers * layer
     }
+}
+
+/// An f32 as the f64 of its shortest decimal form: 1e-6f32 is written 1e-6, as the
+/// config it came from said, not 9.999999974752427e-7 (its exact f64 widening).
+fn f32_as_written(x: f32) -> f64 {
+    x.to_string()
+        .parse()
+        .expect("every f32 prints in a form f64 parses (inf and NaN included)")
 }

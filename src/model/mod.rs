@@ -2,12 +2,14 @@
 //! once in terms of ops, so it runs with or without the tape (training or inference).
 
 mod batch;
+mod checkpoint;
 mod config;
 mod inference;
 mod kv_cache;
 mod weights;
 
 pub use batch::Batch;
+pub use checkpoint::save_checkpoint;
 pub use config::{Architecture, ModelConfig};
 pub use kv_cache::KvCache;
 pub use weights::{save_safetensors, Weights};
@@ -205,8 +207,9 @@ impl Model {
         out
     }
 
-    /// Writes a Hugging Face checkpoint folder: `config.json` and `model.safetensors`
-    /// (f32), each atomically.
+    /// Writes `config.json` and `model.safetensors` (f32) into `dir`, each atomically.
+    /// For a whole folder transformers loads (tokenizer, generation config, bf16), see
+    /// [`save_checkpoint`].
     pub fn save(&self, dir: &Path) -> Result<()> {
         let config =
             serde_json::to_vec_pretty(&self.config.to_hf_json()).expect("a JSON value serialises");

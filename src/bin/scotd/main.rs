@@ -3,6 +3,8 @@
 
 mod chat;
 mod generate;
+mod logits;
+mod plot;
 mod prompts;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +26,13 @@ enum Command {
     Generate(generate::Args),
     /// Talk to a model interactively; replies stream as they are produced.
     Chat(chat::Args),
+    /// Print the last-position logits of prompts (top-k and log-sum-exp) as JSON.
+    ///
+    /// For comparing the engine with another implementation:
+    /// tools/check_checkpoint_with_transformers.py compares it with transformers.
+    Logits(logits::Args),
+    /// Draw the loss, eval loss and learning rate of a metrics JSONL file into a PNG.
+    Plot(plot::Args),
 }
 
 fn main() {
@@ -31,6 +40,8 @@ fn main() {
     let result = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Chat(args) => chat::run(args),
+        Command::Logits(args) => logits::run(args),
+        Command::Plot(args) => plot::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,0 +1,3 @@
+//! Training: the SFT loop, its checkpoints and metrics.
+
+pub mod plot;
