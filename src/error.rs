@@ -21,12 +21,12 @@ pub enum Error {
     #[error("device {0:?} is not available: {1}")]
     Device(crate::Device, String),
 
-    /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
+    /// A file could not be read or written. The OS error is part of the message (not a
+    /// `source`), so a report of the error chain does not print it twice.
+    #[error("{}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     /// A file's content is wrong: which file, which field or tensor, what was expected.
@@ -53,7 +53,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 

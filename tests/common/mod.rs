@@ -1,6 +1,9 @@
 //! Paths shared by the integration tests: committed fixtures, and the real models that
 //! tools/fetch-test-models.sh puts in the cache.
 
+// Each test crate includes this module and uses only part of it.
+#![allow(dead_code)]
+
 use std::path::PathBuf;
 
 pub fn fixture(relative: &str) -> PathBuf {

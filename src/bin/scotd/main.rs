@@ -6,6 +6,7 @@ mod generate;
 mod logits;
 mod plot;
 mod prompts;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +34,8 @@ enum Command {
     Logits(logits::Args),
     /// Draw the loss, eval loss and learning rate of a metrics JSONL file into a PNG.
     Plot(plot::Args),
+    /// Fine-tune a student on mixed datasets (SFT); resumes from its last checkpoint.
+    Train(train::Args),
 }
 
 fn main() {
@@ -42,6 +45,7 @@ fn main() {
         Command::Chat(args) => chat::run(args),
         Command::Logits(args) => logits::run(args),
         Command::Plot(args) => plot::run(args),
+        Command::Train(args) => train::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

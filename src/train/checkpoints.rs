@@ -1,0 +1,100 @@
+//! The run folder's checkpoints: `checkpoint-<step>/` holds a Hugging Face model folder
+//! plus the trainer state needed to resume exactly (f32 master weights, AdamW moments,
+//! step, data position). `trainer_state.json` is written last, so a folder without it
+//! is an interrupted save and is ignored.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::MixerState;
+use crate::model::{save_safetensors, Model, Weights};
+use crate::optim::AdamW;
+use crate::{DType, Error, Result};
+
+pub const STATE_FILE: &str = "trainer_state.json";
+const MASTER_WEIGHTS: &str = "master_weights.safetensors";
+const OPTIMIZER: &str = "optimizer.safetensors";
+
+/// Everything besides tensors that a resumed run needs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Training steps completed.
+    pub step: u64,
+    /// Updates AdamW applied (fewer than `step` when a step was skipped for a
+    /// non-finite gradient).
+    pub optimizer_steps: u64,
+    pub mixer: MixerState,
+    /// The run's configuration, so a resume with other settings is noticed.
+    pub config: serde_json::Value,
+}
+
+pub fn checkpoint_dir(output_dir: &Path, step: u64) -> PathBuf {
+    output_dir.join(format!("checkpoint-{step}"))
+}
+
+/// Completed checkpoints, oldest first.
+pub fn completed(output_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let entries = match std::fs::read_dir(output_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(output_dir, e)),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| Error::io(output_dir, e))?.path();
+        let step = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("checkpoint-"))
+            .and_then(|s| s.parse::<u64>().ok());
+        if let Some(step) = step.filter(|_| path.join(STATE_FILE).is_file()) {
+            found.push((step, path));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Writes checkpoint `state.step`: the HF folder, then master weights and moments, then
+/// the state file that marks it complete; deletes all but the newest `keep_last`.
+pub fn save(
+    output_dir: &Path,
+    model: &Model,
+    optimizer: &AdamW,
+    state: &TrainerState,
+    tokenizer_dir: &Path,
+    export_dtype: DType,
+    keep_last: usize,
+) -> Result<PathBuf> {
+    let dir = checkpoint_dir(output_dir, state.step);
+    crate::model::save_checkpoint(model, Some(tokenizer_dir), &dir, export_dtype)?;
+    save_safetensors(&dir.join(MASTER_WEIGHTS), &model.parameters())?;
+    save_safetensors(&dir.join(OPTIMIZER), &optimizer.state_tensors())?;
+    let json = serde_json::to_vec_pretty(state).expect("trainer state serialises");
+    crate::io::write_atomic(&dir.join(STATE_FILE), &json)?;
+    let all = completed(output_dir)?;
+    for (_, old) in all.iter().take(all.len().saturating_sub(keep_last)) {
+        std::fs::remove_dir_all(old).map_err(|e| Error::io(old, e))?;
+    }
+    Ok(dir)
+}
+
+/// Restores the model's parameters and the optimizer from a checkpoint; returns its state.
+pub fn load(dir: &Path, model: &Model, optimizer: &mut AdamW) -> Result<TrainerState> {
+    let state_path = dir.join(STATE_FILE);
+    let text = std::fs::read(&state_path).map_err(|e| Error::io(&state_path, e))?;
+    let state: TrainerState = serde_json::from_slice(&text)
+        .map_err(|e| Error::format(&state_path, "(json)", e.to_string()))?;
+    let weights = Weights::open_file(&dir.join(MASTER_WEIGHTS))?;
+    for (name, p) in model.parameters() {
+        let saved = weights.read(&name, p.dims())?;
+        p.write_f32()?.copy_from_slice(&saved.read_f32()?);
+    }
+    let moments = Weights::open_file(&dir.join(OPTIMIZER))?;
+    optimizer.load_state(
+        |name, shape| moments.read(name, shape),
+        state.optimizer_steps,
+    )?;
+    Ok(state)
+}

@@ -1,0 +1,84 @@
+//! metrics.jsonl: one line per training step and per evaluation, appended and flushed
+//! as they happen, so a crash loses nothing already logged.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::{Error, Result};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StepMetrics {
+    pub step: u64,
+    pub loss: f32,
+    pub lr: f32,
+    pub grad_norm: f32,
+    /// Tokens in the step's rows, padding included.
+    pub tokens: usize,
+    pub supervised_tokens: usize,
+    pub tokens_per_s: f32,
+    pub truncated: usize,
+    pub dropped: usize,
+    /// The update was skipped because the gradient norm was not finite.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalMetrics {
+    pub step: u64,
+    pub eval_loss: f32,
+    pub eval_tokens: usize,
+}
+
+pub struct MetricsLog {
+    path: PathBuf,
+    file: File,
+}
+
+impl MetricsLog {
+    /// Opens `path` for appending, first dropping any line past `keep_through_step`
+    /// (what a resumed run will log again).
+    pub fn open(path: &Path, keep_through_step: u64) -> Result<Self> {
+        if path.exists() {
+            let kept = lines_through(path, keep_through_step)?;
+            crate::io::write_atomic(path, kept.as_bytes())?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        Ok(MetricsLog {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    pub fn write(&mut self, record: &impl Serialize) -> Result<()> {
+        let mut line = serde_json::to_vec(record).expect("metrics serialise");
+        line.push(b'\n');
+        self.file
+            .write_all(&line)
+            .and_then(|_| self.file.flush())
+            .map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+fn lines_through(path: &Path, last_step: u64) -> Result<String> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut kept = String::new();
+    for line in BufReader::new(file).lines() {
+        let line = line.map_err(|e| Error::io(path, e))?;
+        let step = serde_json::from_str::<serde_json::Value>(&line)
+            .ok()
+            .and_then(|v| v.get("step").and_then(|s| s.as_u64()));
+        if step.is_some_and(|s| s <= last_step) {
+            kept.push_str(&line);
+            kept.push('\n');
+        }
+    }
+    Ok(kept)
+}

@@ -1,0 +1,363 @@
+//! The SFT trainer end to end on a tiny model and the committed fixtures: memorisation
+//! with assistant-only loss, the step-level loss normalisation, packing, and exact resume
+//! (after a clean stop and after `kill -9`).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use scotd::autograd::no_grad;
+use scotd::model::{Batch, Model, ModelConfig};
+use scotd::ops::{cross_entropy, Reduction};
+use scotd::train::{train, TrainConfig};
+
+/// A tiny Qwen2 with the fixture tokenizer (ChatML template, 335 tokens), saved as a
+/// Hugging Face folder.
+fn tiny_student(hidden: usize, layers: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let json = format!(
+        r#"{{"model_type": "qwen2", "hidden_size": {hidden}, "num_hidden_layers": {layers},
+            "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": {},
+            "vocab_size": 335, "tie_word_embeddings": true, "max_position_embeddings": 512}}"#,
+        hidden * 2
+    );
+    let config = ModelConfig::from_json(&json, Path::new("inline")).unwrap();
+    Model::random(config, 5).save(dir.path()).unwrap();
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        std::fs::copy(common::fixture("tokenizer").join(f), dir.path().join(f)).unwrap();
+    }
+    dir
+}
+
+fn config(student: &Path, out: &Path, steps: u64) -> TrainConfig {
+    let toml = format!(
+        r#"model = "{}"
+output_dir = "{}"
+seq_len = 96
+micro_batch_rows = 2
+grad_accum = 2
+steps = {steps}
+lr = 3e-3
+warmup_steps = 0
+decay = "constant"
+weight_decay = 0.0
+eval_rows = 0
+eval_every = 0
+save_every = 4
+keep_last = 3
+seed = 7
+
+[[datasets]]
+name = "chat"
+path = "{}"
+weight = 0.6
+
+[[datasets]]
+name = "math"
+path = "{}"
+format = "gsm8k"
+weight = 0.4
+"#,
+        student.display(),
+        out.display(),
+        common::fixture("data/messages.jsonl").display(),
+        common::fixture("data/gsm8k.jsonl").display(),
+    );
+    let path = out.with_extension("toml");
+    std::fs::write(&path, toml).unwrap();
+    TrainConfig::load(Some(&path), &[]).unwrap()
+}
+
+fn losses(metrics: &Path) -> Vec<(u64, f32)> {
+    std::fs::read_to_string(metrics)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("loss").is_some())
+        .map(|v| {
+            (
+                v["step"].as_u64().unwrap(),
+                v["loss"].as_f64().unwrap() as f32,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn tiny_student_memorises_the_mix_with_assistant_only_loss() {
+    let student = tiny_student(48, 2);
+    let out = tempfile::tempdir().unwrap();
+    let mut cfg = config(student.path(), &out.path().join("run"), 150);
+    cfg.save_every = 0;
+    let summary = train(cfg, false).unwrap();
+    let l = losses(&summary.metrics);
+    assert_eq!(l.len(), 150);
+    assert!(l[0].1 > 4.0, "starts near ln(335) = 5.8, got {}", l[0].1);
+    let tail: f32 = l[l.len() - 5..].iter().map(|x| x.1).sum::<f32>() / 5.0;
+    assert!(tail < 0.05, "the last five steps average {tail}");
+    // The final checkpoint is a model folder that loads and a tokenizer beside it.
+    assert!(Model::load(&summary.final_dir).is_ok());
+    assert!(summary.final_dir.join("tokenizer.json").is_file());
+}
+
+#[test]
+fn prompt_positions_get_no_gradient_and_packing_keeps_per_sequence_losses() {
+    let model = Model::random(
+        ModelConfig::from_json(
+            r#"{"model_type": "qwen2", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+                "num_key_value_heads": 2, "intermediate_size": 40, "vocab_size": 50}"#,
+            Path::new("inline"),
+        )
+        .unwrap(),
+        9,
+    );
+    let a: Vec<u32> = vec![3, 9, 27, 31, 4, 8, 15];
+    let b: Vec<u32> = vec![16, 23, 42, 1, 2];
+    // Prompt = first 3 tokens of each; targets are next tokens within the sequence.
+    let targets = |s: &[u32]| -> Vec<i64> {
+        (0..s.len())
+            .map(|t| {
+                if t < 2 || t + 1 == s.len() {
+                    -100
+                } else {
+                    s[t + 1] as i64
+                }
+            })
+            .collect()
+    };
+    let alone = |s: &[u32]| -> f32 {
+        let _g = no_grad();
+        model
+            .loss(
+                &Batch::new(s.to_vec(), 1, s.len()).unwrap(),
+                &targets(s),
+                Reduction::Sum,
+            )
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    };
+    let ids = [a.clone(), b.clone()].concat();
+    let positions: Vec<u32> = (0..a.len() as u32).chain(0..b.len() as u32).collect();
+    let segments: Vec<u32> = [vec![0; a.len()], vec![1; b.len()]].concat();
+    let packed = Batch::packed(ids, 1, a.len() + b.len(), positions, Some(segments)).unwrap();
+    let logits = model.forward(&packed).unwrap().detach().into_param();
+    let packed_targets = [targets(&a), targets(&b)].concat();
+    let loss = cross_entropy(&logits, &packed_targets, Reduction::Sum).unwrap();
+    let expected = alone(&a) + alone(&b);
+    assert!((loss.to_scalar().unwrap() - expected).abs() < 1e-4 * expected.abs());
+
+    let grad = loss.backward().unwrap().get(&logits).unwrap().to_vec_f32();
+    let vocab = 50;
+    for (t, &target) in packed_targets.iter().enumerate() {
+        let row = &grad[t * vocab..(t + 1) * vocab];
+        let zero = row.iter().all(|&g| g == 0.0);
+        assert_eq!(
+            zero,
+            target == -100,
+            "position {t}: gradient rows exist exactly where supervised"
+        );
+    }
+}
+
+#[test]
+fn one_micro_batch_of_eight_equals_four_of_two() {
+    let model = Model::random(
+        ModelConfig::from_json(
+            r#"{"model_type": "llama", "hidden_size": 24, "num_hidden_layers": 1, "num_attention_heads": 3,
+                "num_key_value_heads": 1, "intermediate_size": 30, "vocab_size": 40}"#,
+            Path::new("inline"),
+        )
+        .unwrap(),
+        4,
+    );
+    let t = 6;
+    let ids: Vec<u32> = (0..8 * t).map(|i| ((i * 13) % 40) as u32).collect();
+    // Uneven supervision per row, so a mean of per-micro-batch means would differ.
+    let targets: Vec<i64> = (0..8 * t)
+        .map(|i| {
+            if (i % t) < (i / t) % 5 {
+                -100
+            } else {
+                ((i * 7) % 40) as i64
+            }
+        })
+        .collect();
+    let params: Vec<_> = model.parameters();
+    let whole = model
+        .loss(
+            &Batch::new(ids.clone(), 8, t).unwrap(),
+            &targets,
+            Reduction::Mean,
+        )
+        .unwrap();
+    let g_whole = whole.backward().unwrap();
+    let supervised = targets.iter().filter(|&&x| x != -100).count() as f32;
+    let mut g_parts = scotd::autograd::Gradients::default();
+    for part in 0..4 {
+        let r = part * 2 * t..(part + 1) * 2 * t;
+        let l = model
+            .loss(
+                &Batch::new(ids[r.clone()].to_vec(), 2, t).unwrap(),
+                &targets[r],
+                Reduction::MeanOver(supervised),
+            )
+            .unwrap();
+        g_parts.add_from(l.backward().unwrap()).unwrap();
+    }
+    for (name, p) in &params {
+        let (a, b) = (
+            g_whole.get(p).unwrap().to_vec_f32(),
+            g_parts.get(p).unwrap().to_vec_f32(),
+        );
+        let scale = a.iter().fold(1e-12f32, |m, x| m.max(x.abs()));
+        let err = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+            / scale;
+        assert!(err < 1e-5, "{name}: {err:e}");
+    }
+}
+
+#[test]
+fn stopping_and_resuming_gives_bit_identical_losses() {
+    let student = tiny_student(32, 2);
+    let out = tempfile::tempdir().unwrap();
+    let straight = train(
+        config(student.path(), &out.path().join("straight"), 12),
+        false,
+    )
+    .unwrap();
+    let first = train(
+        config(student.path(), &out.path().join("resumed"), 8),
+        false,
+    )
+    .unwrap();
+    assert_eq!(first.resumed_from, None);
+    let second = train(
+        config(student.path(), &out.path().join("resumed"), 12),
+        false,
+    )
+    .unwrap();
+    assert_eq!(second.resumed_from, Some(8));
+    assert_eq!(losses(&straight.metrics), losses(&second.metrics));
+    assert_eq!(losses(&second.metrics).len(), 12, "no step logged twice");
+}
+
+fn scotd_train(config_path: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_scotd"));
+    cmd.args(["train", "--quiet", "--config"]).arg(config_path);
+    cmd
+}
+
+#[test]
+fn kill_9_mid_run_then_resume_gives_bit_identical_losses() {
+    // A larger student, so that steps take long enough to kill the run between checkpoints.
+    let student = tiny_student(128, 4);
+    let out = tempfile::tempdir().unwrap();
+    let steps = 24;
+    let straight = out.path().join("straight");
+    let killed = out.path().join("killed");
+    for run in [&straight, &killed] {
+        let cfg = config(student.path(), run, steps);
+        std::fs::write(run.with_extension("toml"), toml::to_string(&cfg).unwrap()).unwrap();
+    }
+    assert!(scotd_train(&straight.with_extension("toml"))
+        .status()
+        .unwrap()
+        .success());
+
+    let mut child = scotd_train(&killed.with_extension("toml")).spawn().unwrap();
+    let marker: PathBuf = killed.join("checkpoint-8/trainer_state.json");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "no checkpoint after 300 s");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        !killed.join(format!("checkpoint-{steps}")).exists(),
+        "killed before the end"
+    );
+
+    let status = scotd_train(&killed.with_extension("toml"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        losses(&straight.join("metrics.jsonl")),
+        losses(&killed.join("metrics.jsonl"))
+    );
+}
+
+#[test]
+fn example_configs_parse_and_bad_fields_are_named() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs");
+    for name in ["tiny-cpu.toml", "reference-qwen2.5-0.5b.toml"] {
+        let cfg = TrainConfig::load(Some(&root.join(name)), &[]).unwrap();
+        assert_eq!(cfg.datasets.len(), 2, "{name}");
+        assert_eq!(
+            (cfg.datasets[0].weight, cfg.datasets[1].weight),
+            (0.7, 0.3),
+            "{name}"
+        );
+    }
+    // Flags override the file, as TOML values.
+    let cfg = TrainConfig::load(
+        Some(&root.join("tiny-cpu.toml")),
+        &[
+            ("lr".into(), "2e-4".into()),
+            ("output_dir".into(), "elsewhere".into()),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        (cfg.lr, cfg.output_dir.as_path()),
+        (2e-4, Path::new("elsewhere"))
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    for (text, field) in [
+        ("model = \"m\"\nsteps = \"many\"\n[[datasets]]\nname = \"a\"\npath = \"a\"\nweight = 1.0\n", "steps"),
+        ("model = \"m\"\nlearning_rate = 1.0\n", "learning_rate"),
+        ("model = \"m\"\n", "datasets"),
+        ("model = \"m\"\nlr = -1.0\n[[datasets]]\nname = \"a\"\npath = \"a\"\nweight = 1.0\n", "lr"),
+    ] {
+        std::fs::write(&bad, text).unwrap();
+        let err = TrainConfig::load(Some(&bad), &[]).unwrap_err().to_string();
+        assert!(err.contains("bad.toml") && err.contains(field), "{text}: {err}");
+    }
+}
+
+#[test]
+fn zero_weights_and_missing_templates_are_clear_errors() {
+    let student = tiny_student(32, 1);
+    let out = tempfile::tempdir().unwrap();
+    let mut cfg = config(student.path(), &out.path().join("w"), 2);
+    cfg.datasets.iter_mut().for_each(|d| d.weight = 0.0);
+    let err = train(cfg, false).unwrap_err().to_string();
+    assert!(err.contains("weight"), "{err}");
+
+    std::fs::remove_file(student.path().join("tokenizer_config.json")).unwrap();
+    let err = train(config(student.path(), &out.path().join("t"), 2), false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("chat template") || err.contains("chat_template"),
+        "{err}"
+    );
+}
