@@ -1,0 +1,67 @@
+//! One full SFT step on the real SmolLM2-135M-Instruct (fetched by
+//! tools/fetch-test-models.sh) on the CPU: forward, loss, backward, gradient clipping and
+//! AdamW, on 4 × 256 tokens. tools/bench_torch_train_cpu.py runs the same step in
+//! PyTorch + transformers; run both in one sitting and compare tokens/s.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use scotd::model::{Batch, Model};
+use scotd::ops::Reduction;
+use scotd::optim::{clip_grad_norm, default_decay, AdamW, AdamWConfig};
+
+const ROWS: usize = 4;
+const SEQ: usize = 256;
+
+fn model_dir() -> PathBuf {
+    let cache = std::env::var_os("SCOTD_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/scotd")
+        });
+    let dir = cache.join("models/smollm2-135m-instruct");
+    assert!(
+        dir.is_dir(),
+        "{} is missing: run tools/fetch-test-models.sh",
+        dir.display()
+    );
+    dir
+}
+
+fn bench_train_step(c: &mut Criterion) {
+    let model = Model::load(&model_dir()).expect("load SmolLM2");
+    let params = model.parameters();
+    let mut optimizer = AdamW::new(&params, AdamWConfig::default(), default_decay);
+    let ids: Vec<u32> = (0..ROWS * SEQ)
+        .map(|i| (1000 + (i * 7919) % 30_000) as u32)
+        .collect();
+    let targets: Vec<i64> = (0..ROWS * SEQ)
+        .map(|i| {
+            if (i + 1) % SEQ == 0 {
+                -100
+            } else {
+                ids[i + 1] as i64
+            }
+        })
+        .collect();
+    let batch = Batch::new(ids, ROWS, SEQ).unwrap();
+
+    let mut group = c.benchmark_group("smollm2_135m");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(40));
+    group.throughput(Throughput::Elements((ROWS * SEQ) as u64));
+    group.bench_function("train_step_adamw_4x256", |b| {
+        b.iter(|| {
+            let loss = model.loss(&batch, &targets, Reduction::Mean).unwrap();
+            let mut grads = loss.backward().unwrap();
+            clip_grad_norm(&params, &mut grads, 1.0).unwrap();
+            optimizer.step(&params, &grads, 1e-5).unwrap();
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_train_step);
+criterion_main!(benches);
