@@ -3,8 +3,11 @@
 //! tokens/s at batch 1 and batch 8. The PyTorch side is tools/bench_torch_generate.py,
 //! run in the same sitting; the README's table holds both.
 
-use std::path::PathBuf;
 use std::time::Duration;
+
+// The integration tests' paths to the cached test models.
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use scotd::model::{KvCache, Model};
@@ -12,21 +15,6 @@ use scotd::sample::{generate, SamplingConfig};
 
 const PROMPT_TOKENS: usize = 256;
 const NEW_TOKENS: usize = 64;
-
-fn model_dir() -> PathBuf {
-    let cache = std::env::var_os("SCOTD_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/scotd")
-        });
-    let dir = cache.join("models/smollm2-135m-instruct");
-    assert!(
-        dir.is_dir(),
-        "{} is missing: run tools/fetch-test-models.sh",
-        dir.display()
-    );
-    dir
-}
 
 /// A deterministic prompt of ordinary token ids.
 fn prompt(seed: usize, len: usize) -> Vec<u32> {
@@ -36,7 +24,8 @@ fn prompt(seed: usize, len: usize) -> Vec<u32> {
 }
 
 fn bench_generation(c: &mut Criterion) {
-    let model = Model::load(&model_dir()).expect("load SmolLM2");
+    let model =
+        Model::load(&common::real_model_dir("smollm2-135m-instruct")).expect("load SmolLM2");
     let mut group = c.benchmark_group("smollm2_135m");
     group
         .sample_size(10)

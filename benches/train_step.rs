@@ -3,8 +3,11 @@
 //! AdamW, on 4 × 256 tokens. tools/bench_torch_train_cpu.py runs the same step in
 //! PyTorch + transformers; run both in one sitting and compare tokens/s.
 
-use std::path::PathBuf;
 use std::time::Duration;
+
+// The integration tests' paths to the cached test models.
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use scotd::model::{Batch, Model};
@@ -14,23 +17,9 @@ use scotd::optim::{clip_grad_norm, default_decay, AdamW, AdamWConfig};
 const ROWS: usize = 4;
 const SEQ: usize = 256;
 
-fn model_dir() -> PathBuf {
-    let cache = std::env::var_os("SCOTD_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/scotd")
-        });
-    let dir = cache.join("models/smollm2-135m-instruct");
-    assert!(
-        dir.is_dir(),
-        "{} is missing: run tools/fetch-test-models.sh",
-        dir.display()
-    );
-    dir
-}
-
 fn bench_train_step(c: &mut Criterion) {
-    let model = Model::load(&model_dir()).expect("load SmolLM2");
+    let model =
+        Model::load(&common::real_model_dir("smollm2-135m-instruct")).expect("load SmolLM2");
     let params = model.parameters();
     let mut optimizer = AdamW::new(&params, AdamWConfig::default(), default_decay);
     let ids: Vec<u32> = (0..ROWS * SEQ)
