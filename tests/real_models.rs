@@ -111,6 +111,17 @@ fn smollm2_matches_transformers() {
             "prompt {n}: stop reason"
         );
     }
+    // Past EOS too, so that every prompt, chat ones included, is compared over all
+    // max_new_tokens greedy tokens.
+    let no_eos = generate(&model, &prompt_ids, &[], &cfg, |_, _| {}).unwrap();
+    for (n, (p, got)) in prompts.iter().zip(&no_eos).enumerate() {
+        let want = ids(&p["greedy_ids_no_eos"]);
+        assert_eq!(want.len(), cfg.max_new_tokens);
+        assert_eq!(
+            got.ids, want,
+            "prompt {n}: greedy continuation run past EOS"
+        );
+    }
     // One by one, for the two longest continuations (the rest are covered by the batch).
     for n in [1, 2] {
         let alone = generate(&model, &prompt_ids[n..=n], &eos, &cfg, |_, _| {}).unwrap();

@@ -137,6 +137,28 @@ def strip_at_eos(ids, eos):
     return ids, "max_new_tokens"
 
 
+def greedy_without_eos(model, x, pad_id):
+    saved = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = None
+    try:
+        with torch.no_grad():
+            out = model.generate(
+                x,
+                attention_mask=torch.ones_like(x),
+                do_sample=False,
+                max_new_tokens=MAX_NEW_TOKENS,
+                pad_token_id=pad_id,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+            )
+    finally:
+        model.generation_config.eos_token_id = saved
+    new = out[0, x.shape[1]:].tolist()
+    assert len(new) == MAX_NEW_TOKENS, "generation without EOS must run to max_new_tokens"
+    return new
+
+
 def generation(model, tok, eos_ids, vocab):
     rand_ids = random_ids(vocab, set(), N_RANDOM, RANDOM_SEED)
     prompts = []
@@ -162,6 +184,9 @@ def generation(model, tok, eos_ids, vocab):
             dt = time.time() - t0
         new = out.sequences[0, len(ids):].tolist()
         new, reason = strip_at_eos(new, eos_ids)
+        # The same greedy decoding run past EOS, so every prompt gives MAX_NEW_TOKENS
+        # tokens to compare (the chat prompts stop early otherwise).
+        no_eos = greedy_without_eos(model, x, tok.pad_token_id)
         # how close greedy came to a tie: top-1 minus top-2 logit at each generated step
         margins = [float(v[0] - v[1]) for v in (torch.topk(s[0], 2).values for s in out.logits[: len(new)])]
         print(f"  [{p['kind']}] {p['messages'][-1]['content'][:40]!r}: {len(new)} tokens ({reason}, {dt:.1f}s, min margin {min(margins):.3f}) "
@@ -174,6 +199,7 @@ def generation(model, tok, eos_ids, vocab):
                 "last_logits": logits_record(last, rand_ids),
                 "greedy_ids": new,
                 "stop_reason": reason,
+                "greedy_ids_no_eos": no_eos,
                 "greedy_text": tok.decode(new, skip_special_tokens=False),
                 "greedy_min_margin": min(margins),
                 "greedy_min_margin_step": int(np.argmin(margins)),
