@@ -10,6 +10,8 @@ pub mod linear;
 pub mod rmsnorm;
 pub mod rope;
 pub mod swiglu;
+#[cfg(test)]
+mod test_util;
 
 pub use add::add;
 pub use attention::{attention, attention_with_cache, CachedDims};

@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::autograd::{gradcheck, GradcheckConfig};
+use crate::ops::test_util::assert_close_abs as assert_close;
 use crate::rng::Rng;
 use crate::DType;
 
@@ -63,13 +64,6 @@ fn naive_attention(q: &Tensor, k: &Tensor, v: &Tensor, segments: Option<&[u32]>)
         }
     }
     out
-}
-
-fn assert_close(got: &[f32], want: &[f32], tol: f32) {
-    assert_eq!(got.len(), want.len());
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= tol, "element {i}: got {g}, want {w}");
-    }
 }
 
 #[test]

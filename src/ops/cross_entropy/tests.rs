@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::autograd::{gradcheck, GradcheckConfig};
+use crate::ops::test_util::assert_close_rel as assert_close;
 use crate::rng::Rng;
 
 const V: usize = 7;
@@ -42,16 +43,6 @@ fn loss_and_grad(logits: &Tensor, targets: &[i64], reduction: Reduction) -> (f32
 
 fn to_f32(v: &[f64]) -> Vec<f32> {
     v.iter().map(|&x| x as f32).collect()
-}
-
-fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= tol * (1.0 + w.abs()),
-            "{what}[{i}]: {g} vs {w}"
-        );
-    }
 }
 
 #[test]

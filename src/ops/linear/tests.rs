@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::autograd::{gradcheck, GradcheckConfig};
+use crate::ops::test_util::assert_close_rel as assert_close;
 use crate::rng::Rng;
 use crate::DType;
 
@@ -25,16 +26,6 @@ fn naive_forward(x: &[f32], w: &[f32], b: Option<&[f32]>, rows: usize, k: usize)
         }
     }
     y
-}
-
-fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= tol * (1.0 + w.abs()),
-            "{what}[{i}]: {g} vs {w}"
-        );
-    }
 }
 
 #[test]

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::autograd::{gradcheck, GradcheckConfig};
+use crate::ops::test_util::assert_close_abs as assert_close;
 use crate::rng::Rng;
 
 /// The deterministic input the reference values were computed from (in Python:
@@ -10,13 +11,6 @@ fn pattern(n: usize) -> Vec<f32> {
     (0..n)
         .map(|i| (((i * 37) % 23) as f32 - 11.0) / 7.0)
         .collect()
-}
-
-fn assert_close(got: &[f32], want: &[f32], tol: f32) {
-    assert_eq!(got.len(), want.len());
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= tol, "element {i}: got {g}, want {w}");
-    }
 }
 
 #[test]
