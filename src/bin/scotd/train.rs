@@ -77,8 +77,13 @@ pub fn run(args: Args) -> Result<()> {
         config.output_dir.display()
     );
     let summary = train(config, !args.quiet)?;
-    if let Some(step) = summary.resumed_from {
-        eprintln!("resumed from step {step}");
+    match summary.resumed_from {
+        Some(step) if step >= summary.steps => {
+            eprintln!("already trained to step {step}: raise --steps to continue");
+            return Ok(());
+        }
+        Some(step) => eprintln!("resumed from step {step}"),
+        None => {}
     }
     eprintln!(
         "done: {} steps, final loss {:.4}\n  model:   {}\n  metrics: {}",
