@@ -14,6 +14,7 @@ pub mod sample;
 pub mod tensor;
 pub mod tokenizer;
 pub mod train;
+pub mod verify;
 
 pub use error::{Error, Result};
 pub use tensor::{DType, Device, Shape, Tensor};

@@ -7,6 +7,7 @@ mod logits;
 mod plot;
 mod prompts;
 mod train;
+mod verify;
 
 use clap::{Parser, Subcommand};
 
@@ -36,6 +37,9 @@ enum Command {
     Plot(plot::Args),
     /// Fine-tune a student on mixed datasets (SFT); resumes from its last checkpoint.
     Train(train::Args),
+    /// Check answers against gold: annotate output/gold pairs with a verdict (--pairs),
+    /// or keep only the correct traces of a trace file (--filter).
+    Verify(verify::Args),
 }
 
 fn main() {
@@ -46,6 +50,7 @@ fn main() {
         Command::Logits(args) => logits::run(args),
         Command::Plot(args) => plot::run(args),
         Command::Train(args) => train::run(args),
+        Command::Verify(args) => verify::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
