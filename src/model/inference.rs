@@ -108,11 +108,31 @@ impl Model {
             cache.append(l, &k[kv_rows.clone()], &v[kv_rows]);
             let (k_cache, v_cache) = cache.layer(l);
             let q_rows = rows.start * q_width..rows.end * q_width;
-            let out = attention_with_cache(&q[q_rows.clone()], k_cache, v_cache, start, dims);
+            let out = if start == 0 && rows.len() > 1 {
+                // A fresh prompt: the cache holds exactly its keys, so the blockwise-GEMM
+                // attention of training applies and is much faster than row-by-row dots.
+                prefill_attention(&q[q_rows.clone()], k_cache, v_cache, dims)?
+            } else {
+                attention_with_cache(&q[q_rows.clone()], k_cache, v_cache, start, dims)
+            };
             attn[q_rows].copy_from_slice(&out);
         }
         let attn = Tensor::from_vec(attn, [x.shape().rows(), q_width])?;
         let x = ops::add(x, &layer.o_proj.forward(&attn)?)?;
         self.mlp_block(layer, &x)
     }
+}
+
+/// Causal attention of a whole prompt over its own keys (q [n, Hq, Dh], k/v [n, Hkv, Dh]).
+fn prefill_attention(q: &[f32], k: &[f32], v: &[f32], dims: CachedDims) -> Result<Vec<f32>> {
+    let n = q.len() / (dims.q_heads * dims.head_dim);
+    let as_tensor =
+        |x: &[f32], heads: usize| Tensor::from_vec(x.to_vec(), [1, n, heads, dims.head_dim]);
+    let out = ops::attention(
+        &as_tensor(q, dims.q_heads)?,
+        &as_tensor(k, dims.kv_heads)?,
+        &as_tensor(v, dims.kv_heads)?,
+        None,
+    )?;
+    Ok(out.to_vec_f32())
 }
