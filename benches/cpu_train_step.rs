@@ -2,7 +2,7 @@
 //! forward + backward, and whole-model loss + backward. The PyTorch side of the same
 //! shapes is `tools/bench_torch_cpu.py`; `benches/RESULTS.md` holds the comparison.
 //!
-//!     cargo bench --bench cpu_train_step                 # everything (~5 min on 2 cores)
+//!     cargo bench --bench cpu_train_step                 # everything (~3 min on 2 cores)
 //!     cargo bench --bench cpu_train_step -- layer        # one group (criterion filter)
 //!
 //! Throughput is FLOP/s for the GEMMs (criterion's "elem/s" = FLOP/s) and tokens/s for

@@ -165,13 +165,17 @@ def bench_layer(args, results):
         x = torch.randn(1, SEQ_LAYER, config.hidden_size, generator=g).requires_grad_()
         grad_out = torch.randn(1, SEQ_LAYER, config.hidden_size, generator=g)
         position_ids = torch.arange(SEQ_LAYER).unsqueeze(0)
+        # sdpa is causal through is_causal when no mask is given; eager needs the mask.
+        mask = None
+        if args.attn == "eager":
+            mask = torch.full((SEQ_LAYER, SEQ_LAYER), torch.finfo(torch.float32).min).triu(1)[None, None]
 
         def run():
             layer.zero_grad(set_to_none=True)
             x.grad = None
             # RoPE's cos/sin inside the timed region: scotd's rope op builds its table per call.
             cos_sin = rotary(x, position_ids)
-            out = layer(x, attention_mask=None, position_ids=position_ids,
+            out = layer(x, attention_mask=mask, position_ids=position_ids,
                         position_embeddings=cos_sin)
             if isinstance(out, tuple):
                 out = out[0]
