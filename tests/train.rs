@@ -108,13 +108,9 @@ fn tiny_student_memorises_the_mix_with_assistant_only_loss() {
 
 #[test]
 fn prompt_positions_get_no_gradient_and_packing_keeps_per_sequence_losses() {
-    let model = Model::random(
-        ModelConfig::from_json(
-            r#"{"model_type": "qwen2", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+    let model = common::random_model(
+        r#"{"model_type": "qwen2", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
                 "num_key_value_heads": 2, "intermediate_size": 40, "vocab_size": 50}"#,
-            Path::new("inline"),
-        )
-        .unwrap(),
         9,
     );
     let a: Vec<u32> = vec![3, 9, 27, 31, 4, 8, 15];
@@ -168,13 +164,9 @@ fn prompt_positions_get_no_gradient_and_packing_keeps_per_sequence_losses() {
 
 #[test]
 fn one_micro_batch_of_eight_equals_four_of_two() {
-    let model = Model::random(
-        ModelConfig::from_json(
-            r#"{"model_type": "llama", "hidden_size": 24, "num_hidden_layers": 1, "num_attention_heads": 3,
+    let model = common::random_model(
+        r#"{"model_type": "llama", "hidden_size": 24, "num_hidden_layers": 1, "num_attention_heads": 3,
                 "num_key_value_heads": 1, "intermediate_size": 30, "vocab_size": 40}"#,
-            Path::new("inline"),
-        )
-        .unwrap(),
         4,
     );
     let t = 6;

@@ -26,3 +26,10 @@ pub fn real_model_dir(name: &str) -> PathBuf {
     );
     dir
 }
+
+/// A model with random weights from an inline config.json text.
+pub fn random_model(config_json: &str, seed: u64) -> scotd::model::Model {
+    let config =
+        scotd::model::ModelConfig::from_json(config_json, std::path::Path::new("inline")).unwrap();
+    scotd::model::Model::random(config, seed)
+}
