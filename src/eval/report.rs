@@ -141,6 +141,9 @@ impl EvalReport {
     }
 }
 
+/// How one row of the comparison table reads a report.
+type Column = fn(&EvalReport) -> String;
+
 /// Several reports as one Markdown table, a column per model.
 pub fn compare_markdown(reports: &[EvalReport]) -> String {
     let mut md = String::from("| |");
@@ -150,7 +153,7 @@ pub fn compare_markdown(reports: &[EvalReport]) -> String {
     md.push_str("\n|---|");
     md.push_str(&"--:|".repeat(reports.len()));
     md.push('\n');
-    let rows: [(&str, fn(&EvalReport) -> String); 8] = [
+    let rows: [(&str, Column); 8] = [
         ("questions", |r| r.questions.to_string()),
         ("accuracy (95% CI)", |r| {
             format!(
