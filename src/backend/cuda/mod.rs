@@ -11,6 +11,8 @@
 //! Memory is a [`GpuBuffer`]; host memory in the emulator, device memory on a GPU.
 
 mod emulator;
+#[cfg(feature = "cuda")]
+pub mod nvrtc;
 pub mod sources;
 
 use bytemuck::Pod;
