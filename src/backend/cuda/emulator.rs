@@ -103,7 +103,7 @@ impl Emulator {
 
 /// An argument's bits, at the start of an 8-byte slot: the kernel reads its parameter's
 /// own type from there (little-endian, so a 4-byte value sits in the low half).
-fn arg_bits(arg: &KernelArg) -> u64 {
+pub(super) fn arg_bits(arg: &KernelArg) -> u64 {
     match *arg {
         KernelArg::Ptr(address) => address,
         KernelArg::I32(v) => v as u32 as u64,
@@ -114,7 +114,9 @@ fn arg_bits(arg: &KernelArg) -> u64 {
 /// The cached library for these sources, compiling it first if needed.
 fn compiled_library() -> Result<PathBuf> {
     let compiler = std::env::var("CXX").unwrap_or_else(|_| "c++".to_string());
-    let dir = cache_root().join(fingerprint(&format!("{compiler} {FLAGS:?}")));
+    let dir = cache_base()
+        .join("kernels-emu")
+        .join(fingerprint(&format!("{compiler} {FLAGS:?}")));
     let library = dir.join("libscotd_kernels.so");
     if library.is_file() {
         return Ok(library);
@@ -154,11 +156,11 @@ fn compile(compiler: &str, src: &Path, out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `$SCOTD_CACHE/kernels-emu`, by default under ~/.cache/scotd (the test models' cache).
-fn cache_root() -> PathBuf {
-    let base = std::env::var_os("SCOTD_CACHE")
+/// `$SCOTD_CACHE`, by default ~/.cache/scotd (the test models' cache): compiled kernels
+/// live under it.
+pub(super) fn cache_base() -> PathBuf {
+    std::env::var_os("SCOTD_CACHE")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/scotd")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("kernels-emu")
+        .unwrap_or_else(std::env::temp_dir)
 }

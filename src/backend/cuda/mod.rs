@@ -10,6 +10,8 @@
 //!
 //! Memory is a [`GpuBuffer`]; host memory in the emulator, device memory on a GPU.
 
+#[cfg(feature = "cuda")]
+mod device;
 mod emulator;
 #[cfg(feature = "cuda")]
 pub mod nvrtc;
@@ -17,6 +19,7 @@ pub mod sources;
 
 use bytemuck::Pod;
 
+use super::cpu::{matmul, Transpose};
 use crate::{Error, Result};
 
 /// Grid and block sizes and dynamic shared memory bytes of a launch.
@@ -68,54 +71,139 @@ impl KernelArg {
 
 /// Elements of type `T` in GPU memory.
 pub struct GpuBuffer<T: Pod> {
-    data: Vec<T>,
+    memory: Memory<T>,
+}
+
+enum Memory<T> {
+    /// The emulator's memory is the host's.
+    Host(Vec<T>),
+    #[cfg(feature = "cuda")]
+    Device {
+        slice: cudarc::driver::CudaSlice<u8>,
+        address: u64,
+        len: usize,
+    },
 }
 
 impl<T: Pod> GpuBuffer<T> {
     pub fn len(&self) -> usize {
-        self.data.len()
+        match &self.memory {
+            Memory::Host(data) => data.len(),
+            #[cfg(feature = "cuda")]
+            Memory::Device { len, .. } => *len,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
+        self.len() == 0
     }
 
     fn address(&self) -> u64 {
-        self.data.as_ptr() as u64
+        match &self.memory {
+            Memory::Host(data) => data.as_ptr() as u64,
+            #[cfg(feature = "cuda")]
+            Memory::Device { address, .. } => *address,
+        }
     }
 
     fn address_mut(&mut self) -> u64 {
-        self.data.as_mut_ptr() as u64
+        match &mut self.memory {
+            Memory::Host(data) => data.as_mut_ptr() as u64,
+            #[cfg(feature = "cuda")]
+            Memory::Device { address, .. } => *address,
+        }
     }
 }
 
-/// A GPU to run kernels on.
+/// A GPU to run kernels on: the emulator or a CUDA device.
 pub struct Gpu {
-    emulator: &'static emulator::Emulator,
+    backend: Backend,
+}
+
+enum Backend {
+    Emulated(&'static emulator::Emulator),
+    #[cfg(feature = "cuda")]
+    Cuda(device::CudaGpu),
 }
 
 impl Gpu {
     /// The CPU emulator; compiles the kernels on first use in a process (cached on disk).
     pub fn emulated() -> Result<Gpu> {
         Ok(Gpu {
-            emulator: emulator::Emulator::get()?,
+            backend: Backend::Emulated(emulator::Emulator::get()?),
         })
+    }
+
+    /// CUDA device `ordinal`: an error (not a panic) without a driver or a device.
+    #[cfg(feature = "cuda")]
+    pub fn cuda(ordinal: usize) -> Result<Gpu> {
+        Ok(Gpu {
+            backend: Backend::Cuda(device::CudaGpu::new(ordinal)?),
+        })
+    }
+
+    /// What this GPU is, for reports: "CPU emulator" or the device's name and architecture.
+    pub fn describe(&self) -> String {
+        match &self.backend {
+            Backend::Emulated(_) => "CPU emulator".to_string(),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(d) => format!("{} ({})", d.name, d.arch),
+        }
     }
 
     pub fn upload<T: Pod>(&self, data: &[T]) -> Result<GpuBuffer<T>> {
-        Ok(GpuBuffer {
-            data: data.to_vec(),
-        })
+        let memory = match &self.backend {
+            Backend::Emulated(_) => Memory::Host(data.to_vec()),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(d) => {
+                let (slice, address) = d.upload(bytemuck::cast_slice(data))?;
+                Memory::Device {
+                    slice,
+                    address,
+                    len: data.len(),
+                }
+            }
+        };
+        Ok(GpuBuffer { memory })
     }
 
     pub fn zeros<T: Pod>(&self, len: usize) -> Result<GpuBuffer<T>> {
-        Ok(GpuBuffer {
-            data: vec![T::zeroed(); len],
-        })
+        let memory = match &self.backend {
+            Backend::Emulated(_) => Memory::Host(vec![T::zeroed(); len]),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(d) => {
+                let (slice, address) = d.zeros(len * std::mem::size_of::<T>())?;
+                Memory::Device {
+                    slice,
+                    address,
+                    len,
+                }
+            }
+        };
+        Ok(GpuBuffer { memory })
     }
 
+    /// The buffer's contents (waits for the kernels writing it).
     pub fn download<T: Pod>(&self, buffer: &GpuBuffer<T>) -> Result<Vec<T>> {
-        Ok(buffer.data.clone())
+        match (&self.backend, &buffer.memory) {
+            (Backend::Emulated(_), Memory::Host(data)) => Ok(data.clone()),
+            #[cfg(feature = "cuda")]
+            (Backend::Cuda(d), Memory::Device { slice, len, .. }) => {
+                let bytes = d.download(slice, len * std::mem::size_of::<T>())?;
+                Ok(bytemuck::pod_collect_to_vec(&bytes))
+            }
+            #[cfg(feature = "cuda")]
+            _ => Err(Error::Gpu("the buffer belongs to another GPU".into())),
+        }
+    }
+
+    /// Waits for every kernel launched so far.
+    pub fn synchronize(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Emulated(_) => Ok(()),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(d) => d.synchronize(),
+        }
     }
 
     /// Launches `kernel` (its extern "C" name).
@@ -125,7 +213,72 @@ impl Gpu {
     /// must address a live buffer of this GPU, as large as the kernel will index.
     pub unsafe fn launch(&self, kernel: &str, cfg: LaunchConfig, args: &[KernelArg]) -> Result<()> {
         check_launch(kernel, &cfg)?;
-        self.emulator.launch(kernel, cfg, args)
+        match &self.backend {
+            Backend::Emulated(e) => e.launch(kernel, cfg, args),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(d) => d.launch(kernel, cfg, args),
+        }
+    }
+
+    /// `c = op(a) op(b)` (`c +=` when `accumulate`), row-major, `op(a)` m x k and `op(b)`
+    /// k x n: cuBLAS with f32 accumulation on a device, the CPU GEMM in the emulator. The
+    /// inputs share a type; `c` may be wider (bf16 inputs, f32 gradient).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm<T: GpuFloat, C: GpuFloat>(
+        &self,
+        c: &mut GpuBuffer<C>,
+        a: &GpuBuffer<T>,
+        transpose_a: bool,
+        b: &GpuBuffer<T>,
+        transpose_b: bool,
+        (m, n, k): (usize, usize, usize),
+        accumulate: bool,
+    ) -> Result<()> {
+        expect_len("gemm", "a", a, m * k)?;
+        expect_len("gemm", "b", b, k * n)?;
+        expect_len("gemm", "c", c, m * n)?;
+        match (&self.backend, &mut c.memory) {
+            (Backend::Emulated(_), Memory::Host(c_data)) => {
+                let mut out: Vec<f32> = c_data.iter().map(|e| e.to_f32()).collect();
+                let op = |t: bool| if t { Transpose::Yes } else { Transpose::No };
+                let (a, b) = (host_f32(a)?, host_f32(b)?);
+                matmul(
+                    &mut out,
+                    &a,
+                    op(transpose_a),
+                    &b,
+                    op(transpose_b),
+                    (m, n, k),
+                    accumulate,
+                );
+                for (dst, v) in c_data.iter_mut().zip(out) {
+                    *dst = C::from_f32(v);
+                }
+                Ok(())
+            }
+            #[cfg(feature = "cuda")]
+            (Backend::Cuda(d), Memory::Device { address, .. }) => d.gemm(
+                *address,
+                a.address(),
+                transpose_a,
+                b.address(),
+                transpose_b,
+                (m, n, k),
+                if accumulate { 1.0 } else { 0.0 },
+                (T::CUDA_TYPE, C::CUDA_TYPE),
+            ),
+            #[cfg(feature = "cuda")]
+            _ => Err(Error::Gpu("the buffer belongs to another GPU".into())),
+        }
+    }
+}
+
+/// An emulator buffer's elements as f32.
+fn host_f32<T: GpuFloat>(buffer: &GpuBuffer<T>) -> Result<Vec<f32>> {
+    match &buffer.memory {
+        Memory::Host(v) => Ok(v.iter().map(|e| e.to_f32()).collect()),
+        #[cfg(feature = "cuda")]
+        Memory::Device { .. } => Err(Error::Gpu("the buffer belongs to another GPU".into())),
     }
 }
 
@@ -144,14 +297,36 @@ fn check_launch(kernel: &str, cfg: &LaunchConfig) -> Result<()> {
 /// (`rmsnorm_forward_bf16`).
 pub trait GpuFloat: Pod {
     const SUFFIX: &'static str;
+    #[cfg(feature = "cuda")]
+    const CUDA_TYPE: cudarc::cublas::sys::cudaDataType;
+    fn to_f32(self) -> f32;
+    fn from_f32(v: f32) -> Self;
 }
 
 impl GpuFloat for f32 {
     const SUFFIX: &'static str = "f32";
+    #[cfg(feature = "cuda")]
+    const CUDA_TYPE: cudarc::cublas::sys::cudaDataType =
+        cudarc::cublas::sys::cudaDataType::CUDA_R_32F;
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn from_f32(v: f32) -> Self {
+        v
+    }
 }
 
 impl GpuFloat for half::bf16 {
     const SUFFIX: &'static str = "bf16";
+    #[cfg(feature = "cuda")]
+    const CUDA_TYPE: cudarc::cublas::sys::cudaDataType =
+        cudarc::cublas::sys::cudaDataType::CUDA_R_16BF;
+    fn to_f32(self) -> f32 {
+        half::bf16::to_f32(self)
+    }
+    fn from_f32(v: f32) -> Self {
+        half::bf16::from_f32(v)
+    }
 }
 
 /// Fails unless `buffer` holds exactly `len` elements.
@@ -168,4 +343,80 @@ pub fn expect_len<T: Pod>(
         ));
     }
     Ok(())
+}
+
+/// The GPUs the kernel tests run their checks on: always the emulator, and CUDA device 0
+/// when SCOTD_TEST_CUDA=1 (tools/gpu-check.sh sets it on a GPU machine), so every check
+/// runs unchanged on both.
+#[cfg(test)]
+pub(crate) fn test_gpus() -> Vec<Gpu> {
+    let emulator = Gpu::emulated().expect("the CPU emulator compiles");
+    if std::env::var("SCOTD_TEST_CUDA").as_deref() != Ok("1") {
+        return vec![emulator];
+    }
+    #[cfg(feature = "cuda")]
+    return vec![
+        emulator,
+        Gpu::cuda(0).expect("SCOTD_TEST_CUDA=1 but no CUDA device"),
+    ];
+    #[cfg(not(feature = "cuda"))]
+    panic!("SCOTD_TEST_CUDA=1 needs a build with --features cuda");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    #[test]
+    fn gemm_matches_the_cpu_reference_in_every_layout() {
+        let mut rng = Rng::new(3);
+        let (m, n, k) = (5, 7, 9);
+        let a = rng.normal_vec(m * k, 1.0);
+        let b = rng.normal_vec(k * n, 1.0);
+        let c0 = rng.normal_vec(m * n, 1.0);
+        for gpu in test_gpus() {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                for accumulate in [false, true] {
+                    let mut expected = c0.clone();
+                    let op = |t: bool| if t { Transpose::Yes } else { Transpose::No };
+                    matmul(&mut expected, &a, op(ta), &b, op(tb), (m, n, k), accumulate);
+                    let mut c = gpu.upload(&c0).unwrap();
+                    let (ga, gb) = (gpu.upload(&a).unwrap(), gpu.upload(&b).unwrap());
+                    gpu.gemm(&mut c, &ga, ta, &gb, tb, (m, n, k), accumulate)
+                        .unwrap();
+                    let got = gpu.download(&c).unwrap();
+                    for (g, e) in got.iter().zip(&expected) {
+                        assert!(
+                            (g - e).abs() < 1e-4,
+                            "{} ta={ta} tb={tb}: {g} vs {e}",
+                            gpu.describe()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_launches_and_sizes_are_errors() {
+        let gpu = Gpu::emulated().unwrap();
+        let cfg = LaunchConfig::linear(1, 2048, 0);
+        // SAFETY: refused before anything runs.
+        let err = unsafe { gpu.launch("rmsnorm_dw_reduce", cfg, &[]) }.unwrap_err();
+        assert!(err.to_string().contains("1 to 1024"), "{err}");
+        let cfg = LaunchConfig::linear(1, 32, 0);
+        // SAFETY: no kernel has this name, so nothing runs.
+        let err = unsafe { gpu.launch("no_such_kernel", cfg, &[]) }.unwrap_err();
+        assert!(err.to_string().contains("no_such_kernel"), "{err}");
+        let mut c = gpu.zeros::<f32>(4).unwrap();
+        let a = gpu.zeros::<f32>(3).unwrap();
+        let err = gpu
+            .gemm(&mut c, &a, false, &a, false, (2, 2, 2), false)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("holds 3 elements, expected 4"),
+            "{err}"
+        );
+    }
 }

@@ -99,6 +99,7 @@ fn rows_of<T: GpuFloat>(x: &GpuBuffer<T>, weight: &GpuBuffer<T>, dim: usize) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::cuda::test_gpus;
     use crate::ops::test_util::assert_close_abs;
     use crate::rng::Rng;
     use half::bf16;
@@ -108,14 +109,19 @@ mod tests {
 
     #[test]
     fn f32_kernels_match_the_cpu_reference() {
-        let gpu = Gpu::emulated().unwrap();
+        for gpu in test_gpus() {
+            f32_kernels_match_on(&gpu);
+        }
+    }
+
+    fn f32_kernels_match_on(gpu: &Gpu) {
         let mut rng = Rng::new(1);
         for &(rows, dim) in SHAPES {
             let x = rng.normal_vec(rows * dim, 1.0);
             let w = rng.normal_vec(dim, 1.0);
             let dy = rng.normal_vec(rows * dim, 1.0);
             let (y, rstd) = rmsnorm_forward(
-                &gpu,
+                gpu,
                 &gpu.upload(&x).unwrap(),
                 &gpu.upload(&w).unwrap(),
                 dim,
@@ -128,7 +134,7 @@ mod tests {
 
             let mut dw = gpu.upload(&vec![0.5f32; dim]).unwrap();
             let dx = rmsnorm_backward(
-                &gpu,
+                gpu,
                 &gpu.upload(&dy).unwrap(),
                 &gpu.upload(&x).unwrap(),
                 &gpu.upload(&w).unwrap(),
@@ -150,7 +156,12 @@ mod tests {
 
     #[test]
     fn bf16_kernels_match_the_cpu_reference_within_bf16_rounding() {
-        let gpu = Gpu::emulated().unwrap();
+        for gpu in test_gpus() {
+            bf16_kernels_match_on(&gpu);
+        }
+    }
+
+    fn bf16_kernels_match_on(gpu: &Gpu) {
         let mut rng = Rng::new(2);
         let (rows, dim) = (37, 150);
         let round = |v: Vec<f32>| -> Vec<bf16> { v.into_iter().map(bf16::from_f32).collect() };
@@ -159,7 +170,7 @@ mod tests {
         let w = round(rng.normal_vec(dim, 1.0));
         let dy = round(rng.normal_vec(rows * dim, 1.0));
         let (y, rstd) = rmsnorm_forward(
-            &gpu,
+            gpu,
             &gpu.upload(&x).unwrap(),
             &gpu.upload(&w).unwrap(),
             dim,
@@ -175,7 +186,7 @@ mod tests {
         }
         let mut dw = gpu.zeros::<f32>(dim).unwrap();
         let dx = rmsnorm_backward(
-            &gpu,
+            gpu,
             &gpu.upload(&dy).unwrap(),
             &gpu.upload(&x).unwrap(),
             &gpu.upload(&w).unwrap(),
