@@ -10,6 +10,7 @@
 //!
 //! Memory is a [`GpuBuffer`]; host memory in the emulator, device memory on a GPU.
 
+pub mod bench;
 #[cfg(feature = "cuda")]
 mod device;
 mod emulator;
@@ -203,6 +204,22 @@ impl Gpu {
             Backend::Emulated(_) => Ok(()),
             #[cfg(feature = "cuda")]
             Backend::Cuda(d) => d.synchronize(),
+        }
+    }
+
+    /// Milliseconds each of `runs` calls of `work` took on the GPU: CUDA events around each
+    /// call on a device, wall time in the emulator.
+    pub fn time_ms(&self, runs: usize, mut work: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+        match &self.backend {
+            Backend::Emulated(_) => (0..runs)
+                .map(|_| {
+                    let start = std::time::Instant::now();
+                    work()?;
+                    Ok(start.elapsed().as_secs_f64() * 1e3)
+                })
+                .collect(),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(d) => d.time_ms(runs, work),
         }
     }
 

@@ -1,0 +1,248 @@
+//! Kernel benchmarks at Qwen2.5-0.5B shapes (16 x 1024 tokens, hidden 896, intermediate
+//! 4864): each kernel's median time over many runs, its achieved bandwidth or FLOP rate,
+//! and, given PyTorch's numbers from tools/bench_torch_gpu.py on the same card, the
+//! fraction of the measured limit and the ratio to PyTorch. `scotd gpu-bench` runs them.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Gpu, GpuBuffer, GpuFloat};
+use crate::ops::rmsnorm::cuda::{rmsnorm_backward, rmsnorm_forward};
+use crate::rng::Rng;
+use crate::Result;
+
+/// One measured kernel, keyed like tools/bench_torch_gpu.py's rows (`name`, `pass_`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KernelTiming {
+    pub kernel: String,
+    /// The PyTorch row it replaces: its `name` and `pass_` in torch_gpu.json.
+    pub peer: (String, String),
+    pub dtype: String,
+    pub shape: String,
+    /// Bytes it must move (memory-bound kernels) or FLOPs it must do (GEMMs).
+    pub bytes: Option<f64>,
+    pub flops: Option<f64>,
+    pub median_ms: f64,
+    pub runs: usize,
+}
+
+/// Sizes: the real ones, or tiny ones that run in seconds on the emulator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scale {
+    Qwen05B,
+    Smoke,
+}
+
+struct Shapes {
+    tokens: usize,
+    hidden: usize,
+    inter: usize,
+    runs: usize,
+}
+
+impl Scale {
+    fn shapes(self) -> Shapes {
+        match self {
+            Scale::Qwen05B => Shapes {
+                tokens: 16 * 1024,
+                hidden: 896,
+                inter: 4864,
+                runs: 100,
+            },
+            Scale::Smoke => Shapes {
+                tokens: 64,
+                hidden: 96,
+                inter: 160,
+                runs: 3,
+            },
+        }
+    }
+}
+
+/// Every kernel benchmark, in bf16 (the training dtype).
+pub fn bench_kernels(gpu: &Gpu, scale: Scale) -> Result<Vec<KernelTiming>> {
+    let s = scale.shapes();
+    let mut out = rmsnorm(gpu, &s)?;
+    out.push(gemm(gpu, &s)?);
+    Ok(out)
+}
+
+fn random_bf16(gpu: &Gpu, rng: &mut Rng, len: usize) -> Result<GpuBuffer<half::bf16>> {
+    let data: Vec<half::bf16> = rng
+        .normal_vec(len, 1.0)
+        .into_iter()
+        .map(half::bf16::from_f32)
+        .collect();
+    gpu.upload(&data)
+}
+
+fn median(mut times: Vec<f64>) -> f64 {
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+fn timing(
+    kernel: &str,
+    peer: (&str, &str),
+    shape: String,
+    bytes: Option<f64>,
+    flops: Option<f64>,
+    times: Vec<f64>,
+) -> KernelTiming {
+    KernelTiming {
+        kernel: kernel.to_string(),
+        peer: (peer.0.to_string(), peer.1.to_string()),
+        dtype: half::bf16::SUFFIX.to_string(),
+        shape,
+        bytes,
+        flops,
+        runs: times.len(),
+        median_ms: median(times),
+    }
+}
+
+fn rmsnorm(gpu: &Gpu, s: &Shapes) -> Result<Vec<KernelTiming>> {
+    let mut rng = Rng::new(0);
+    let (n, d) = (s.tokens, s.hidden);
+    let x = random_bf16(gpu, &mut rng, n * d)?;
+    let w = random_bf16(gpu, &mut rng, d)?;
+    let dy = random_bf16(gpu, &mut rng, n * d)?;
+    let (_, rstd) = rmsnorm_forward(gpu, &x, &w, d, 1e-6)?;
+    let mut dw = gpu.zeros::<f32>(d)?;
+    let shape = format!("{n}x{d}");
+    let element = 2.0;
+    let forward = gpu.time_ms(s.runs, || rmsnorm_forward(gpu, &x, &w, d, 1e-6).map(drop))?;
+    let backward = gpu.time_ms(s.runs, || {
+        rmsnorm_backward(gpu, &dy, &x, &w, &rstd, d, &mut dw, true).map(drop)
+    })?;
+    let nd = (n * d) as f64;
+    Ok(vec![
+        timing(
+            "rmsnorm_forward",
+            ("rmsnorm (HF)", "fwd"),
+            shape.clone(),
+            Some(2.0 * nd * element + 4.0 * n as f64),
+            None,
+            forward,
+        ),
+        timing(
+            "rmsnorm_backward",
+            ("rmsnorm (HF)", "bwd"),
+            shape,
+            Some(3.0 * nd * element + 4.0 * n as f64),
+            None,
+            backward,
+        ),
+    ])
+}
+
+/// The MLP's gate projection: [tokens, hidden] x [inter, hidden]^T through cuBLAS.
+fn gemm(gpu: &Gpu, s: &Shapes) -> Result<KernelTiming> {
+    let mut rng = Rng::new(1);
+    let (m, n, k) = (s.tokens, s.inter, s.hidden);
+    let a = random_bf16(gpu, &mut rng, m * k)?;
+    let b = random_bf16(gpu, &mut rng, n * k)?;
+    let mut c = gpu.zeros::<half::bf16>(m * n)?;
+    let times = gpu.time_ms(s.runs, || {
+        gpu.gemm(&mut c, &a, false, &b, true, (m, n, k), false)
+    })?;
+    let flops = 2.0 * (m * n * k) as f64;
+    Ok(timing(
+        "gemm (cuBLAS)",
+        ("", ""),
+        format!("{m}x{n}x{k}"),
+        None,
+        Some(flops),
+        times,
+    ))
+}
+
+/// PyTorch's numbers for the same card (torch_gpu.json of tools/bench_torch_gpu.py).
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct TorchBaselines {
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub ops: Vec<TorchOp>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Limits {
+    pub copy_gbps: Option<f64>,
+    pub gemm_tflops: Option<f64>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct TorchOp {
+    pub name: String,
+    pub pass_: String,
+    pub dtype: String,
+    pub shape: String,
+    pub median_ms: f64,
+}
+
+/// The table: kernel, shape, time, rate, fraction of the limit, PyTorch's time, ratio.
+pub fn markdown(timings: &[KernelTiming], torch: &TorchBaselines) -> String {
+    let mut md = String::from(
+        "| kernel | shape | ms | rate | % of limit | PyTorch ms | PyTorch / ours |\n|---|---|--:|--:|--:|--:|--:|\n",
+    );
+    for t in timings {
+        let seconds = t.median_ms / 1e3;
+        let (rate, fraction) = match (t.bytes, t.flops) {
+            (Some(bytes), _) => {
+                let gbps = bytes / seconds / 1e9;
+                (
+                    format!("{gbps:.0} GB/s"),
+                    torch.limits.copy_gbps.map(|l| gbps / l),
+                )
+            }
+            (None, Some(flops)) => {
+                let tflops = flops / seconds / 1e12;
+                (
+                    format!("{tflops:.0} TFLOP/s"),
+                    torch.limits.gemm_tflops.map(|l| tflops / l),
+                )
+            }
+            (None, None) => (String::new(), None),
+        };
+        let peer = torch.ops.iter().find(|o| {
+            o.name == t.peer.0 && o.pass_ == t.peer.1 && o.dtype == t.dtype && o.shape == t.shape
+        });
+        md.push_str(&format!(
+            "| {} | {} | {:.4} | {rate} | {} | {} | {} |\n",
+            t.kernel,
+            t.shape,
+            t.median_ms,
+            fraction.map_or(String::new(), |f| format!("{:.0}", 100.0 * f)),
+            peer.map_or(String::new(), |p| format!("{:.4}", p.median_ms)),
+            peer.map_or(String::new(), |p| format!(
+                "{:.2}",
+                p.median_ms / t.median_ms
+            )),
+        ));
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smoke_benchmarks_run_and_join_pytorch_rows() {
+        let gpu = Gpu::emulated().unwrap();
+        let timings = bench_kernels(&gpu, Scale::Smoke).unwrap();
+        assert!(timings.iter().all(|t| t.median_ms > 0.0 && t.runs == 3));
+        let torch: TorchBaselines = serde_json::from_str(
+            r#"{"limits": {"copy_gbps": 3000.0, "gemm_tflops": 700.0},
+                "ops": [{"name": "rmsnorm (HF)", "pass_": "fwd", "dtype": "bf16",
+                         "shape": "64x96", "median_ms": 1e9}]}"#,
+        )
+        .unwrap();
+        let md = markdown(&timings, &torch);
+        let row = md
+            .lines()
+            .find(|l| l.starts_with("| rmsnorm_forward |"))
+            .unwrap();
+        assert!(row.contains("1000000000.0000"), "{row}");
+    }
+}
