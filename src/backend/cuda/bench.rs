@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Gpu, GpuBuffer, GpuFloat};
+use crate::ops::embedding::cuda::{embedding_backward, embedding_forward};
 use crate::ops::rmsnorm::cuda::{rmsnorm_backward, rmsnorm_forward};
 use crate::rng::Rng;
 use crate::Result;
@@ -36,6 +37,7 @@ struct Shapes {
     tokens: usize,
     hidden: usize,
     inter: usize,
+    vocab: usize,
     runs: usize,
 }
 
@@ -46,12 +48,14 @@ impl Scale {
                 tokens: 16 * 1024,
                 hidden: 896,
                 inter: 4864,
+                vocab: 151_936,
                 runs: 100,
             },
             Scale::Smoke => Shapes {
                 tokens: 64,
                 hidden: 96,
                 inter: 160,
+                vocab: 500,
                 runs: 3,
             },
         }
@@ -62,6 +66,7 @@ impl Scale {
 pub fn bench_kernels(gpu: &Gpu, scale: Scale) -> Result<Vec<KernelTiming>> {
     let s = scale.shapes();
     let mut out = rmsnorm(gpu, &s)?;
+    out.extend(embedding(gpu, &s)?);
     out.push(gemm(gpu, &s)?);
     Ok(out)
 }
@@ -129,6 +134,46 @@ fn rmsnorm(gpu: &Gpu, s: &Shapes) -> Result<Vec<KernelTiming>> {
             ("rmsnorm (HF)", "bwd"),
             shape,
             Some(3.0 * nd * element + 4.0 * n as f64),
+            None,
+            backward,
+        ),
+    ])
+}
+
+/// Gathering the tokens' rows, and the gradient's sum into f32 rows (accumulating, as
+/// in a training step whose gradients were zeroed once).
+fn embedding(gpu: &Gpu, s: &Shapes) -> Result<Vec<KernelTiming>> {
+    let mut rng = Rng::new(2);
+    let (n, d, vocab) = (s.tokens, s.hidden, s.vocab);
+    let ids: Vec<u32> = (0..n).map(|_| rng.below(vocab) as u32).collect();
+    let weight = random_bf16(gpu, &mut rng, vocab * d)?;
+    let dy = random_bf16(gpu, &mut rng, n * d)?;
+    let mut dweight = gpu.zeros::<f32>(vocab * d)?;
+    let forward = gpu.time_ms(s.runs, || {
+        embedding_forward(gpu, &weight, d, &ids).map(drop)
+    })?;
+    let backward = gpu.time_ms(s.runs, || {
+        embedding_backward(gpu, &dy, &ids, d, &mut dweight, true)
+    })?;
+    let mut distinct = ids.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let (nd, ud) = ((n * d) as f64, (distinct.len() * d) as f64);
+    let shape = format!("{n} of {vocab}x{d}");
+    Ok(vec![
+        timing(
+            "embedding_forward",
+            ("embedding", "fwd"),
+            shape.clone(),
+            Some(4.0 * nd + 4.0 * n as f64),
+            None,
+            forward,
+        ),
+        timing(
+            "embedding_backward",
+            ("embedding", "bwd"),
+            shape,
+            Some(2.0 * nd + 8.0 * ud),
             None,
             backward,
         ),

@@ -86,6 +86,17 @@ enum Memory<T> {
     },
 }
 
+impl<T: Pod> std::fmt::Debug for GpuBuffer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "GpuBuffer<{}>[{}]",
+            std::any::type_name::<T>(),
+            self.len()
+        )
+    }
+}
+
 impl<T: Pod> GpuBuffer<T> {
     pub fn len(&self) -> usize {
         match &self.memory {

@@ -13,6 +13,10 @@ pub const SOURCES: &[(&str, &str)] = &[
         "emu/runtime.cpp",
         include_str!("../../../kernels/emu/runtime.cpp"),
     ),
+    (
+        "embedding.cu",
+        include_str!("../../../kernels/embedding.cu"),
+    ),
     ("rmsnorm.cu", include_str!("../../../kernels/rmsnorm.cu")),
 ];
 
