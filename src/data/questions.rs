@@ -88,7 +88,7 @@ fn gold(obj: &Map<String, Value>) -> std::result::Result<String, FieldError> {
     }
     let answer = verify::gold_answer(&text)
         .ok_or_else(|| FieldError::new(field, "holds no final answer"))?;
-    if verify::normalize(&answer).is_none() {
+    if verify::normalize(answer).is_none() {
         return Err(FieldError::new(
             field,
             format!("the final answer {answer:?} is not a number"),
