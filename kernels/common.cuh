@@ -35,6 +35,9 @@ __device__ __forceinline__ bf16 from_float<bf16>(float x) {
   return bf16{(unsigned short)(u >> 16)};
 }
 
+// -inf without math.h (which NVRTC does not have).
+__device__ __forceinline__ float neg_infinity() { return __uint_as_float(0xff800000u); }
+
 __device__ __forceinline__ float warp_sum(float v) {
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
   return v;

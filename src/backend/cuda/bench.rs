@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Gpu, GpuBuffer, GpuFloat};
+use crate::ops::cross_entropy::cuda::{cross_entropy_fused, device_targets};
 use crate::ops::embedding::cuda::{embedding_backward, embedding_forward};
 use crate::ops::rmsnorm::cuda::{rmsnorm_backward, rmsnorm_forward};
 use crate::rng::Rng;
@@ -67,6 +68,7 @@ pub fn bench_kernels(gpu: &Gpu, scale: Scale) -> Result<Vec<KernelTiming>> {
     let s = scale.shapes();
     let mut out = rmsnorm(gpu, &s)?;
     out.extend(embedding(gpu, &s)?);
+    out.push(cross_entropy(gpu, &s)?);
     out.push(gemm(gpu, &s)?);
     Ok(out)
 }
@@ -180,6 +182,31 @@ fn embedding(gpu: &Gpu, s: &Shapes) -> Result<Vec<KernelTiming>> {
     ])
 }
 
+/// The fused loss and gradient on a chunk of half a step's rows, as PyTorch's row
+/// (8192 rows; its forward and backward times added).
+fn cross_entropy(gpu: &Gpu, s: &Shapes) -> Result<KernelTiming> {
+    let mut rng = Rng::new(3);
+    let (rows, vocab) = (s.tokens / 2, s.vocab);
+    let targets: Vec<i64> = (0..rows).map(|_| rng.below(vocab) as i64).collect();
+    let targets = device_targets(gpu, &targets, vocab)?;
+    let mut logits = random_bf16(gpu, &mut rng, rows * vocab)?;
+    let scale = 1.0 / rows as f32;
+    // Each run overwrites the logits with gradients: the data changes, the work does not.
+    let times = gpu.time_ms(s.runs, || {
+        cross_entropy_fused(gpu, &mut logits, &targets, vocab, scale).map(drop)
+    })?;
+    let bytes = 6.0 * (rows * vocab) as f64;
+    let shape = format!("{rows}x{vocab}");
+    Ok(timing(
+        "cross_entropy_fused",
+        ("cross_entropy", "fwd+bwd"),
+        shape,
+        Some(bytes),
+        None,
+        times,
+    ))
+}
+
 /// The MLP's gate projection: [tokens, hidden] x [inter, hidden]^T through cuBLAS.
 fn gemm(gpu: &Gpu, s: &Shapes) -> Result<KernelTiming> {
     let mut rng = Rng::new(1);
@@ -249,23 +276,36 @@ pub fn markdown(timings: &[KernelTiming], torch: &TorchBaselines) -> String {
             }
             (None, None) => (String::new(), None),
         };
-        let peer = torch.ops.iter().find(|o| {
-            o.name == t.peer.0 && o.pass_ == t.peer.1 && o.dtype == t.dtype && o.shape == t.shape
-        });
+        let peer = peer_ms(torch, t);
         md.push_str(&format!(
             "| {} | {} | {:.4} | {rate} | {} | {} | {} |\n",
             t.kernel,
             t.shape,
             t.median_ms,
             fraction.map_or(String::new(), |f| format!("{:.0}", 100.0 * f)),
-            peer.map_or(String::new(), |p| format!("{:.4}", p.median_ms)),
-            peer.map_or(String::new(), |p| format!(
-                "{:.2}",
-                p.median_ms / t.median_ms
-            )),
+            peer.map_or(String::new(), |p| format!("{p:.4}")),
+            peer.map_or(String::new(), |p| format!("{:.2}", p / t.median_ms)),
         ));
     }
     md
+}
+
+/// PyTorch's time for the op a kernel replaces; a fused "fwd+bwd" kernel against the
+/// sum of PyTorch's forward and backward.
+fn peer_ms(torch: &TorchBaselines, t: &KernelTiming) -> Option<f64> {
+    let row = |pass: &str| {
+        torch
+            .ops
+            .iter()
+            .find(|o| {
+                o.name == t.peer.0 && o.pass_ == pass && o.dtype == t.dtype && o.shape == t.shape
+            })
+            .map(|o| o.median_ms)
+    };
+    match t.peer.1.as_str() {
+        "fwd+bwd" => Some(row("fwd")? + row("bwd")?),
+        pass => row(pass),
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,10 @@ pub const SOURCES: &[(&str, &str)] = &[
         include_str!("../../../kernels/emu/runtime.cpp"),
     ),
     (
+        "cross_entropy.cu",
+        include_str!("../../../kernels/cross_entropy.cu"),
+    ),
+    (
         "embedding.cu",
         include_str!("../../../kernels/embedding.cu"),
     ),
