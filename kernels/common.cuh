@@ -43,6 +43,24 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+__device__ __forceinline__ float warp_max(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1)
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
+// The max of `v` over the block, returned to every thread (blockDim.x a multiple of 32).
+__device__ __forceinline__ float block_max(float v) {
+  __shared__ float partial[32];
+  unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  v = lane < warps ? partial[lane] : neg_infinity();
+  return warp_max(v);
+}
+
 // The sum of `v` over the block, returned to every thread (blockDim.x a multiple of 32).
 __device__ __forceinline__ float block_sum(float v) {
   __shared__ float partial[32];

@@ -14,6 +14,10 @@ pub const SOURCES: &[(&str, &str)] = &[
         include_str!("../../../kernels/emu/runtime.cpp"),
     ),
     (
+        "attention.cu",
+        include_str!("../../../kernels/attention.cu"),
+    ),
+    (
         "cross_entropy.cu",
         include_str!("../../../kernels/cross_entropy.cu"),
     ),
