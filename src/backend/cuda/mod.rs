@@ -10,6 +10,7 @@
 //!
 //! Memory is a [`GpuBuffer`]; host memory in the emulator, device memory on a GPU.
 
+pub mod cast;
 mod emulator;
 #[cfg(feature = "cuda")]
 pub mod nvrtc;
@@ -36,7 +37,26 @@ impl LaunchConfig {
             shared_bytes,
         }
     }
+
+    /// A grid-stride elementwise kernel over `n` elements taken `per_thread` at a time
+    /// (kernels/elementwise.cuh): 256 threads a block, enough blocks for one pass, at
+    /// most [`MAX_ELEMENTWISE_BLOCKS`] (the threads loop over the rest), at least one.
+    pub fn elementwise(n: usize, per_thread: usize) -> Self {
+        let threads = n.div_ceil(per_thread.max(1));
+        let blocks = threads.div_ceil(ELEMENTWISE_THREADS as usize);
+        LaunchConfig::linear(
+            blocks.clamp(1, MAX_ELEMENTWISE_BLOCKS) as u32,
+            ELEMENTWISE_THREADS,
+            0,
+        )
+    }
 }
+
+/// Threads a block of an elementwise kernel.
+pub const ELEMENTWISE_THREADS: u32 = 256;
+/// Blocks an elementwise kernel launches at most: about eight resident 256-thread blocks
+/// on each of an H100's 132 SMs, so one wave, with 16-byte loads enough in flight.
+pub const MAX_ELEMENTWISE_BLOCKS: usize = 1056;
 
 /// One kernel argument, as the kernel's parameter list has it.
 #[derive(Clone, Copy, Debug)]
