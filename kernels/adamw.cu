@@ -75,9 +75,8 @@ extern "C" __global__ void adamw_update(float* params, bf16* params_bf16, float*
                                         float one_minus_beta2, float bias_correction2_sqrt,
                                         float eps, float neg_step_size, float decay_factor) {
   AdamwChunk chunk = chunks[blockIdx.x];
-  AdamwScalars s{one_minus_beta1,        beta2, one_minus_beta2,
-                 bias_correction2_sqrt,  eps,   neg_step_size,
-                 chunk.decay ? decay_factor : 1.0f, 1.0f};
+  AdamwScalars s{one_minus_beta1, beta2, one_minus_beta2, bias_correction2_sqrt, eps,
+                 neg_step_size, chunk.decay ? decay_factor : 1.0f, 1.0f};
   if (clip != nullptr) {
     if (!is_finite(clip[0])) return;
     s.grad_scale = clip[1];

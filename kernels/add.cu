@@ -40,9 +40,9 @@ __device__ void bias_grad_partial(float* partial, const T* dy, int rows, int m) 
   int col = blockIdx.x * BIAS_COLUMNS + threadIdx.x;
   float sum = 0.0f;
   if (col < m) {
+    size_t first = size_t(blockIdx.y) * BIAS_ROW_LANES + threadIdx.y;
     size_t stride = size_t(gridDim.y) * BIAS_ROW_LANES;
-    for (size_t r = size_t(blockIdx.y) * BIAS_ROW_LANES + threadIdx.y; r < size_t(rows); r += stride)
-      sum += to_float(dy[r * m + col]);
+    for (size_t r = first; r < size_t(rows); r += stride) sum += to_float(dy[r * m + col]);
   }
   lane_sums[threadIdx.y][threadIdx.x] = sum;
   __syncthreads();

@@ -39,7 +39,8 @@ extern "C" __global__ void cast_bf16_to_f32(float* y, const bf16* x, int n) {
     store_pack(y + p * 8, lo);
     store_pack(y + p * 8 + 4, hi);
   }
-  for (size_t i = packs * 8 + grid_thread(); i < size_t(n); i += grid_threads()) y[i] = to_float(x[i]);
+  for (size_t i = packs * 8 + grid_thread(); i < size_t(n); i += grid_threads())
+    y[i] = to_float(x[i]);
 }
 
 SCOTD_EXPORT(cast_f32_to_bf16);

@@ -21,7 +21,7 @@
 // 653 us at the H100's measured 3025 GB/s copy rate. The f64 adds (one per element) are
 // far below the FP64 rate of an A100 or H100, the GPUs this is built for.
 //
-// Launch: grad_norm_partial 256 threads, at most 1024 blocks, 16-byte packs of 4 floats
+// Launch: grad_norm_partial 256 threads, at most 4096 blocks, 16-byte packs of 4 floats
 // when the buffer is aligned, then the tail; grad_norm_finalize one block of 256 threads.
 #include "elementwise.cuh"
 

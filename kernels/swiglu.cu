@@ -19,11 +19,13 @@
 
 static __device__ __forceinline__ float sigmoid(float g) { return 1.0f / (1.0f + expf(-g)); }
 
-static __device__ __forceinline__ float swiglu_value(float g, float u) { return g * sigmoid(g) * u; }
+static __device__ __forceinline__ float swiglu_value(float g, float u) {
+  return g * sigmoid(g) * u;
+}
 
 // (d_gate, d_up) of one element, in the CPU reference's order of operations.
 static __device__ __forceinline__ void swiglu_grads(float dy, float g, float u, float& d_gate,
-                                             float& d_up) {
+                                                    float& d_up) {
   float s = sigmoid(g);
   d_gate = dy * u * (s * (1.0f + g * (1.0f - s)));
   d_up = dy * g * s;
@@ -35,7 +37,8 @@ __device__ void swiglu_forward(T* y, const T* gate, const T* up, int n) {
   size_t packs = all_aligned(16, y, gate, up) ? size_t(n) / N : 0;
   for (size_t p = grid_thread(); p < packs; p += grid_threads()) {
     Pack<T> g = load_pack<N>(gate + p * N), u = load_pack<N>(up + p * N), out;
-    for (int k = 0; k < N; ++k) out.v[k] = from_float<T>(swiglu_value(to_float(g.v[k]), to_float(u.v[k])));
+    for (int k = 0; k < N; ++k)
+      out.v[k] = from_float<T>(swiglu_value(to_float(g.v[k]), to_float(u.v[k])));
     store_pack(y + p * N, out);
   }
   for (size_t i = packs * N + grid_thread(); i < size_t(n); i += grid_threads())

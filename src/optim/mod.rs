@@ -1,7 +1,6 @@
 //! Optimizers: AdamW with its learning-rate schedules and gradient clipping for the
 //! trainer (on the CPU, and as GPU kernels in `cuda`), and plain SGD for the engine's own
-//! end-to-end check (memorising a few
-//! sequences).
+//! end-to-end check (memorising a few sequences).
 
 mod adamw;
 mod clip;

@@ -21,7 +21,10 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("add.cu", include_str!("../../../kernels/add.cu")),
     ("swiglu.cu", include_str!("../../../kernels/swiglu.cu")),
     ("cast.cu", include_str!("../../../kernels/cast.cu")),
-    ("grad_norm.cu", include_str!("../../../kernels/grad_norm.cu")),
+    (
+        "grad_norm.cu",
+        include_str!("../../../kernels/grad_norm.cu"),
+    ),
     ("adamw.cu", include_str!("../../../kernels/adamw.cu")),
 ];
 

@@ -32,7 +32,12 @@ pub fn add_assign<T: GpuFloat>(gpu: &Gpu, a: &mut GpuBuffer<T>, b: &GpuBuffer<T>
     expect_len("add", "b", b, a.len())?;
     let n = a.len();
     let y = KernelArg::output(a);
-    let args = [y, KernelArg::input(a), KernelArg::input(b), KernelArg::int(n)?];
+    let args = [
+        y,
+        KernelArg::input(a),
+        KernelArg::input(b),
+        KernelArg::int(n)?,
+    ];
     // SAFETY: as add_forward, with y and a the same buffer: each element is read and then
     // written by the same thread, so the kernel supports the alias.
     unsafe { launch::<T>(gpu, n, &args) }
@@ -99,6 +104,9 @@ mod tests {
         let a = gpu.zeros::<f32>(6).unwrap();
         let b = gpu.zeros::<f32>(7).unwrap();
         let err = add_forward(&gpu, &a, &b).err().unwrap().to_string();
-        assert!(err.contains("add") && err.contains('7') && err.contains('6'), "{err}");
+        assert!(
+            err.contains("add") && err.contains('7') && err.contains('6'),
+            "{err}"
+        );
     }
 }

@@ -9,9 +9,14 @@ use crate::{Error, Result};
 /// and BIAS_ROW_LANES).
 const COLUMNS: usize = 32;
 const ROW_LANES: usize = 8;
-/// Blocks of the partial-sum kernel to aim for: about eight per SM of an H100 (132),
-/// so one wave; each block row adds a row of partials to reduce.
-const TARGET_BLOCKS: usize = 1056;
+/// Blocks of the partial-sum kernel to aim for: two waves or so of an H100 (132 SMs, 8
+/// such blocks each), so that a last partial wave costs little; each block row adds a row
+/// of partials to reduce.
+const TARGET_BLOCKS: usize = 2048;
+/// Rows each thread sums at least: fewer would make the partials (and the reduce, one
+/// thread per column looping over them) a large share of the traffic for a narrow bias
+/// (k and v: 128 columns, 4 column blocks).
+const MIN_ROWS_PER_THREAD: usize = 32;
 const REDUCE_THREADS: u32 = 256;
 
 /// The bias gradient of a linear layer with `m` outputs: `dy` holds rows of `m`; the
@@ -36,9 +41,8 @@ pub fn bias_grad<T: GpuFloat>(
     expect_len("linear bias_grad", "the bias gradient", db, m)?;
     let rows = dy.len() / m;
     let column_blocks = m.div_ceil(COLUMNS);
-    let row_blocks = TARGET_BLOCKS
-        .div_ceil(column_blocks)
-        .min(rows.div_ceil(ROW_LANES))
+    let row_blocks = (TARGET_BLOCKS / column_blocks)
+        .min(rows.div_ceil(ROW_LANES * MIN_ROWS_PER_THREAD))
         .max(1);
     let mut partial = gpu.zeros::<f32>(row_blocks * m)?;
     let args = [
