@@ -24,6 +24,7 @@ __device__ void add_forward(T* y, const T* a, const T* b, int n) {
   size_t packs = all_aligned(16, y, a, b) ? size_t(n) / N : 0;
   for (size_t p = grid_thread(); p < packs; p += grid_threads()) {
     Pack<T> va = load_pack<N>(a + p * N), vb = load_pack<N>(b + p * N), vy;
+#pragma unroll
     for (int k = 0; k < N; ++k) vy.v[k] = from_float<T>(to_float(va.v[k]) + to_float(vb.v[k]));
     store_pack(y + p * N, vy);
   }
