@@ -11,6 +11,7 @@
 //! Memory is a [`GpuBuffer`]; host memory in the emulator, device memory on a GPU.
 
 pub mod bench;
+pub mod cast;
 #[cfg(feature = "cuda")]
 mod device;
 mod emulator;
@@ -40,7 +41,30 @@ impl LaunchConfig {
             shared_bytes,
         }
     }
+
+    /// A grid-stride elementwise kernel over `n` elements taken `per_thread` at a time
+    /// (kernels/elementwise.cuh): 256 threads a block, enough blocks for one pass (one
+    /// pack a thread), at most [`MAX_ELEMENTWISE_BLOCKS`] (the threads loop over the
+    /// rest), at least one.
+    pub fn elementwise(n: usize, per_thread: usize) -> Self {
+        let threads = n.div_ceil(per_thread.max(1));
+        let blocks = threads.div_ceil(ELEMENTWISE_THREADS as usize);
+        LaunchConfig::linear(
+            blocks.clamp(1, MAX_ELEMENTWISE_BLOCKS) as u32,
+            ELEMENTWISE_THREADS,
+            0,
+        )
+    }
 }
+
+/// Threads a block of an elementwise kernel.
+pub const ELEMENTWISE_THREADS: u32 = 256;
+/// Blocks an elementwise kernel launches at most. Not one wave sized to the GPU: how many
+/// blocks an SM holds depends on each kernel's registers (8 of 256 threads at 32, 6 at 40),
+/// and a grid a little over one wave takes two; tens of thousands of short blocks (the
+/// MLP's 79.7M elements are 39K blocks of 8-element packs) leave the last wave a small
+/// share whatever the occupancy.
+pub const MAX_ELEMENTWISE_BLOCKS: usize = 65535;
 
 /// One kernel argument, as the kernel's parameter list has it.
 #[derive(Clone, Copy, Debug)]

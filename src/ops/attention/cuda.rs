@@ -33,7 +33,7 @@ fn check<T: GpuFloat>(
     segments: Option<&GpuBuffer<i32>>,
     d: AttentionDims,
 ) -> Result<()> {
-    if d.kv_heads == 0 || d.q_heads % d.kv_heads != 0 || d.head_dim == 0 {
+    if d.kv_heads == 0 || !d.q_heads.is_multiple_of(d.kv_heads) || d.head_dim == 0 {
         return Err(Error::shape(
             "attention",
             format!(
