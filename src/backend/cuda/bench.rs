@@ -6,9 +6,15 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Gpu, GpuBuffer, GpuFloat};
+use crate::ops::add::cuda::add_forward;
+use crate::ops::attention::cuda::{attention_backward, attention_forward};
+use crate::ops::attention::AttentionDims;
 use crate::ops::cross_entropy::cuda::{cross_entropy_fused, device_targets};
 use crate::ops::embedding::cuda::{embedding_backward, embedding_forward};
 use crate::ops::rmsnorm::cuda::{rmsnorm_backward, rmsnorm_forward};
+use crate::ops::swiglu::cuda::{swiglu_backward, swiglu_forward};
+use crate::optim::cuda::{adamw_update, grad_norm, AdamwBuffers, AdamwPlan, FlatSegment};
+use crate::optim::AdamWConfig;
 use crate::rng::Rng;
 use crate::Result;
 
@@ -35,6 +41,10 @@ pub enum Scale {
 }
 
 struct Shapes {
+    /// Sequence length of the attention rows.
+    attention_seq: usize,
+    /// Parameters of the whole model (the optimizer's work).
+    params: usize,
     tokens: usize,
     hidden: usize,
     inter: usize,
@@ -46,6 +56,8 @@ impl Scale {
     fn shapes(self) -> Shapes {
         match self {
             Scale::Qwen05B => Shapes {
+                attention_seq: 1024,
+                params: 494_032_768,
                 tokens: 16 * 1024,
                 hidden: 896,
                 inter: 4864,
@@ -53,6 +65,8 @@ impl Scale {
                 runs: 100,
             },
             Scale::Smoke => Shapes {
+                attention_seq: 16,
+                params: 10_000,
                 tokens: 64,
                 hidden: 96,
                 inter: 160,
@@ -69,6 +83,9 @@ pub fn bench_kernels(gpu: &Gpu, scale: Scale) -> Result<Vec<KernelTiming>> {
     let mut out = rmsnorm(gpu, &s)?;
     out.extend(embedding(gpu, &s)?);
     out.push(cross_entropy(gpu, &s)?);
+    out.extend(elementwise(gpu, &s)?);
+    out.extend(optimizer(gpu, &s)?);
+    out.extend(attention(gpu, &s)?);
     out.push(gemm(gpu, &s)?);
     Ok(out)
 }
@@ -205,6 +222,151 @@ fn cross_entropy(gpu: &Gpu, s: &Shapes) -> Result<KernelTiming> {
         None,
         times,
     ))
+}
+
+/// SwiGLU over the MLP's activations and the residual add over the hidden states.
+fn elementwise(gpu: &Gpu, s: &Shapes) -> Result<Vec<KernelTiming>> {
+    let mut rng = Rng::new(4);
+    let (n, d, inter) = (s.tokens, s.hidden, s.inter);
+    let gate = random_bf16(gpu, &mut rng, n * inter)?;
+    let up = random_bf16(gpu, &mut rng, n * inter)?;
+    let dy = random_bf16(gpu, &mut rng, n * inter)?;
+    let forward = gpu.time_ms(s.runs, || swiglu_forward(gpu, &gate, &up).map(drop))?;
+    let backward = gpu.time_ms(s.runs, || swiglu_backward(gpu, &dy, &gate, &up).map(drop))?;
+    let a = random_bf16(gpu, &mut rng, n * d)?;
+    let b = random_bf16(gpu, &mut rng, n * d)?;
+    let add = gpu.time_ms(s.runs, || add_forward(gpu, &a, &b).map(drop))?;
+    let (ni, nd) = ((n * inter) as f64, (n * d) as f64);
+    Ok(vec![
+        timing(
+            "swiglu_forward",
+            ("swiglu silu(g)*u", "fwd"),
+            format!("{n}x{inter}"),
+            Some(6.0 * ni),
+            None,
+            forward,
+        ),
+        timing(
+            "swiglu_backward",
+            ("swiglu silu(g)*u", "bwd"),
+            format!("{n}x{inter}"),
+            Some(10.0 * ni),
+            None,
+            backward,
+        ),
+        timing(
+            "add_forward",
+            ("residual add", "fwd"),
+            format!("{n}x{d}"),
+            Some(6.0 * nd),
+            None,
+            add,
+        ),
+    ])
+}
+
+/// The global gradient norm and one AdamW step over every parameter (f32 master weights,
+/// moments and gradients, the bf16 copy rewritten), as fused AdamW in PyTorch.
+fn optimizer(gpu: &Gpu, s: &Shapes) -> Result<Vec<KernelTiming>> {
+    let mut rng = Rng::new(5);
+    let n = s.params;
+    let mut params = gpu.upload(&rng.normal_vec(n, 0.02))?;
+    let mut params_bf16 = gpu.zeros::<half::bf16>(n)?;
+    let (mut m, mut v) = (gpu.zeros::<f32>(n)?, gpu.zeros::<f32>(n)?);
+    let grads = gpu.upload(&rng.normal_vec(n, 1e-3))?;
+    let plan = AdamwPlan::new(
+        gpu,
+        &[FlatSegment {
+            offset: 0,
+            len: n,
+            decay: true,
+        }],
+        n,
+    )?;
+    let config = AdamWConfig::default();
+    let norm = gpu.time_ms(s.runs, || grad_norm(gpu, &grads, 1.0).map(drop))?;
+    let clip = grad_norm(gpu, &grads, 1.0)?;
+    let mut step = 0;
+    let adamw = gpu.time_ms(s.runs, || {
+        step += 1;
+        let buffers = AdamwBuffers {
+            params: &mut params,
+            params_bf16: &mut params_bf16,
+            exp_avg: &mut m,
+            exp_avg_sq: &mut v,
+            grads: &grads,
+        };
+        adamw_update(gpu, &plan, buffers, &config, step, 1e-5, Some(&clip))
+    })?;
+    let shape = format!("{:.1}M params", n as f64 / 1e6);
+    Ok(vec![
+        timing(
+            "grad_norm",
+            ("", ""),
+            shape.clone(),
+            Some(4.0 * n as f64),
+            None,
+            norm,
+        ),
+        timing(
+            "adamw_update",
+            ("adamw fused=True", "step"),
+            shape,
+            Some(30.0 * n as f64),
+            None,
+            adamw,
+        ),
+    ])
+}
+
+/// The simple exact attention kernels on a step's 16 rows of 1024 tokens (fewer runs:
+/// they are slow by design, until the fast kernels of issue 8).
+fn attention(gpu: &Gpu, s: &Shapes) -> Result<Vec<KernelTiming>> {
+    let mut rng = Rng::new(6);
+    let seq = s.attention_seq;
+    let dims = AttentionDims {
+        batch: s.tokens / seq,
+        seq,
+        q_heads: 14,
+        kv_heads: 2,
+        head_dim: 64,
+    };
+    let (tokens, runs) = (dims.batch * seq, s.runs.min(10));
+    let q = random_bf16(gpu, &mut rng, tokens * dims.q_heads * dims.head_dim)?;
+    let k = random_bf16(gpu, &mut rng, tokens * dims.kv_heads * dims.head_dim)?;
+    let v = random_bf16(gpu, &mut rng, tokens * dims.kv_heads * dims.head_dim)?;
+    let dout = random_bf16(gpu, &mut rng, q.len())?;
+    let (out, lse) = attention_forward(gpu, (&q, &k, &v), None, dims)?;
+    let forward = gpu.time_ms(runs, || {
+        attention_forward(gpu, (&q, &k, &v), None, dims).map(drop)
+    })?;
+    let backward = gpu.time_ms(runs, || {
+        attention_backward(gpu, (&q, &k, &v), (&out, &lse, &dout), None, dims).map(drop)
+    })?;
+    // Causal: half the score matrix. Backward does 2.5 times the forward's FLOPs.
+    let flops = 4.0 * (dims.batch * dims.q_heads * seq * seq * dims.head_dim) as f64 / 2.0;
+    let shape = format!(
+        "{}x{}/{}x{seq}x{}",
+        dims.batch, dims.q_heads, dims.kv_heads, dims.head_dim
+    );
+    Ok(vec![
+        timing(
+            "attention_forward (simple)",
+            ("sdpa default enable_gqa", "fwd"),
+            shape.clone(),
+            None,
+            Some(flops),
+            forward,
+        ),
+        timing(
+            "attention_backward (simple)",
+            ("sdpa default enable_gqa", "bwd"),
+            shape,
+            None,
+            Some(2.5 * flops),
+            backward,
+        ),
+    ])
 }
 
 /// The MLP's gate projection: [tokens, hidden] x [inter, hidden]^T through cuBLAS.
