@@ -32,6 +32,15 @@ __device__ void add_forward(T* y, const T* a, const T* b, int n) {
     y[i] = from_float<T>(to_float(a[i]) + to_float(b[i]));
 }
 
+// y[r, j] = bias[j]: the start of a linear layer with a bias, which the GEMM then adds
+// its product to (beta = 1), as the CPU reference does. Writes 2 rows*m bytes: the q
+// projection's [16384, 896] is 29 MB, 10 us.
+template <class T>
+__device__ void bias_broadcast(T* y, const T* bias, int rows, int m) {
+  size_t n = size_t(rows) * m;
+  for (size_t i = grid_thread(); i < n; i += grid_threads()) y[i] = bias[i % m];
+}
+
 constexpr int BIAS_COLUMNS = 32;
 constexpr int BIAS_ROW_LANES = 8;
 
@@ -70,6 +79,12 @@ extern "C" __global__ void add_forward_f32(float* y, const float* a, const float
 extern "C" __global__ void add_forward_bf16(bf16* y, const bf16* a, const bf16* b, int n) {
   add_forward(y, a, b, n);
 }
+extern "C" __global__ void bias_broadcast_f32(float* y, const float* bias, int rows, int m) {
+  bias_broadcast(y, bias, rows, m);
+}
+extern "C" __global__ void bias_broadcast_bf16(bf16* y, const bf16* bias, int rows, int m) {
+  bias_broadcast(y, bias, rows, m);
+}
 extern "C" __global__ void bias_grad_partial_f32(float* partial, const float* dy, int rows, int m) {
   bias_grad_partial(partial, dy, rows, m);
 }
@@ -77,6 +92,8 @@ extern "C" __global__ void bias_grad_partial_bf16(float* partial, const bf16* dy
   bias_grad_partial(partial, dy, rows, m);
 }
 
+SCOTD_EXPORT(bias_broadcast_f32);
+SCOTD_EXPORT(bias_broadcast_bf16);
 SCOTD_EXPORT(add_forward_f32);
 SCOTD_EXPORT(add_forward_bf16);
 SCOTD_EXPORT(bias_grad_partial_f32);

@@ -1,6 +1,7 @@
-//! Launchers of linear's GPU kernels: the bias gradient (kernels/add.cu), `db = Σ_rows dy`
-//! in f32 through per-block partial sums, never one atomic per element. (The three
-//! products are GEMMs, not kernels of ours.)
+//! The linear layer on the GPU: forward and backward as GEMMs plus our kernels of
+//! kernels/add.cu for the bias, its broadcast before the forward GEMM adds into it and
+//! its gradient `db = Σ_rows dy` in f32 through per-block partial sums, never one atomic
+//! per element.
 
 use crate::backend::cuda::{expect_len, Gpu, GpuBuffer, GpuFloat, KernelArg, LaunchConfig};
 use crate::{Error, Result};
@@ -18,6 +19,54 @@ const TARGET_BLOCKS: usize = 2048;
 /// (k and v: 128 columns, 4 column blocks).
 const MIN_ROWS_PER_THREAD: usize = 32;
 const REDUCE_THREADS: u32 = 256;
+
+/// `y = x · Wᵀ (+ b)` for x [rows, k] and W [m, k] (Hugging Face's [out, in]).
+pub fn linear_forward<T: GpuFloat>(
+    gpu: &Gpu,
+    x: &GpuBuffer<T>,
+    weight: &GpuBuffer<T>,
+    bias: Option<&GpuBuffer<T>>,
+    (rows, k, m): (usize, usize, usize),
+) -> Result<GpuBuffer<T>> {
+    let mut y = gpu.zeros::<T>(rows * m)?;
+    if let Some(bias) = bias {
+        expect_len("linear", "the bias", bias, m)?;
+        let args = [
+            KernelArg::output(&mut y),
+            KernelArg::input(bias),
+            KernelArg::int(rows)?,
+            KernelArg::int(m)?,
+        ];
+        let cfg = LaunchConfig::elementwise(rows * m, 1);
+        // SAFETY: y holds rows * m elements, the bias m.
+        unsafe { gpu.launch(&format!("bias_broadcast_{}", T::SUFFIX), cfg, &args)? };
+    }
+    gpu.gemm(&mut y, x, false, weight, true, (rows, m, k), bias.is_some())?;
+    Ok(y)
+}
+
+/// The gradients of [`linear_forward`] for the output gradient `dy`: returns dx, and
+/// adds (or writes, unless `accumulate`) the weight gradient into `dweight` and the bias
+/// gradient into `dbias` (both f32).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_backward<T: GpuFloat>(
+    gpu: &Gpu,
+    dy: &GpuBuffer<T>,
+    x: &GpuBuffer<T>,
+    weight: &GpuBuffer<T>,
+    (rows, k, m): (usize, usize, usize),
+    dweight: &mut GpuBuffer<f32>,
+    dbias: Option<&mut GpuBuffer<f32>>,
+    accumulate: bool,
+) -> Result<GpuBuffer<T>> {
+    let mut dx = gpu.zeros::<T>(rows * k)?;
+    gpu.gemm(&mut dx, dy, false, weight, false, (rows, k, m), false)?;
+    gpu.gemm(dweight, dy, true, x, false, (m, k, rows), accumulate)?;
+    if let Some(db) = dbias {
+        bias_grad(gpu, dy, m, db, accumulate)?;
+    }
+    Ok(dx)
+}
 
 /// The bias gradient of a linear layer with `m` outputs: `dy` holds rows of `m`; the
 /// column sums are written to `db` (f32, length `m`), or added to it when `accumulate`
@@ -79,9 +128,57 @@ pub fn bias_grad<T: GpuFloat>(
 mod tests {
     use super::*;
     use crate::backend::cuda::test_gpus;
-    use crate::ops::test_util::assert_close_rel;
+    use crate::ops::test_util::{assert_close_abs, assert_close_rel};
     use crate::rng::Rng;
     use half::bf16;
+
+    #[test]
+    fn forward_and_backward_match_the_cpu_reference() {
+        let (rows, k, m) = (7, 19, 13);
+        let mut rng = Rng::new(11);
+        let x = rng.normal_vec(rows * k, 1.0);
+        let w = rng.normal_vec(m * k, 1.0);
+        let b = rng.normal_vec(m, 1.0);
+        let dy = rng.normal_vec(rows * m, 1.0);
+        let cpu = super::super::cpu::linear_forward;
+        for gpu in test_gpus() {
+            let (gx, gw, gb) = (
+                gpu.upload(&x).unwrap(),
+                gpu.upload(&w).unwrap(),
+                gpu.upload(&b).unwrap(),
+            );
+            for bias in [None, Some(&gb)] {
+                let y = linear_forward(&gpu, &gx, &gw, bias, (rows, k, m)).unwrap();
+                let y_ref = cpu(&x, &w, bias.map(|_| &b[..]), (rows, k, m));
+                assert_close_abs(&gpu.download(&y).unwrap(), &y_ref, 1e-5);
+            }
+            let mut dw = gpu.upload(&vec![1.0f32; m * k]).unwrap();
+            let mut db = gpu.upload(&vec![2.0f32; m]).unwrap();
+            let dx = linear_backward(
+                &gpu,
+                &gpu.upload(&dy).unwrap(),
+                &gx,
+                &gw,
+                (rows, k, m),
+                &mut dw,
+                Some(&mut db),
+                true,
+            )
+            .unwrap();
+            let dx_ref = super::super::cpu::input_grad(&dy, &w, (rows, k, m));
+            let dw_ref: Vec<f32> = super::super::cpu::weight_grad(&dy, &x, (rows, k, m))
+                .iter()
+                .map(|g| g + 1.0)
+                .collect();
+            let db_ref: Vec<f32> = super::super::cpu::bias_grad(&dy, rows, m)
+                .iter()
+                .map(|g| g + 2.0)
+                .collect();
+            assert_close_abs(&gpu.download(&dx).unwrap(), &dx_ref, 1e-5);
+            assert_close_abs(&gpu.download(&dw).unwrap(), &dw_ref, 1e-5);
+            assert_close_abs(&gpu.download(&db).unwrap(), &db_ref, 1e-5);
+        }
+    }
 
     /// (rows, m): widths that are not multiples of the 32-column block, row counts that
     /// do not fill the 8 row lanes, and enough rows (2000) that lanes loop.
