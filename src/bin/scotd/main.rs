@@ -2,6 +2,7 @@
 //! parses arguments and reports errors.
 
 mod chat;
+mod demo;
 mod generate;
 mod logits;
 mod plot;
@@ -24,6 +25,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole method in minutes on a CPU, no download: a teacher learns generated
+    /// arithmetic problems, and its verified traces train a student (see README).
+    Demo(demo::Args),
     /// Generate continuations of prompts (arguments or a JSONL file) and write JSONL.
     Generate(generate::Args),
     /// Talk to a model interactively; replies stream as they are produced.
@@ -45,6 +49,7 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(args) => demo::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Chat(args) => chat::run(args),
         Command::Logits(args) => logits::run(args),
