@@ -18,6 +18,7 @@
 //! | `data/chat.jsonl` | the chat examples (Alpaca JSONL) |
 //! | `teacher/init/` | the teacher before training (random weights) |
 //! | `teacher/training/` | the trainer's metrics.jsonl and checkpoints |
+//! | `teacher/loss.png` | the teacher's training curves |
 //! | `teacher/eval.jsonl` | the teacher's greedy answers to the held-out problems |
 //!
 //! # Choosing the teacher

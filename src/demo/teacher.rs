@@ -15,6 +15,7 @@ use crate::io::write_atomic;
 use crate::model::{save_checkpoint, Model};
 use crate::sample::{generate, SamplingConfig};
 use crate::tokenizer::{Message, Tokenizer};
+use crate::train::plot::{plot_metrics, read_metrics};
 use crate::train::{train, DatasetConfig, TrainConfig};
 use crate::verify::is_correct;
 use crate::DType;
@@ -27,6 +28,8 @@ const EVAL_LOSS_ROWS: usize = 64;
 const EVAL_LOSS_POINTS: u64 = 10;
 /// Checkpoints per run, so an interrupted run resumes near where it stopped.
 const CHECKPOINTS: u64 = 4;
+/// The loss plot's width and height in pixels.
+const PLOT_SIZE: (u32, u32) = (1000, 800);
 
 /// What the teacher stage produced.
 #[derive(Clone, Debug)]
@@ -34,7 +37,9 @@ pub struct TeacherStage {
     /// The trained teacher: a Hugging Face checkpoint folder.
     pub model_dir: PathBuf,
     pub parameters: usize,
-    pub final_loss: f32,
+    /// The last step's loss, as metrics.jsonl logs it (so also after a rerun that had
+    /// nothing left to train).
+    pub final_loss: f64,
     pub train_seconds: f64,
     pub metrics: PathBuf,
     pub accuracy: Evaluation,
@@ -68,6 +73,8 @@ pub(super) fn run(
     let started = Instant::now();
     let summary = train(trainer_config(config, folder, init), show_progress)?;
     let train_seconds = started.elapsed().as_secs_f64();
+    let metrics = read_metrics(&summary.metrics)?;
+    plot_metrics(&metrics, &folder.teacher("loss.png"), PLOT_SIZE)?;
     let accuracy = evaluate(
         &summary.final_dir,
         &data.eval,
@@ -78,7 +85,7 @@ pub(super) fn run(
     Ok(TeacherStage {
         model_dir: summary.final_dir,
         parameters,
-        final_loss: summary.final_loss,
+        final_loss: metrics.loss.last().map_or(f64::NAN, |&(_, loss)| loss),
         train_seconds,
         metrics: summary.metrics,
         accuracy,
