@@ -37,6 +37,10 @@ pub enum Error {
         msg: String,
     },
 
+    /// A GPU kernel failed to compile or launch (on the device or the CPU emulator).
+    #[error("gpu: {0}")]
+    Gpu(String),
+
     /// Autograd misuse (backward from a non-scalar, a tensor with no graph, ...).
     #[error("autograd: {0}")]
     Autograd(String),

@@ -114,3 +114,124 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .and_then(|f| f.sync_all())
         .map_err(|e| Error::io(dir, e))
 }
+
+/// A JSONL file that a long job appends to, one line per finished item, so that a rerun
+/// after a crash skips what is done. Each line goes out in one write of the whole line
+/// and its newline, so a crash can only leave a last line without its newline; opening
+/// cuts such a torn tail off, and the file never holds a partial record.
+pub struct AppendLog {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+}
+
+/// The records already in an [`AppendLog`]'s file when it was opened.
+pub struct Resumed<T> {
+    pub records: Vec<T>,
+    /// Bytes of a torn last line that were cut off (0 when the file was whole).
+    pub cut_bytes: usize,
+}
+
+impl AppendLog {
+    /// Opens `path` for appending, creating it (and its folder) if needed, and reads the
+    /// records already there. A complete line that does not parse as `T` is an error
+    /// naming its line: the file is someone else's, and nothing is appended to it.
+    pub fn open<T: serde::de::DeserializeOwned>(path: &Path) -> Result<(AppendLog, Resumed<T>)> {
+        if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut &file, &mut text).map_err(|e| Error::io(path, e))?;
+        let whole = text.rfind('\n').map_or(0, |i| i + 1);
+        let records = parse_lines(path, &text[..whole])?;
+        let cut_bytes = text.len() - whole;
+        if cut_bytes > 0 {
+            file.set_len(whole as u64).map_err(|e| Error::io(path, e))?;
+        }
+        let log = AppendLog {
+            file,
+            path: path.to_path_buf(),
+        };
+        Ok((log, Resumed { records, cut_bytes }))
+    }
+
+    /// Appends one record as one line, written in one go.
+    pub fn append(&mut self, record: &impl serde::Serialize) -> Result<()> {
+        let mut line = serde_json::to_vec(record)
+            .map_err(|e| Error::format(&self.path, "(json)", e.to_string()))?;
+        line.push(b'\n');
+        self.file
+            .write_all(&line)
+            .map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// Makes every appended line durable (the OS keeps them across a killed process
+    /// anyway; this is for power loss).
+    pub fn sync(&self) -> Result<()> {
+        self.file.sync_data().map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+fn parse_lines<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<Vec<T>> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| {
+            serde_json::from_str(line).map_err(|e| {
+                Error::format(
+                    format!("{}:{}", path.display(), i + 1),
+                    "(json)",
+                    format!("not a record of this file's kind: {e}"),
+                )
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    struct Item {
+        n: u32,
+    }
+
+    #[test]
+    fn append_log_resumes_and_cuts_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/log.jsonl");
+        let (mut log, resumed) = AppendLog::open::<Item>(&path).unwrap();
+        assert!(resumed.records.is_empty());
+        log.append(&Item { n: 1 }).unwrap();
+        log.append(&Item { n: 2 }).unwrap();
+        drop(log);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("{\"n\": 3");
+        std::fs::write(&path, &text).unwrap();
+        let (mut log, resumed) = AppendLog::open::<Item>(&path).unwrap();
+        assert_eq!(resumed.records, vec![Item { n: 1 }, Item { n: 2 }]);
+        assert_eq!(resumed.cut_bytes, 7);
+        log.append(&Item { n: 3 }).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n");
+    }
+
+    #[test]
+    fn append_log_refuses_a_file_of_another_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.jsonl");
+        std::fs::write(&path, "{\"n\":1}\n{\"m\":2}\n").unwrap();
+        let err = AppendLog::open::<Item>(&path).err().unwrap().to_string();
+        assert!(err.contains("log.jsonl:2"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"n\":1}\n{\"m\":2}\n"
+        );
+    }
+}

@@ -6,6 +6,7 @@ pub mod backend;
 pub mod data;
 pub mod demo;
 pub mod error;
+pub mod eval;
 pub mod io;
 pub mod model;
 pub mod ops;

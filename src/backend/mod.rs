@@ -1,3 +1,4 @@
 //! Device backends: the primitives ops are built from.
 
 pub mod cpu;
+pub mod cuda;

@@ -28,6 +28,7 @@ mod formats;
 mod gsm8k;
 mod messages;
 mod mix;
+mod questions;
 mod records;
 mod stream;
 mod tokenize;
@@ -39,6 +40,7 @@ pub use formats::{
 };
 pub use gsm8k::{split_gsm8k_answer, Gsm8kAnswer};
 pub use mix::{DatasetSource, Mixer, MixerState, SourceState};
+pub use questions::{read_questions, Question};
 pub use records::Location;
 pub use stream::MixedExamples;
 pub use tokenize::{tokenize_row, Example};

@@ -76,7 +76,7 @@ impl TraceRecord {
     }
 }
 
-fn trace_id(obj: &Map<String, Value>) -> std::result::Result<TraceId, FieldError> {
+pub(super) fn trace_id(obj: &Map<String, Value>) -> std::result::Result<TraceId, FieldError> {
     match obj.get("id") {
         Some(Value::String(s)) => Ok(TraceId::Text(s.clone())),
         Some(Value::Number(n)) if n.is_i64() => Ok(TraceId::Int(n.as_i64().unwrap_or_default())),

@@ -5,8 +5,18 @@
 
 use std::collections::VecDeque;
 
+use indicatif::{ProgressBar, ProgressStyle};
+
+mod prompt;
+mod traces;
+
+pub use prompt::Prompter;
+pub(crate) use traces::trace_seed;
+pub use traces::{sample_traces, SampleOptions, SampleSummary};
+
 use crate::model::{KvCache, Model};
 use crate::rng::Rng;
+use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
 #[derive(Clone, Debug)]
@@ -50,17 +60,41 @@ pub struct Generated {
     pub stop: StopReason,
 }
 
+impl Generated {
+    /// The generated ids without the end-of-sequence id that stopped them.
+    pub fn reply_ids(&self) -> &[u32] {
+        match self.stop {
+            StopReason::Eos => &self.ids[..self.ids.len() - 1],
+            _ => &self.ids,
+        }
+    }
+}
+
 /// One sequence being decoded.
 struct Slot {
-    prompt: usize,
+    request: usize,
     next_chunk: Vec<u32>,
     generated: Vec<u32>,
     rng: Rng,
 }
 
+/// One sequence to decode: its prompt ids and the seed of its own random stream, so a
+/// sampled continuation depends on neither its batch neighbours nor its position.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    pub prompt: &'a [u32],
+    pub seed: u64,
+}
+
+/// What [`decode`] reports as it goes; `request` indexes the requests given.
+pub enum Event {
+    Token { request: usize, id: u32 },
+    Finished { request: usize, result: Generated },
+}
+
 /// Generates a continuation of every prompt. `on_token(prompt_index, id)` sees each
 /// token as it is chosen (for streaming). Results are in prompt order and do not depend
-/// on `batch_size`.
+/// on `batch_size`. Prompt p's random stream is seeded from `cfg.seed` and p.
 pub fn generate(
     model: &Model,
     prompts: &[Vec<u32>],
@@ -68,31 +102,66 @@ pub fn generate(
     cfg: &SamplingConfig,
     mut on_token: impl FnMut(usize, u32),
 ) -> Result<Vec<Generated>> {
-    validate(model, prompts, cfg)?;
+    let requests: Vec<Request> = prompts
+        .iter()
+        .enumerate()
+        .map(|(p, prompt)| Request {
+            prompt,
+            seed: cfg.seed ^ (p as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        })
+        .collect();
     let mut results: Vec<Option<Generated>> = vec![None; prompts.len()];
-    let mut waiting: VecDeque<usize> = (0..prompts.len()).collect();
+    decode(model, &requests, eos_ids, cfg, |event| {
+        match event {
+            Event::Token { request, id } => on_token(request, id),
+            Event::Finished { request, result } => results[request] = Some(result),
+        }
+        Ok(())
+    })?;
+    Ok(results
+        .into_iter()
+        .map(|r| r.expect("every prompt finishes"))
+        .collect())
+}
+
+/// Decodes every request, reporting each token and each finished sequence as soon as it
+/// is known (a long job can save results as they come); an error from `on_event` stops
+/// decoding and is returned. `cfg.seed` is not used: each request brings its own.
+pub fn decode(
+    model: &Model,
+    requests: &[Request],
+    eos_ids: &[u32],
+    cfg: &SamplingConfig,
+    mut on_event: impl FnMut(Event) -> Result<()>,
+) -> Result<()> {
+    let prompts: Vec<&[u32]> = requests.iter().map(|r| r.prompt).collect();
+    validate(model, &prompts, cfg)?;
+    if cfg.max_new_tokens == 0 {
+        for request in 0..requests.len() {
+            let result = Generated {
+                ids: vec![],
+                stop: StopReason::MaxNewTokens,
+            };
+            on_event(Event::Finished { request, result })?;
+        }
+        return Ok(());
+    }
+    let mut waiting: VecDeque<usize> = (0..requests.len()).collect();
     let mut slots: Vec<Slot> = Vec::new();
     let mut caches: Vec<KvCache> = Vec::new();
-    if cfg.max_new_tokens == 0 {
-        let empty = Generated {
-            ids: vec![],
-            stop: StopReason::MaxNewTokens,
-        };
-        return Ok(vec![empty; prompts.len()]);
-    }
     loop {
         while slots.len() < cfg.batch_size.max(1) {
-            let Some(p) = waiting.pop_front() else { break };
+            let Some(r) = waiting.pop_front() else { break };
             slots.push(Slot {
-                prompt: p,
-                next_chunk: prompts[p].clone(),
+                request: r,
+                next_chunk: requests[r].prompt.to_vec(),
                 generated: Vec::new(),
-                rng: Rng::new(cfg.seed ^ (p as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+                rng: Rng::new(requests[r].seed),
             });
             caches.push(KvCache::new(&model.config));
         }
         if slots.is_empty() {
-            break;
+            return Ok(());
         }
         let chunks: Vec<&[u32]> = slots.iter().map(|s| s.next_chunk.as_slice()).collect();
         let logits = model.forward_step(&chunks, &mut caches)?;
@@ -102,7 +171,10 @@ pub fn generate(
             let token = choose(&logits[i * vocab..(i + 1) * vocab], cfg, &mut slot.rng);
             slot.generated.push(token);
             slot.next_chunk = vec![token];
-            on_token(slot.prompt, token);
+            on_event(Event::Token {
+                request: slot.request,
+                id: token,
+            })?;
         }
         let mut i = 0;
         while i < slots.len() {
@@ -110,22 +182,22 @@ pub fn generate(
                 Some(stop) => {
                     let slot = slots.swap_remove(i);
                     caches.swap_remove(i);
-                    results[slot.prompt] = Some(Generated {
+                    let result = Generated {
                         ids: slot.generated,
                         stop,
-                    });
+                    };
+                    on_event(Event::Finished {
+                        request: slot.request,
+                        result,
+                    })?;
                 }
                 None => i += 1,
             }
         }
     }
-    Ok(results
-        .into_iter()
-        .map(|r| r.expect("every prompt finishes"))
-        .collect())
 }
 
-fn validate(model: &Model, prompts: &[Vec<u32>], cfg: &SamplingConfig) -> Result<()> {
+fn validate(model: &Model, prompts: &[&[u32]], cfg: &SamplingConfig) -> Result<()> {
     let fail = |msg: String| Err(Error::shape("generate", msg));
     if !(cfg.temperature >= 0.0 && cfg.temperature.is_finite()) {
         return fail(format!("temperature must be >= 0, got {}", cfg.temperature));
@@ -210,6 +282,27 @@ fn choose(logits: &[f32], cfg: &SamplingConfig, rng: &mut Rng) -> u32 {
         target -= p;
     }
     probs[kept - 1].0
+}
+
+/// The text of a generated reply: its ids up to (not including) a final end-of-sequence
+/// id, decoded with special tokens kept, since `<think>` is one in some vocabularies.
+pub fn reply_text(tokenizer: &Tokenizer, generated: &Generated) -> Result<String> {
+    tokenizer.decode(generated.reply_ids(), false)
+}
+
+/// A progress bar over questions (hidden when `show` is false), `done` of them already
+/// finished.
+pub(crate) fn questions_bar(show: bool, total: usize, done: usize) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total as u64).with_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} questions {msg} [{elapsed} < {eta}]")
+            .expect("valid template"),
+    );
+    bar.set_position(done as u64);
+    bar.reset_eta();
+    bar
 }
 
 /// Index of the largest logit; the first one on ties, as torch.argmax.

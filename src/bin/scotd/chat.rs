@@ -16,7 +16,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let loaded = load(&args.model)?;
-    let mut sampling = args.model.sampling();
+    let mut sampling = args.model.decoding.sampling();
     sampling.batch_size = 1;
     let mut turns: Vec<Message> = Vec::new();
     eprintln!(
@@ -46,7 +46,7 @@ pub fn run(args: Args) -> Result<()> {
             role: "user".into(),
             content: line.into(),
         });
-        let ids = loaded.chat_ids(&conversation(args.model.system.as_deref(), &turns))?;
+        let ids = loaded.chat_ids(&conversation(args.model.decoding.system.as_deref(), &turns))?;
         let mut stream = StreamDecoder::new(&loaded.tokenizer, true);
         let mut failure = None;
         let reply = generate(

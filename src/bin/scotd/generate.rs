@@ -67,7 +67,7 @@ pub fn run(args: Args) -> Result<()> {
         &loaded.model,
         &ids,
         loaded.tokenizer.eos_ids(),
-        &args.model.sampling(),
+        &args.model.decoding.sampling(),
         |_, _| bar.inc(1),
     )?;
     bar.finish_and_clear();
@@ -99,7 +99,10 @@ fn prompt_from_text(loaded: &Loaded, args: &Args, text: &str) -> Result<Prompt> 
             role: "user".into(),
             content: text.into(),
         };
-        loaded.chat_ids(&conversation(args.model.system.as_deref(), &[user]))?
+        loaded.chat_ids(&conversation(
+            args.model.decoding.system.as_deref(),
+            &[user],
+        ))?
     };
     Ok(Prompt {
         text: Some(text.to_string()),
@@ -132,7 +135,10 @@ fn prompt_from_json(loaded: &Loaded, args: &Args, v: &Value) -> Result<Prompt> {
     if let Some(messages) = v.get("messages") {
         let messages: Vec<Message> = serde_json::from_value(messages.clone())
             .context("messages: expected an array of {\"role\", \"content\"}")?;
-        let ids = loaded.chat_ids(&conversation(args.model.system.as_deref(), &messages))?;
+        let ids = loaded.chat_ids(&conversation(
+            args.model.decoding.system.as_deref(),
+            &messages,
+        ))?;
         return Ok(Prompt { text: None, ids });
     }
     match v.get("prompt").and_then(Value::as_str) {

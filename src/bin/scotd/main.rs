@@ -3,10 +3,12 @@
 
 mod chat;
 mod demo;
+mod eval;
 mod generate;
 mod logits;
 mod plot;
 mod prompts;
+mod sample;
 mod train;
 mod verify;
 
@@ -39,6 +41,12 @@ enum Command {
     Logits(logits::Args),
     /// Draw the loss, eval loss and learning rate of a metrics JSONL file into a PNG.
     Plot(plot::Args),
+    /// Sample a teacher's step-by-step traces of every question, verify each against the
+    /// gold answer and append them to a trace JSONL; a rerun resumes where it stopped.
+    Sample(sample::Args),
+    /// Evaluate a model on held-out questions (accuracy, think tags) and chat probes;
+    /// or put earlier reports side by side (--compare).
+    Eval(eval::Args),
     /// Fine-tune a student on mixed datasets (SFT); resumes from its last checkpoint.
     Train(train::Args),
     /// Check answers against gold: annotate output/gold pairs with a verdict (--pairs),
@@ -54,6 +62,8 @@ fn main() {
         Command::Chat(args) => chat::run(args),
         Command::Logits(args) => logits::run(args),
         Command::Plot(args) => plot::run(args),
+        Command::Sample(args) => sample::run(args),
+        Command::Eval(args) => eval::run(args),
         Command::Train(args) => train::run(args),
         Command::Verify(args) => verify::run(args),
     };

@@ -1,19 +1,26 @@
 //! What generate and chat share: loading a model with its tokenizer, choosing the chat
 //! template, and turning a prompt into token ids.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use scotd::model::Model;
 use scotd::sample::SamplingConfig;
 use scotd::tokenizer::{ChatTemplate, Message, Tokenizer};
 
-/// Options every generating command takes.
+/// The model every generating command runs, and how it decodes.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ModelArgs {
     /// A Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer.json).
-    #[arg(long)]
+    #[arg(long, visible_alias = "teacher")]
     pub model: PathBuf,
+    #[command(flatten)]
+    pub decoding: DecodingArgs,
+}
+
+/// Prompting and decoding options.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DecodingArgs {
     /// Chat template: the model's own by default; or chatml, deepseek, raw, or a .jinja file.
     #[arg(long)]
     pub template: Option<String>,
@@ -34,7 +41,7 @@ pub struct ModelArgs {
     pub batch_size: usize,
 }
 
-impl ModelArgs {
+impl DecodingArgs {
     pub fn sampling(&self) -> SamplingConfig {
         SamplingConfig {
             max_new_tokens: self.max_new_tokens,
@@ -52,11 +59,17 @@ pub struct Loaded {
     pub template: ChatTemplate,
 }
 
+/// The model and its tokenizer.
+pub fn load_model(dir: &Path) -> Result<(Model, Tokenizer)> {
+    let model =
+        Model::load(dir).with_context(|| format!("loading the model from {}", dir.display()))?;
+    let tokenizer = Tokenizer::from_dir(dir)?;
+    Ok((model, tokenizer))
+}
+
 pub fn load(args: &ModelArgs) -> Result<Loaded> {
-    let model = Model::load(&args.model)
-        .with_context(|| format!("loading the model from {}", args.model.display()))?;
-    let tokenizer = Tokenizer::from_dir(&args.model)?;
-    let template = tokenizer.resolve_chat_template(args.template.as_deref())?;
+    let (model, tokenizer) = load_model(&args.model)?;
+    let template = tokenizer.resolve_chat_template(args.decoding.template.as_deref())?;
     Ok(Loaded {
         model,
         tokenizer,

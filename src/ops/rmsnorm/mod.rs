@@ -2,6 +2,7 @@
 //! f32: `y = weight * (x * rsqrt(mean(x²) + eps))`.
 
 mod cpu;
+pub mod cuda;
 
 use crate::autograd::Backward;
 use crate::tensor::Storage;

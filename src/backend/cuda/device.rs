@@ -1,0 +1,250 @@
+//! The CUDA device (feature `cuda`): a context and one stream, the driver's stream-ordered
+//! memory pool as the caching allocator (freed blocks stay in the pool for the next
+//! allocation instead of going back to the driver), the kernels compiled by NVRTC for the
+//! device's architecture at first use and cached on disk as cubins, and cuBLAS for GEMMs.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use cudarc::cublas::{self, CudaBlas};
+use cudarc::driver::{
+    sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
+};
+use cudarc::nvrtc::Ptx;
+
+use super::sources::{fingerprint, kernel_files};
+use super::{nvrtc, KernelArg, LaunchConfig};
+use crate::{Error, Result};
+
+pub struct CudaGpu {
+    context: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    modules: Vec<Arc<CudaModule>>,
+    functions: Mutex<HashMap<String, CudaFunction>>,
+    pub arch: String,
+    pub name: String,
+}
+
+fn driver_error(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
+    move |e| Error::Gpu(format!("{what}: {e:?}"))
+}
+
+impl CudaGpu {
+    /// Device `ordinal`; fails (never panics) without a driver or a device.
+    pub fn new(ordinal: usize) -> Result<CudaGpu> {
+        // SAFETY: only tries to open the libraries.
+        let present = unsafe { sys::is_culib_present() && cublas::sys::is_culib_present() };
+        if !present {
+            return Err(Error::Gpu(
+                "libcuda or libcublas was not found on the library path".into(),
+            ));
+        }
+        let context = CudaContext::new(ordinal).map_err(driver_error("opening the CUDA device"))?;
+        // One stream: ordering is the stream's, so per-buffer events are not needed.
+        // SAFETY: called before any buffer exists.
+        unsafe { context.disable_event_tracking() };
+        keep_freed_memory_pooled(&context)?;
+        let (major, minor) = context
+            .compute_capability()
+            .map_err(driver_error("reading the compute capability"))?;
+        let arch = format!("sm_{major}{minor}");
+        let name = context
+            .name()
+            .map_err(driver_error("reading the device name"))?;
+        let stream = context.default_stream();
+        let blas =
+            CudaBlas::new(stream.clone()).map_err(|e| Error::Gpu(format!("cuBLAS: {e:?}")))?;
+        let modules = kernel_files()
+            .map(|(file, _)| load_module(&context, file, &arch))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(CudaGpu {
+            context,
+            stream,
+            blas,
+            modules,
+            functions: Mutex::new(HashMap::new()),
+            arch,
+            name,
+        })
+    }
+
+    pub fn zeros(&self, bytes: usize) -> Result<(CudaSlice<u8>, u64)> {
+        let slice = self
+            .stream
+            .alloc_zeros::<u8>(bytes.max(1))
+            .map_err(driver_error("allocating device memory"))?;
+        let address = slice.device_ptr(&self.stream).0;
+        Ok((slice, address))
+    }
+
+    pub fn upload(&self, bytes: &[u8]) -> Result<(CudaSlice<u8>, u64)> {
+        let (mut slice, address) = self.zeros(bytes.len())?;
+        if !bytes.is_empty() {
+            self.stream
+                .memcpy_htod(bytes, &mut slice)
+                .map_err(driver_error("copying to the device"))?;
+        }
+        Ok((slice, address))
+    }
+
+    pub fn download(&self, slice: &CudaSlice<u8>, bytes: usize) -> Result<Vec<u8>> {
+        let mut out = self
+            .stream
+            .clone_dtoh(slice)
+            .map_err(driver_error("copying from the device"))?;
+        out.truncate(bytes);
+        Ok(out)
+    }
+
+    /// Waits for every launch so far (errors of asynchronous launches surface here).
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(driver_error("synchronizing the stream"))
+    }
+
+    /// # Safety
+    /// As [`super::Gpu::launch`].
+    pub unsafe fn launch(&self, kernel: &str, cfg: LaunchConfig, args: &[KernelArg]) -> Result<()> {
+        let function = self.function(kernel)?;
+        let mut values: Vec<u64> = args.iter().map(super::emulator::arg_bits).collect();
+        let mut params: Vec<*mut std::ffi::c_void> = values
+            .iter_mut()
+            .map(|v| v as *mut u64 as *mut std::ffi::c_void)
+            .collect();
+        let shared = u32::try_from(cfg.shared_bytes).map_err(|_| {
+            Error::Gpu(format!(
+                "{kernel}: {} bytes of shared memory",
+                cfg.shared_bytes
+            ))
+        })?;
+        self.context
+            .bind_to_thread()
+            .map_err(driver_error("binding the context"))?;
+        cudarc::driver::result::launch_kernel(
+            function.cu_function(),
+            (cfg.grid[0], cfg.grid[1], cfg.grid[2]),
+            (cfg.block[0], cfg.block[1], cfg.block[2]),
+            shared,
+            self.stream.cu_stream(),
+            &mut params,
+        )
+        .map_err(driver_error(kernel))
+    }
+
+    fn function(&self, kernel: &str) -> Result<CudaFunction> {
+        let mut functions = self.functions.lock().expect("kernel table lock");
+        if let Some(f) = functions.get(kernel) {
+            return Ok(f.clone());
+        }
+        let found = self
+            .modules
+            .iter()
+            .find_map(|m| m.load_function(kernel).ok())
+            .ok_or_else(|| Error::Gpu(format!("no kernel named {kernel} in kernels/*.cu")))?;
+        functions.insert(kernel.to_string(), found.clone());
+        Ok(found)
+    }
+
+    /// `c = alpha op(a) op(b) + beta c`, row-major, through cublasGemmEx with f32
+    /// accumulation; `types` are the cuBLAS data types of a/b and of c.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm(
+        &self,
+        c: u64,
+        a: u64,
+        transpose_a: bool,
+        b: u64,
+        transpose_b: bool,
+        (m, n, k): (usize, usize, usize),
+        beta: f32,
+        types: (cublas::sys::cudaDataType, cublas::sys::cudaDataType),
+    ) -> Result<()> {
+        use cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+        let int =
+            |v: usize| i32::try_from(v).map_err(|_| Error::Gpu(format!("GEMM size {v} too large")));
+        // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
+        let (op_b, ldb) = if transpose_b {
+            (CUBLAS_OP_T, k)
+        } else {
+            (CUBLAS_OP_N, n)
+        };
+        let (op_a, lda) = if transpose_a {
+            (CUBLAS_OP_T, m)
+        } else {
+            (CUBLAS_OP_N, k)
+        };
+        let alpha = 1.0f32;
+        // SAFETY: the addresses are live buffers of this device sized by the caller's checks.
+        unsafe {
+            cublas::result::gemm_ex(
+                *self.blas.handle(),
+                op_b,
+                op_a,
+                int(n)?,
+                int(m)?,
+                int(k)?,
+                &alpha as *const f32 as *const _,
+                b as *const _,
+                types.0,
+                int(ldb)?,
+                a as *const _,
+                types.0,
+                int(lda)?,
+                &beta as *const f32 as *const _,
+                c as *mut _,
+                types.1,
+                int(n)?,
+                cublas::sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublas::sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| Error::Gpu(format!("cublasGemmEx: {e:?}")))
+    }
+}
+
+/// Freed device memory stays in the driver's pool (never trimmed back to the driver), so
+/// the allocations of one training step reuse the previous step's.
+fn keep_freed_memory_pooled(context: &CudaContext) -> Result<()> {
+    let mut pool = std::ptr::null_mut();
+    let mut threshold = u64::MAX;
+    // SAFETY: the pool handle comes from the driver for this context's device.
+    unsafe {
+        let got = sys::cuDeviceGetDefaultMemPool(&mut pool, context.cu_device());
+        if got != sys::CUresult::CUDA_SUCCESS {
+            return Ok(()); // No pool support: plain allocations, still correct.
+        }
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            &mut threshold as *mut u64 as *mut _,
+        )
+        .result()
+        .map_err(driver_error("configuring the memory pool"))
+    }
+}
+
+/// A kernel file's module: its cubin for `arch` from the disk cache, or compiled by NVRTC
+/// and cached.
+fn load_module(context: &Arc<CudaContext>, file: &str, arch: &str) -> Result<Arc<CudaModule>> {
+    let path = cubin_cache()
+        .join(format!("{}-{arch}", fingerprint(arch)))
+        .join(format!("{file}.cubin"));
+    let cubin = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            let compiled = nvrtc::compile(file, arch)?;
+            crate::io::write_atomic(&path, &compiled.cubin)?;
+            compiled.cubin
+        }
+    };
+    context
+        .load_module(Ptx::from_binary(cubin))
+        .map_err(driver_error(file))
+}
+
+fn cubin_cache() -> PathBuf {
+    super::emulator::cache_base().join("kernels-cubin")
+}

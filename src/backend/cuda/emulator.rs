@@ -1,0 +1,166 @@
+//! The CPU emulator's side in Rust: compiles every kernel file as C++ (with
+//! `-DSCOTD_EMULATION`, which makes common.cuh include emu/cuda_emu.h) into one shared
+//! library, cached on disk under the sources' fingerprint, loads it, and launches kernels
+//! by name through its `scotd_emu_launch`.
+
+use std::ffi::{c_char, c_int, c_void, CString};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use super::sources::{fingerprint, kernel_files, SOURCES};
+use super::{KernelArg, LaunchConfig};
+use crate::{Error, Result};
+
+const FLAGS: &[&str] = &[
+    "-std=c++20",
+    "-O2",
+    "-fPIC",
+    "-shared",
+    "-Wall",
+    "-Werror",
+    "-DSCOTD_EMULATION",
+];
+
+type LaunchFn = unsafe extern "C" fn(
+    *const c_char,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    u32,
+    usize,
+    *mut *mut c_void,
+) -> c_int;
+
+pub struct Emulator {
+    // Kept so the library stays loaded for the process's life.
+    _library: libloading::Library,
+    launch: LaunchFn,
+}
+
+static EMULATOR: OnceLock<std::result::Result<Emulator, String>> = OnceLock::new();
+
+impl Emulator {
+    /// The process's emulator, compiled (or found in the cache) on first use.
+    pub fn get() -> Result<&'static Emulator> {
+        EMULATOR
+            .get_or_init(|| Emulator::load().map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| Error::Gpu(e.clone()))
+    }
+
+    fn load() -> Result<Emulator> {
+        let library_path = compiled_library()?;
+        // SAFETY: the library is ours, built from the embedded sources; loading it runs
+        // only the static initialisers that register its kernels.
+        let library = unsafe { libloading::Library::new(&library_path) }
+            .map_err(|e| Error::Gpu(format!("loading {}: {e}", library_path.display())))?;
+        // SAFETY: runtime.cpp defines scotd_emu_launch with exactly LaunchFn's signature.
+        let launch = unsafe { library.get::<LaunchFn>(b"scotd_emu_launch\0") }
+            .map(|symbol| *symbol)
+            .map_err(|e| Error::Gpu(format!("{}: {e}", library_path.display())))?;
+        Ok(Emulator {
+            _library: library,
+            launch,
+        })
+    }
+
+    /// Runs a kernel to completion.
+    ///
+    /// # Safety
+    /// As [`super::Gpu::launch`].
+    pub unsafe fn launch(&self, kernel: &str, cfg: LaunchConfig, args: &[KernelArg]) -> Result<()> {
+        let mut values: Vec<u64> = args.iter().map(arg_bits).collect();
+        let mut pointers: Vec<*mut c_void> = values
+            .iter_mut()
+            .map(|v| v as *mut u64 as *mut c_void)
+            .collect();
+        let name =
+            CString::new(kernel).map_err(|_| Error::Gpu(format!("bad kernel name {kernel:?}")))?;
+        let [gx, gy, gz] = cfg.grid;
+        let [bx, by, bz] = cfg.block;
+        let status = (self.launch)(
+            name.as_ptr(),
+            gx,
+            gy,
+            gz,
+            bx,
+            by,
+            bz,
+            cfg.shared_bytes,
+            pointers.as_mut_ptr(),
+        );
+        match status {
+            0 => Ok(()),
+            _ => Err(Error::Gpu(format!(
+                "no kernel named {kernel} in kernels/*.cu"
+            ))),
+        }
+    }
+}
+
+/// An argument's bits, at the start of an 8-byte slot: the kernel reads its parameter's
+/// own type from there (little-endian, so a 4-byte value sits in the low half).
+pub(super) fn arg_bits(arg: &KernelArg) -> u64 {
+    match *arg {
+        KernelArg::Ptr(address) => address,
+        KernelArg::I32(v) => v as u32 as u64,
+        KernelArg::F32(v) => v.to_bits() as u64,
+    }
+}
+
+/// The cached library for these sources, compiling it first if needed.
+fn compiled_library() -> Result<PathBuf> {
+    let compiler = std::env::var("CXX").unwrap_or_else(|_| "c++".to_string());
+    let dir = cache_base()
+        .join("kernels-emu")
+        .join(fingerprint(&format!("{compiler} {FLAGS:?}")));
+    let library = dir.join("libscotd_kernels.so");
+    if library.is_file() {
+        return Ok(library);
+    }
+    let src = dir.join("src");
+    for (name, text) in SOURCES {
+        let path = src.join(name);
+        std::fs::create_dir_all(path.parent().expect("a file in src/"))
+            .map_err(|e| Error::io(&src, e))?;
+        std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+    }
+    // Compiled under a temporary name and renamed, so a crash never leaves a torn library.
+    let partial = dir.join(format!("libscotd_kernels.so.tmp{}", std::process::id()));
+    compile(&compiler, &src, &partial)?;
+    std::fs::rename(&partial, &library).map_err(|e| Error::io(&library, e))?;
+    Ok(library)
+}
+
+fn compile(compiler: &str, src: &Path, out: &Path) -> Result<()> {
+    let mut cmd = Command::new(compiler);
+    cmd.args(FLAGS).arg("-I").arg(src).arg("-x").arg("c++");
+    for (name, _) in kernel_files() {
+        cmd.arg(src.join(name));
+    }
+    cmd.arg(src.join("emu/runtime.cpp")).arg("-o").arg(out);
+    let output = cmd.output().map_err(|e| {
+        Error::Gpu(format!(
+            "running the C++ compiler {compiler:?} (set CXX): {e}"
+        ))
+    })?;
+    if !output.status.success() {
+        return Err(Error::Gpu(format!(
+            "compiling the kernels for the CPU emulator failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )));
+    }
+    Ok(())
+}
+
+/// `$SCOTD_CACHE`, by default ~/.cache/scotd (the test models' cache): compiled kernels
+/// live under it.
+pub(super) fn cache_base() -> PathBuf {
+    std::env::var_os("SCOTD_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/scotd")))
+        .unwrap_or_else(std::env::temp_dir)
+}

@@ -1,0 +1,422 @@
+//! The GPU backend: our CUDA kernels (kernels/*.cu) behind one launcher interface with two
+//! implementations, so that an op's launcher code is the same for both:
+//!
+//! - [`Gpu::emulated`]: the CPU emulator. The same sources are compiled as C++ against
+//!   kernels/emu/cuda_emu.h (blocks, threads as fibers, shared memory, `__syncthreads`,
+//!   warp shuffles, atomics) and run on the CPU. Slow, exact to the CUDA execution model
+//!   the kernels rely on, and available everywhere: CI runs every kernel this way.
+//! - The CUDA device (feature `cuda`): NVRTC compiles the sources for the device's
+//!   architecture at first use; launches go through the driver API.
+//!
+//! Memory is a [`GpuBuffer`]; host memory in the emulator, device memory on a GPU.
+
+#[cfg(feature = "cuda")]
+mod device;
+mod emulator;
+#[cfg(feature = "cuda")]
+pub mod nvrtc;
+pub mod sources;
+
+use bytemuck::Pod;
+
+use super::cpu::{matmul, Transpose};
+use crate::{Error, Result};
+
+/// Grid and block sizes and dynamic shared memory bytes of a launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaunchConfig {
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub shared_bytes: usize,
+}
+
+impl LaunchConfig {
+    /// A one-dimensional launch.
+    pub fn linear(grid: u32, block: u32, shared_bytes: usize) -> Self {
+        LaunchConfig {
+            grid: [grid, 1, 1],
+            block: [block, 1, 1],
+            shared_bytes,
+        }
+    }
+}
+
+/// One kernel argument, as the kernel's parameter list has it.
+#[derive(Clone, Copy, Debug)]
+pub enum KernelArg {
+    /// A device address (a pointer parameter).
+    Ptr(u64),
+    I32(i32),
+    F32(f32),
+}
+
+impl KernelArg {
+    /// A pointer the kernel only reads.
+    pub fn input<T: Pod>(buffer: &GpuBuffer<T>) -> Self {
+        KernelArg::Ptr(buffer.address())
+    }
+
+    /// A pointer the kernel writes through.
+    pub fn output<T: Pod>(buffer: &mut GpuBuffer<T>) -> Self {
+        KernelArg::Ptr(buffer.address_mut())
+    }
+
+    /// A size or index parameter (`int`); fails when it does not fit.
+    pub fn int(value: usize) -> Result<Self> {
+        i32::try_from(value)
+            .map(KernelArg::I32)
+            .map_err(|_| Error::Gpu(format!("{value} does not fit a kernel's int parameter")))
+    }
+}
+
+/// Elements of type `T` in GPU memory.
+pub struct GpuBuffer<T: Pod> {
+    memory: Memory<T>,
+}
+
+enum Memory<T> {
+    /// The emulator's memory is the host's.
+    Host(Vec<T>),
+    #[cfg(feature = "cuda")]
+    Device {
+        slice: cudarc::driver::CudaSlice<u8>,
+        address: u64,
+        len: usize,
+    },
+}
+
+impl<T: Pod> GpuBuffer<T> {
+    pub fn len(&self) -> usize {
+        match &self.memory {
+            Memory::Host(data) => data.len(),
+            #[cfg(feature = "cuda")]
+            Memory::Device { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn address(&self) -> u64 {
+        match &self.memory {
+            Memory::Host(data) => data.as_ptr() as u64,
+            #[cfg(feature = "cuda")]
+            Memory::Device { address, .. } => *address,
+        }
+    }
+
+    fn address_mut(&mut self) -> u64 {
+        match &mut self.memory {
+            Memory::Host(data) => data.as_mut_ptr() as u64,
+            #[cfg(feature = "cuda")]
+            Memory::Device { address, .. } => *address,
+        }
+    }
+}
+
+/// A GPU to run kernels on: the emulator or a CUDA device.
+pub struct Gpu {
+    backend: Backend,
+}
+
+enum Backend {
+    Emulated(&'static emulator::Emulator),
+    #[cfg(feature = "cuda")]
+    Cuda(device::CudaGpu),
+}
+
+impl Gpu {
+    /// The CPU emulator; compiles the kernels on first use in a process (cached on disk).
+    pub fn emulated() -> Result<Gpu> {
+        Ok(Gpu {
+            backend: Backend::Emulated(emulator::Emulator::get()?),
+        })
+    }
+
+    /// CUDA device `ordinal`: an error (not a panic) without a driver or a device.
+    #[cfg(feature = "cuda")]
+    pub fn cuda(ordinal: usize) -> Result<Gpu> {
+        Ok(Gpu {
+            backend: Backend::Cuda(device::CudaGpu::new(ordinal)?),
+        })
+    }
+
+    /// What this GPU is, for reports: "CPU emulator" or the device's name and architecture.
+    pub fn describe(&self) -> String {
+        match &self.backend {
+            Backend::Emulated(_) => "CPU emulator".to_string(),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(d) => format!("{} ({})", d.name, d.arch),
+        }
+    }
+
+    pub fn upload<T: Pod>(&self, data: &[T]) -> Result<GpuBuffer<T>> {
+        let memory = match &self.backend {
+            Backend::Emulated(_) => Memory::Host(data.to_vec()),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(d) => {
+                let (slice, address) = d.upload(bytemuck::cast_slice(data))?;
+                Memory::Device {
+                    slice,
+                    address,
+                    len: data.len(),
+                }
+            }
+        };
+        Ok(GpuBuffer { memory })
+    }
+
+    pub fn zeros<T: Pod>(&self, len: usize) -> Result<GpuBuffer<T>> {
+        let memory = match &self.backend {
+            Backend::Emulated(_) => Memory::Host(vec![T::zeroed(); len]),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(d) => {
+                let (slice, address) = d.zeros(len * std::mem::size_of::<T>())?;
+                Memory::Device {
+                    slice,
+                    address,
+                    len,
+                }
+            }
+        };
+        Ok(GpuBuffer { memory })
+    }
+
+    /// The buffer's contents (waits for the kernels writing it).
+    pub fn download<T: Pod>(&self, buffer: &GpuBuffer<T>) -> Result<Vec<T>> {
+        match (&self.backend, &buffer.memory) {
+            (Backend::Emulated(_), Memory::Host(data)) => Ok(data.clone()),
+            #[cfg(feature = "cuda")]
+            (Backend::Cuda(d), Memory::Device { slice, len, .. }) => {
+                let bytes = d.download(slice, len * std::mem::size_of::<T>())?;
+                Ok(bytemuck::pod_collect_to_vec(&bytes))
+            }
+            #[cfg(feature = "cuda")]
+            _ => Err(Error::Gpu("the buffer belongs to another GPU".into())),
+        }
+    }
+
+    /// Waits for every kernel launched so far.
+    pub fn synchronize(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Emulated(_) => Ok(()),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(d) => d.synchronize(),
+        }
+    }
+
+    /// Launches `kernel` (its extern "C" name).
+    ///
+    /// # Safety
+    /// `args` must match the kernel's parameters in number and type, and every pointer
+    /// must address a live buffer of this GPU, as large as the kernel will index.
+    pub unsafe fn launch(&self, kernel: &str, cfg: LaunchConfig, args: &[KernelArg]) -> Result<()> {
+        check_launch(kernel, &cfg)?;
+        match &self.backend {
+            Backend::Emulated(e) => e.launch(kernel, cfg, args),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(d) => d.launch(kernel, cfg, args),
+        }
+    }
+
+    /// `c = op(a) op(b)` (`c +=` when `accumulate`), row-major, `op(a)` m x k and `op(b)`
+    /// k x n: cuBLAS with f32 accumulation on a device, the CPU GEMM in the emulator. The
+    /// inputs share a type; `c` may be wider (bf16 inputs, f32 gradient).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm<T: GpuFloat, C: GpuFloat>(
+        &self,
+        c: &mut GpuBuffer<C>,
+        a: &GpuBuffer<T>,
+        transpose_a: bool,
+        b: &GpuBuffer<T>,
+        transpose_b: bool,
+        (m, n, k): (usize, usize, usize),
+        accumulate: bool,
+    ) -> Result<()> {
+        expect_len("gemm", "a", a, m * k)?;
+        expect_len("gemm", "b", b, k * n)?;
+        expect_len("gemm", "c", c, m * n)?;
+        match (&self.backend, &mut c.memory) {
+            (Backend::Emulated(_), Memory::Host(c_data)) => {
+                let mut out: Vec<f32> = c_data.iter().map(|e| e.to_f32()).collect();
+                let op = |t: bool| if t { Transpose::Yes } else { Transpose::No };
+                let (a, b) = (host_f32(a)?, host_f32(b)?);
+                matmul(
+                    &mut out,
+                    &a,
+                    op(transpose_a),
+                    &b,
+                    op(transpose_b),
+                    (m, n, k),
+                    accumulate,
+                );
+                for (dst, v) in c_data.iter_mut().zip(out) {
+                    *dst = C::from_f32(v);
+                }
+                Ok(())
+            }
+            #[cfg(feature = "cuda")]
+            (Backend::Cuda(d), Memory::Device { address, .. }) => d.gemm(
+                *address,
+                a.address(),
+                transpose_a,
+                b.address(),
+                transpose_b,
+                (m, n, k),
+                if accumulate { 1.0 } else { 0.0 },
+                (T::CUDA_TYPE, C::CUDA_TYPE),
+            ),
+            #[cfg(feature = "cuda")]
+            _ => Err(Error::Gpu("the buffer belongs to another GPU".into())),
+        }
+    }
+}
+
+/// An emulator buffer's elements as f32.
+fn host_f32<T: GpuFloat>(buffer: &GpuBuffer<T>) -> Result<Vec<f32>> {
+    match &buffer.memory {
+        Memory::Host(v) => Ok(v.iter().map(|e| e.to_f32()).collect()),
+        #[cfg(feature = "cuda")]
+        Memory::Device { .. } => Err(Error::Gpu("the buffer belongs to another GPU".into())),
+    }
+}
+
+fn check_launch(kernel: &str, cfg: &LaunchConfig) -> Result<()> {
+    let threads: u64 = cfg.block.iter().map(|&b| b as u64).product();
+    if cfg.grid.contains(&0) || threads == 0 || threads > 1024 {
+        return Err(Error::Gpu(format!(
+            "{kernel}: bad launch shape, grid {:?} block {:?} (1 to 1024 threads a block)",
+            cfg.grid, cfg.block
+        )));
+    }
+    Ok(())
+}
+
+/// A storage type kernels are instantiated for; `SUFFIX` ends the kernel's name
+/// (`rmsnorm_forward_bf16`).
+pub trait GpuFloat: Pod {
+    const SUFFIX: &'static str;
+    #[cfg(feature = "cuda")]
+    const CUDA_TYPE: cudarc::cublas::sys::cudaDataType;
+    fn to_f32(self) -> f32;
+    fn from_f32(v: f32) -> Self;
+}
+
+impl GpuFloat for f32 {
+    const SUFFIX: &'static str = "f32";
+    #[cfg(feature = "cuda")]
+    const CUDA_TYPE: cudarc::cublas::sys::cudaDataType =
+        cudarc::cublas::sys::cudaDataType::CUDA_R_32F;
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+}
+
+impl GpuFloat for half::bf16 {
+    const SUFFIX: &'static str = "bf16";
+    #[cfg(feature = "cuda")]
+    const CUDA_TYPE: cudarc::cublas::sys::cudaDataType =
+        cudarc::cublas::sys::cudaDataType::CUDA_R_16BF;
+    fn to_f32(self) -> f32 {
+        half::bf16::to_f32(self)
+    }
+    fn from_f32(v: f32) -> Self {
+        half::bf16::from_f32(v)
+    }
+}
+
+/// Fails unless `buffer` holds exactly `len` elements.
+pub fn expect_len<T: Pod>(
+    op: &'static str,
+    what: &str,
+    buffer: &GpuBuffer<T>,
+    len: usize,
+) -> Result<()> {
+    if buffer.len() != len {
+        return Err(Error::shape(
+            op,
+            format!("{what} holds {} elements, expected {len}", buffer.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// The GPUs the kernel tests run their checks on: always the emulator, and CUDA device 0
+/// when SCOTD_TEST_CUDA=1 (tools/gpu-check.sh sets it on a GPU machine), so every check
+/// runs unchanged on both.
+#[cfg(test)]
+pub(crate) fn test_gpus() -> Vec<Gpu> {
+    let emulator = Gpu::emulated().expect("the CPU emulator compiles");
+    if std::env::var("SCOTD_TEST_CUDA").as_deref() != Ok("1") {
+        return vec![emulator];
+    }
+    #[cfg(feature = "cuda")]
+    return vec![
+        emulator,
+        Gpu::cuda(0).expect("SCOTD_TEST_CUDA=1 but no CUDA device"),
+    ];
+    #[cfg(not(feature = "cuda"))]
+    panic!("SCOTD_TEST_CUDA=1 needs a build with --features cuda");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    #[test]
+    fn gemm_matches_the_cpu_reference_in_every_layout() {
+        let mut rng = Rng::new(3);
+        let (m, n, k) = (5, 7, 9);
+        let a = rng.normal_vec(m * k, 1.0);
+        let b = rng.normal_vec(k * n, 1.0);
+        let c0 = rng.normal_vec(m * n, 1.0);
+        for gpu in test_gpus() {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                for accumulate in [false, true] {
+                    let mut expected = c0.clone();
+                    let op = |t: bool| if t { Transpose::Yes } else { Transpose::No };
+                    matmul(&mut expected, &a, op(ta), &b, op(tb), (m, n, k), accumulate);
+                    let mut c = gpu.upload(&c0).unwrap();
+                    let (ga, gb) = (gpu.upload(&a).unwrap(), gpu.upload(&b).unwrap());
+                    gpu.gemm(&mut c, &ga, ta, &gb, tb, (m, n, k), accumulate)
+                        .unwrap();
+                    let got = gpu.download(&c).unwrap();
+                    for (g, e) in got.iter().zip(&expected) {
+                        assert!(
+                            (g - e).abs() < 1e-4,
+                            "{} ta={ta} tb={tb}: {g} vs {e}",
+                            gpu.describe()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_launches_and_sizes_are_errors() {
+        let gpu = Gpu::emulated().unwrap();
+        let cfg = LaunchConfig::linear(1, 2048, 0);
+        // SAFETY: refused before anything runs.
+        let err = unsafe { gpu.launch("rmsnorm_dw_reduce", cfg, &[]) }.unwrap_err();
+        assert!(err.to_string().contains("1 to 1024"), "{err}");
+        let cfg = LaunchConfig::linear(1, 32, 0);
+        // SAFETY: no kernel has this name, so nothing runs.
+        let err = unsafe { gpu.launch("no_such_kernel", cfg, &[]) }.unwrap_err();
+        assert!(err.to_string().contains("no_such_kernel"), "{err}");
+        let mut c = gpu.zeros::<f32>(4).unwrap();
+        let a = gpu.zeros::<f32>(3).unwrap();
+        let err = gpu
+            .gemm(&mut c, &a, false, &a, false, (2, 2, 2), false)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("holds 3 elements, expected 4"),
+            "{err}"
+        );
+    }
+}

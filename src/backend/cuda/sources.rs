@@ -1,0 +1,38 @@
+//! The kernel sources, embedded in the binary so that a GPU machine needs nothing but the
+//! binary: NVRTC compiles them there, and the emulator compiles them here.
+
+/// (path under kernels/, text) of every file: the shared header, the emulator's files,
+/// then one file per op family.
+pub const SOURCES: &[(&str, &str)] = &[
+    ("common.cuh", include_str!("../../../kernels/common.cuh")),
+    (
+        "emu/cuda_emu.h",
+        include_str!("../../../kernels/emu/cuda_emu.h"),
+    ),
+    (
+        "emu/runtime.cpp",
+        include_str!("../../../kernels/emu/runtime.cpp"),
+    ),
+    ("rmsnorm.cu", include_str!("../../../kernels/rmsnorm.cu")),
+];
+
+/// The kernel files (`.cu`), each one compilation unit.
+pub fn kernel_files() -> impl Iterator<Item = (&'static str, &'static str)> {
+    SOURCES
+        .iter()
+        .copied()
+        .filter(|(name, _)| name.ends_with(".cu"))
+}
+
+/// A stable fingerprint of every source, naming the compiled cache entry.
+pub fn fingerprint(extra: &str) -> String {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    let bytes = SOURCES
+        .iter()
+        .flat_map(|(name, text)| name.bytes().chain(text.bytes()))
+        .chain(extra.bytes());
+    for b in bytes {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}

@@ -1,0 +1,104 @@
+//! `scotd eval`: a model's greedy answers to held-out questions, verified, plus the chat
+//! probes; a Markdown and a JSON report. `--compare` puts earlier reports side by side.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use scotd::data::read_questions;
+use scotd::eval::{compare_markdown, evaluate, probes, EvalOptions, EvalReport, EvalTarget};
+use scotd::sample::Prompter;
+
+use crate::prompts::{load_model, DecodingArgs};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The checkpoint folder to evaluate.
+    #[arg(long, required_unless_present = "compare")]
+    model: Option<PathBuf>,
+    /// Questions with gold answers: GSM8K JSONL (`question`, `answer` ending in `#### N`)
+    /// or rows with `question` and `gold`.
+    #[arg(long, required_unless_present = "compare")]
+    data: Option<PathBuf>,
+    /// The report folder (answers.jsonl, report.json, report.md); an unfinished one is
+    /// resumed. With --compare: the Markdown file to write (default: standard output).
+    #[arg(long, required_unless_present = "compare")]
+    out: Option<PathBuf>,
+    /// Only the first this many questions.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// The user turn: plain (the question), deepseek-math, or a text file holding {question}.
+    #[arg(long, default_value = "plain")]
+    prompt: String,
+    /// Chat probes, one per line, instead of the built-in ones; "none" for no probes.
+    #[arg(long)]
+    probes: Option<String>,
+    /// Put the reports of earlier evaluations (folders or report.json files) side by side.
+    #[arg(long, num_args = 1.., conflicts_with_all = ["model", "data"])]
+    compare: Vec<PathBuf>,
+    #[command(flatten)]
+    decoding: DecodingArgs,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    if !args.compare.is_empty() {
+        return compare(&args.compare, args.out.as_deref());
+    }
+    let (Some(model_dir), Some(data), Some(out)) = (&args.model, &args.data, &args.out) else {
+        bail!("--model, --data and --out are needed (or --compare REPORTS...)");
+    };
+    let mut questions = read_questions(data)?;
+    questions.truncate(args.limit.unwrap_or(usize::MAX));
+    let (model, tokenizer) = load_model(model_dir)?;
+    let prompter = Prompter::new(
+        &tokenizer,
+        Some(&args.prompt),
+        args.decoding.template.as_deref(),
+        args.decoding.system.clone(),
+    )?;
+    let (model_name, data_name) = (model_dir.display().to_string(), data.display().to_string());
+    let target = EvalTarget {
+        model: &model,
+        model_name: &model_name,
+        tokenizer: &tokenizer,
+        prompter: &prompter,
+        data_name: &data_name,
+    };
+    let opts = EvalOptions {
+        sampling: args.decoding.sampling(),
+        probes: read_probes(args.probes.as_deref())?,
+    };
+    let report = evaluate(&target, &questions, &opts, out, true)
+        .with_context(|| format!("evaluating into {}", out.display()))?;
+    println!("{}", compare_markdown(std::slice::from_ref(&report)));
+    eprintln!("report: {}", out.join("report.md").display());
+    Ok(())
+}
+
+fn read_probes(arg: Option<&str>) -> Result<Vec<String>> {
+    Ok(match arg {
+        None => probes::DEFAULT_PROBES
+            .iter()
+            .map(|p| p.to_string())
+            .collect(),
+        Some("none") => Vec::new(),
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the probes from {path}"))?
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect(),
+    })
+}
+
+fn compare(reports: &[PathBuf], out: Option<&Path>) -> Result<()> {
+    let reports = reports
+        .iter()
+        .map(|p| EvalReport::read(p))
+        .collect::<scotd::Result<Vec<_>>>()?;
+    let table = compare_markdown(&reports);
+    match out {
+        Some(path) => scotd::io::write_atomic(path, table.as_bytes())?,
+        None => print!("{table}"),
+    }
+    Ok(())
+}

@@ -1,0 +1,228 @@
+//! Evaluation (`scotd eval`): what a model gained and what it forgot. Greedy answers to
+//! held-out questions, checked by the verifier: accuracy with a 95% confidence interval,
+//! how often the answer uses `<think>` and how often its inner and final answers
+//! disagree; then the chat-forgetting probes ([`probes`]).
+//!
+//! An evaluation writes into one folder: `answers.jsonl` (one [`Answer`] per question,
+//! appended as each finishes, so a killed run resumes), `report.json` ([`EvalReport`])
+//! and `report.md`. `run.json` records what was evaluated; a rerun with another model,
+//! data or decoding settings into the same folder is refused rather than mixed.
+
+pub mod probes;
+mod report;
+
+pub use report::{compare_markdown, wilson_interval, Answer, EvalReport, ProbeReply, Rate};
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use serde_json::json;
+
+use crate::data::{Question, TraceId};
+use crate::io::{write_atomic, AppendLog};
+use crate::model::Model;
+use crate::sample::{
+    decode, generate, questions_bar, reply_text, trace_seed, Event, Generated, Prompter, Request,
+    SamplingConfig,
+};
+use crate::tokenizer::Tokenizer;
+use crate::{verify, Error, Result};
+
+#[derive(Clone, Debug)]
+pub struct EvalOptions {
+    /// Greedy (temperature 0) unless asked otherwise.
+    pub sampling: SamplingConfig,
+    /// Chat probes; empty for none.
+    pub probes: Vec<String>,
+}
+
+/// What is evaluated, as the report names it (usually the model and data paths).
+#[derive(Clone)]
+pub struct EvalTarget<'a> {
+    pub model: &'a Model,
+    pub model_name: &'a str,
+    pub tokenizer: &'a Tokenizer,
+    pub prompter: &'a Prompter,
+    pub data_name: &'a str,
+}
+
+/// Answers every question (resuming `out_dir`), runs the probes and writes the report.
+pub fn evaluate(
+    target: &EvalTarget,
+    questions: &[Question],
+    opts: &EvalOptions,
+    out_dir: &Path,
+    show_progress: bool,
+) -> Result<EvalReport> {
+    claim_folder(target, opts, out_dir)?;
+    let answers = answer_questions(target, questions, &opts.sampling, out_dir, show_progress)?;
+    let probes = run_probes(target, &opts.probes, &opts.sampling)?;
+    let report = EvalReport::new(target.model_name, target.data_name, &answers, probes);
+    let json = serde_json::to_vec_pretty(&report)
+        .map_err(|e| Error::format(out_dir, "report", e.to_string()))?;
+    write_atomic(&out_dir.join("report.json"), &json)?;
+    write_atomic(&out_dir.join("report.md"), report.markdown().as_bytes())?;
+    Ok(report)
+}
+
+/// Writes `run.json`, or checks that the one there describes this same evaluation.
+fn claim_folder(target: &EvalTarget, opts: &EvalOptions, out_dir: &Path) -> Result<()> {
+    let s = &opts.sampling;
+    let run = json!({
+        "model": target.model_name,
+        "data": target.data_name,
+        "question_format": target.prompter.question_format,
+        "template": format!("{:?}", target.prompter.template),
+        "system": target.prompter.system,
+        "max_new_tokens": s.max_new_tokens,
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "seed": s.seed,
+    });
+    let path = out_dir.join("run.json");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if serde_json::from_str::<serde_json::Value>(&text).ok() == Some(run.clone()) => {
+            Ok(())
+        }
+        Ok(_) => Err(Error::format(
+            &path,
+            "(run)",
+            "this folder holds an evaluation of another model, data or settings: choose another --out",
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let text = serde_json::to_vec_pretty(&run).expect("plain JSON");
+            write_atomic(&path, &text)
+        }
+        Err(e) => Err(Error::io(&path, e)),
+    }
+}
+
+/// Every question's answer: those already in `answers.jsonl`, then the rest, generated
+/// and appended as they finish. Returned in question order.
+fn answer_questions(
+    target: &EvalTarget,
+    questions: &[Question],
+    sampling: &SamplingConfig,
+    out_dir: &Path,
+    show_progress: bool,
+) -> Result<Vec<Answer>> {
+    let path = out_dir.join("answers.jsonl");
+    let (mut log, resumed) = AppendLog::open::<Answer>(&path)?;
+    let mut by_id = known_answers(&path, questions, resumed.records)?;
+    let pending: Vec<&Question> = questions
+        .iter()
+        .filter(|q| !by_id.contains_key(&q.id))
+        .collect();
+    let prompts = pending
+        .iter()
+        .map(|q| target.prompter.question_ids(target.tokenizer, &q.question))
+        .collect::<Result<Vec<_>>>()?;
+    let requests: Vec<Request> = pending
+        .iter()
+        .zip(&prompts)
+        .map(|(q, prompt)| Request {
+            prompt,
+            seed: trace_seed(sampling.seed, &q.id, 0),
+        })
+        .collect();
+    let bar = questions_bar(show_progress, questions.len(), by_id.len());
+    let eos = target.tokenizer.eos_ids();
+    decode(target.model, &requests, eos, sampling, |event| {
+        if let Event::Finished { request, result } = event {
+            let answer = answer(
+                pending[request],
+                reply_text(target.tokenizer, &result)?,
+                &result,
+            );
+            log.append(&answer)?;
+            by_id.insert(answer.id.clone(), answer);
+            bar.inc(1);
+        }
+        Ok(())
+    })?;
+    log.sync()?;
+    bar.finish_and_clear();
+    Ok(questions
+        .iter()
+        .map(|q| by_id.remove(&q.id).expect("every question answered"))
+        .collect())
+}
+
+/// The answers already in the file, by id; each must be one of these questions.
+fn known_answers(
+    path: &Path,
+    questions: &[Question],
+    answers: Vec<Answer>,
+) -> Result<HashMap<TraceId, Answer>> {
+    let texts: HashMap<&TraceId, &str> = questions
+        .iter()
+        .map(|q| (&q.id, q.question.as_str()))
+        .collect();
+    let mut seen = HashSet::new();
+    let mut by_id = HashMap::new();
+    for (n, answer) in answers.into_iter().enumerate() {
+        if texts.get(&answer.id) != Some(&answer.question.as_str())
+            || !seen.insert(answer.id.clone())
+        {
+            return Err(Error::format(
+                format!("{}:{}", path.display(), n + 1),
+                "id",
+                format!("answer {} is not one of this run's questions (or repeats one): the folder holds another evaluation", answer.id),
+            ));
+        }
+        by_id.insert(answer.id.clone(), answer);
+    }
+    Ok(by_id)
+}
+
+fn answer(question: &Question, output: String, generated: &Generated) -> Answer {
+    let extracted = verify::extract(&output);
+    let think_disagrees = match (&extracted.think_answer, &extracted.final_answer) {
+        (Some(inner), Some(outer)) => !verify::equivalent(inner, outer),
+        _ => false,
+    };
+    Answer {
+        id: question.id.clone(),
+        question: question.question.clone(),
+        gold: question.gold.clone(),
+        correct: verify::is_correct(&question.gold, &output),
+        uses_think: probes::has_think(&output),
+        think_disagrees,
+        answer: extracted.final_answer,
+        think_answer: extracted.think_answer,
+        tokens: generated.reply_ids().len() as u64,
+        stop: generated.stop,
+        output,
+    }
+}
+
+fn run_probes(
+    target: &EvalTarget,
+    prompts: &[String],
+    sampling: &SamplingConfig,
+) -> Result<Vec<ProbeReply>> {
+    let ids = prompts
+        .iter()
+        .map(|p| target.prompter.message_ids(target.tokenizer, p))
+        .collect::<Result<Vec<_>>>()?;
+    let replies = generate(
+        target.model,
+        &ids,
+        target.tokenizer.eos_ids(),
+        sampling,
+        |_, _| {},
+    )?;
+    prompts
+        .iter()
+        .zip(&replies)
+        .map(|(prompt, generated)| {
+            let reply = reply_text(target.tokenizer, generated)?;
+            Ok(ProbeReply {
+                prompt: prompt.clone(),
+                math: probes::has_math(&reply),
+                think: probes::has_think(&reply),
+                reply,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,255 @@
+//! The evaluation report: its numbers computed from the per-question answers, written as
+//! JSON and Markdown, and several reports side by side (`scotd eval --compare`).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::TraceId;
+use crate::sample::StopReason;
+use crate::{Error, Result};
+
+/// One question's answer, a line of `answers.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    pub id: TraceId,
+    pub question: String,
+    pub gold: String,
+    pub output: String,
+    /// The final answer (after `</think>` when there is one); null when none was found.
+    pub answer: Option<String>,
+    /// The answer inside the `<think>` block; null without a closed block.
+    pub think_answer: Option<String>,
+    pub correct: bool,
+    /// The output holds `<think>`.
+    pub uses_think: bool,
+    /// Both answers exist and differ.
+    pub think_disagrees: bool,
+    pub tokens: u64,
+    pub stop: StopReason,
+}
+
+/// A chat probe and the model's reply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProbeReply {
+    pub prompt: String,
+    pub reply: String,
+    /// The reply shows math it was not asked for.
+    pub math: bool,
+    /// The reply holds a think tag.
+    pub think: bool,
+}
+
+/// A count and its share of a total.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rate {
+    pub count: usize,
+    pub rate: f64,
+}
+
+impl Rate {
+    fn of(count: usize, total: usize) -> Rate {
+        let rate = if total == 0 {
+            0.0
+        } else {
+            count as f64 / total as f64
+        };
+        Rate { count, rate }
+    }
+}
+
+/// `report.json`: what `scotd eval` measured.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    pub model: String,
+    pub data: String,
+    pub questions: usize,
+    pub accuracy: Rate,
+    /// 95% Wilson score interval of the accuracy.
+    pub accuracy_ci95: [f64; 2],
+    /// Outputs in which no answer was found.
+    pub no_answer: Rate,
+    /// Outputs cut off by the token limit or the context.
+    pub truncated: Rate,
+    /// Outputs that use `<think>`.
+    pub think: Rate,
+    /// Of the outputs that use `<think>`, those whose inner and final answers differ.
+    pub think_disagrees: Rate,
+    pub mean_tokens: f64,
+    pub probes: Vec<ProbeReply>,
+    pub probes_with_math: usize,
+    pub probes_with_think: usize,
+}
+
+impl EvalReport {
+    /// The report of `answers` (in any order) and the probes' replies.
+    pub fn new(model: &str, data: &str, answers: &[Answer], probes: Vec<ProbeReply>) -> Self {
+        let n = answers.len();
+        let count = |f: &dyn Fn(&Answer) -> bool| answers.iter().filter(|a| f(a)).count();
+        let correct = count(&|a| a.correct);
+        let think = count(&|a| a.uses_think);
+        let tokens: u64 = answers.iter().map(|a| a.tokens).sum();
+        EvalReport {
+            model: model.to_string(),
+            data: data.to_string(),
+            questions: n,
+            accuracy: Rate::of(correct, n),
+            accuracy_ci95: wilson_interval(correct, n),
+            no_answer: Rate::of(count(&|a| a.answer.is_none()), n),
+            truncated: Rate::of(count(&|a| a.stop != StopReason::Eos), n),
+            think: Rate::of(think, n),
+            think_disagrees: Rate::of(count(&|a| a.uses_think && a.think_disagrees), think),
+            mean_tokens: if n == 0 {
+                0.0
+            } else {
+                tokens as f64 / n as f64
+            },
+            probes_with_math: probes.iter().filter(|p| p.math).count(),
+            probes_with_think: probes.iter().filter(|p| p.think).count(),
+            probes,
+        }
+    }
+
+    /// Reads a `report.json`, or the one in a folder.
+    pub fn read(path: &Path) -> Result<EvalReport> {
+        let file = if path.is_dir() {
+            path.join("report.json")
+        } else {
+            path.to_path_buf()
+        };
+        let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
+        serde_json::from_str(&text)
+            .map_err(|e| Error::format(&file, "(json)", format!("not a scotd eval report: {e}")))
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut md = format!("# Evaluation of {}\n\nData: {}\n\n", self.model, self.data);
+        md.push_str(&compare_markdown(std::slice::from_ref(self)));
+        md.push_str("\n## Chat probes\n\n| prompt | math | think | reply |\n|---|---|---|---|\n");
+        for p in &self.probes {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} |",
+                cell(&p.prompt, 80),
+                yes_no(p.math),
+                yes_no(p.think),
+                cell(&p.reply, 160)
+            );
+        }
+        md
+    }
+}
+
+/// How one row of the comparison table reads a report.
+type Column = fn(&EvalReport) -> String;
+
+/// Several reports as one Markdown table, a column per model.
+pub fn compare_markdown(reports: &[EvalReport]) -> String {
+    let mut md = String::from("| |");
+    for r in reports {
+        let _ = write!(md, " {} |", cell(&r.model, 60));
+    }
+    md.push_str("\n|---|");
+    md.push_str(&"--:|".repeat(reports.len()));
+    md.push('\n');
+    let rows: [(&str, Column); 8] = [
+        ("questions", |r| r.questions.to_string()),
+        ("accuracy (95% CI)", |r| {
+            format!(
+                "{:.1}% ({:.1}–{:.1})",
+                100.0 * r.accuracy.rate,
+                100.0 * r.accuracy_ci95[0],
+                100.0 * r.accuracy_ci95[1]
+            )
+        }),
+        ("no answer found", |r| percent(r.no_answer)),
+        ("cut off by the token limit", |r| percent(r.truncated)),
+        ("uses `<think>`", |r| percent(r.think)),
+        ("think answer ≠ final answer", |r| {
+            percent(r.think_disagrees)
+        }),
+        ("mean tokens", |r| format!("{:.0}", r.mean_tokens)),
+        ("chat probes with math / think tags", |r| {
+            format!(
+                "{} / {} of {}",
+                r.probes_with_math,
+                r.probes_with_think,
+                r.probes.len()
+            )
+        }),
+    ];
+    for (name, value) in rows {
+        let _ = write!(md, "| {name} |");
+        for r in reports {
+            let _ = write!(md, " {} |", value(r));
+        }
+        md.push('\n');
+    }
+    md
+}
+
+/// The 95% Wilson score interval of `successes` out of `n` (better than the normal
+/// approximation near 0 and 1, and defined for small n).
+pub fn wilson_interval(successes: usize, n: usize) -> [f64; 2] {
+    if n == 0 {
+        return [0.0, 1.0];
+    }
+    let (z, n_f) = (1.959_963_985, n as f64);
+    let p = successes as f64 / n_f;
+    let denominator = 1.0 + z * z / n_f;
+    let center = (p + z * z / (2.0 * n_f)) / denominator;
+    let half = z / denominator * (p * (1.0 - p) / n_f + z * z / (4.0 * n_f * n_f)).sqrt();
+    [(center - half).max(0.0), (center + half).min(1.0)]
+}
+
+fn percent(rate: Rate) -> String {
+    format!("{:.1}% ({})", 100.0 * rate.rate, rate.count)
+}
+
+fn yes_no(flag: bool) -> &'static str {
+    if flag {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// Text fit for one Markdown table cell: one line, pipes escaped, at most `max` chars.
+fn cell(text: &str, max: usize) -> String {
+    let one_line: String = text
+        .chars()
+        .map(|c| if c.is_whitespace() { ' ' } else { c })
+        .take(max)
+        .collect();
+    let ellipsis = if text.chars().count() > max {
+        "…"
+    } else {
+        ""
+    };
+    format!("{}{ellipsis}", one_line.trim().replace('|', "\\|"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wilson_interval_matches_known_values() {
+        // 8 of 20: 0.2188 to 0.6134 (standard tables).
+        let [lo, hi] = wilson_interval(8, 20);
+        assert!(
+            (lo - 0.2188).abs() < 1e-4 && (hi - 0.6134).abs() < 1e-4,
+            "{lo} {hi}"
+        );
+        let [lo, hi] = wilson_interval(0, 10);
+        assert!(lo == 0.0 && (hi - 0.2775).abs() < 1e-4, "{lo} {hi}");
+        assert_eq!(wilson_interval(0, 0), [0.0, 1.0]);
+    }
+
+    #[test]
+    fn cells_are_one_line_and_escaped() {
+        assert_eq!(cell("a|b\nc", 10), "a\\|b c");
+        assert_eq!(cell("abcdef", 3), "abc…");
+    }
+}
