@@ -9,6 +9,17 @@ use std::path::Path;
 use crate::io::write_atomic;
 use crate::Result;
 
+/// The chat probes of the student's evaluations: requests it learned to answer before
+/// distillation, to show whether distillation made it forget them.
+pub const CHAT_PROBES: [&str; 6] = [
+    "Hello!",
+    "What is the capital of France?",
+    "Tell me a joke.",
+    "What colour is the sky?",
+    "How many legs does a spider have?",
+    "What sound does a cow make?",
+];
+
 /// One Alpaca record.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChatExample {
@@ -289,6 +300,19 @@ mod tests {
             rows[31].messages[1].content,
             "The capital of Spain is Madrid."
         );
+    }
+
+    #[test]
+    fn every_probe_is_a_chat_example() {
+        let examples = chat_examples();
+        for probe in CHAT_PROBES {
+            assert!(
+                examples
+                    .iter()
+                    .any(|e| e.instruction == probe && e.input.is_empty()),
+                "{probe}"
+            );
+        }
     }
 
     #[test]

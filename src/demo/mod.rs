@@ -37,22 +37,41 @@
 //! | 2, 10 | 128 × 2 | 3e-3 | 600 | 152 s | 78.0 % |
 
 pub mod chat_data;
+mod evaluation;
 pub mod problems;
+mod report;
 mod run_folder;
-mod teacher;
+mod sampling;
 pub mod tokenizer;
+mod training;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::DataFormat;
+use crate::eval::EvalReport;
 use crate::model::{Architecture, ModelConfig};
 use crate::rng::Rng;
+use crate::tokenizer::Tokenizer;
+use crate::train::DatasetConfig;
 use crate::{Error, Result};
+use chat_data::CHAT_PROBES;
+use evaluation::evaluate_model;
 use problems::{Difficulty, MAX_STEPS};
+use run_folder::{DemoQuestions, CHAT, TEACHER_TRAIN};
+use training::{train_stage, Start};
 
+pub use report::{sampling_line, summary_table};
 pub use run_folder::RunFolder;
-pub use teacher::{evaluate, Evaluation, TeacherStage};
+pub use sampling::Traces;
+pub use training::Trained;
+
+/// The student's mix, as in the reference run: reasoning traces 70 %, chat 30 %.
+const TRACES_WEIGHT: f64 = 0.7;
+const CHAT_WEIGHT: f64 = 0.3;
+/// Teacher training problems held out for its evaluation loss.
+const TEACHER_EVAL_ROWS: usize = 64;
 
 /// A demo model's shape: Qwen2 (biases on q/k/v) with tied embeddings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -69,15 +88,14 @@ impl ModelShape {
     /// of 64 rows.
     pub fn config(&self, vocab_size: usize, max_positions: usize) -> Result<ModelConfig> {
         let err = |field: &str, msg: String| Err(Error::format("demo model", field, msg));
-        if [
+        let sizes = [
             self.hidden_size,
             self.layers,
             self.heads,
             self.kv_heads,
             self.intermediate_size,
-        ]
-        .contains(&0)
-        {
+        ];
+        if sizes.contains(&0) {
             return err(
                 "(shape)",
                 format!("every size must be at least 1: {self:?}"),
@@ -117,7 +135,8 @@ impl ModelShape {
     }
 }
 
-/// How a demo model is trained: the trainer's main settings (the rest are its defaults).
+/// How a demo model is trained: the trainer's main settings (the rest are its defaults,
+/// with 5 % warmup and no weight decay).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Training {
     pub steps: u64,
@@ -127,6 +146,19 @@ pub struct Training {
     pub seq_len: usize,
 }
 
+impl Training {
+    fn validate(&self, field: &str) -> Result<()> {
+        let err = |msg: &str| Err(Error::format("demo config", field, msg));
+        if self.steps == 0 || self.batch_rows == 0 || self.seq_len == 0 {
+            return err("steps, batch_rows and seq_len must be at least 1");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return err("lr must be a positive number");
+        }
+        Ok(())
+    }
+}
+
 /// Everything a demo run depends on; written to the run folder as config.json.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DemoConfig {
@@ -134,10 +166,21 @@ pub struct DemoConfig {
     pub difficulty: Difficulty,
     /// Problems the teacher is trained on.
     pub teacher_problems: usize,
+    /// Problems the teacher is sampled on: the student's training questions.
+    pub sample_problems: usize,
+    /// Traces sampled per problem, and their temperature.
+    pub samples_per_problem: usize,
+    pub sample_temperature: f32,
     /// Held-out problems every model is evaluated on.
     pub eval_problems: usize,
     pub teacher: ModelShape,
     pub teacher_training: Training,
+    pub student: ModelShape,
+    /// The student's first training, on the chat examples alone: it stands in for the
+    /// instruct model distillation starts from, which can chat but not reason.
+    pub student_chat_training: Training,
+    /// Distillation: the verified traces mixed 70/30 with the chat examples.
+    pub student_training: Training,
     /// The longest reply generated, in tokens.
     pub max_new_tokens: usize,
 }
@@ -152,6 +195,9 @@ impl Default for DemoConfig {
                 max_number: 10,
             },
             teacher_problems: 20_000,
+            sample_problems: 2000,
+            samples_per_problem: 2,
+            sample_temperature: 0.7,
             eval_problems: 200,
             teacher: ModelShape {
                 hidden_size: 128,
@@ -166,6 +212,25 @@ impl Default for DemoConfig {
                 batch_rows: 8,
                 seq_len: 256,
             },
+            student: ModelShape {
+                hidden_size: 96,
+                layers: 2,
+                heads: 3,
+                kv_heads: 1,
+                intermediate_size: 288,
+            },
+            student_chat_training: Training {
+                steps: 100,
+                lr: 3e-3,
+                batch_rows: 4,
+                seq_len: 256,
+            },
+            student_training: Training {
+                steps: 800,
+                lr: 3e-3,
+                batch_rows: 8,
+                seq_len: 256,
+            },
             max_new_tokens: 128,
         }
     }
@@ -175,13 +240,17 @@ impl DemoConfig {
     /// A small run for tests: the same stages in well under a minute.
     pub fn reduced() -> Self {
         let full = DemoConfig::default();
+        let steps = |training: &Training, steps| Training {
+            steps,
+            ..training.clone()
+        };
         DemoConfig {
             teacher_problems: 2000,
+            sample_problems: 200,
             eval_problems: 50,
-            teacher_training: Training {
-                steps: 60,
-                ..full.teacher_training.clone()
-            },
+            teacher_training: steps(&full.teacher_training, 60),
+            student_chat_training: steps(&full.student_chat_training, 30),
+            student_training: steps(&full.student_training, 60),
             ..full
         }
     }
@@ -189,49 +258,268 @@ impl DemoConfig {
     pub fn validate(&self) -> Result<()> {
         self.difficulty.validate()?;
         let err = |field: &str, msg: &str| Err(Error::format("demo config", field, msg));
-        if self.teacher_problems == 0 || self.eval_problems == 0 {
-            return err(
-                "problems",
-                "the teacher and evaluation need at least 1 problem each",
-            );
+        if [
+            self.teacher_problems,
+            self.sample_problems,
+            self.eval_problems,
+        ]
+        .contains(&0)
+        {
+            return err("problems", "every set of problems needs at least 1");
         }
-        let t = &self.teacher_training;
-        if t.steps == 0 || t.batch_rows == 0 || t.seq_len == 0 {
-            return err(
-                "teacher_training",
-                "steps, batch_rows and seq_len must be at least 1",
-            );
+        if self.samples_per_problem == 0 {
+            return err("samples_per_problem", "must be at least 1");
         }
-        if !(t.lr > 0.0 && t.lr.is_finite()) {
-            return err("teacher_training.lr", "must be a positive number");
+        if !(self.sample_temperature >= 0.0 && self.sample_temperature.is_finite()) {
+            return err("sample_temperature", "must be 0 or more");
         }
         if self.max_new_tokens == 0 {
             return err("max_new_tokens", "must be at least 1");
         }
-        Ok(())
+        self.teacher_training.validate("teacher_training")?;
+        self.student_chat_training
+            .validate("student_chat_training")?;
+        self.student_training.validate("student_training")
     }
 
     /// The longest sequence a demo model sees: a training row, or a prompt and its reply.
     fn max_positions(&self) -> usize {
-        self.teacher_training.seq_len.max(2 * self.max_new_tokens)
+        [
+            self.teacher_training.seq_len,
+            self.student_chat_training.seq_len,
+            self.student_training.seq_len,
+            2 * self.max_new_tokens,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or_default()
     }
 }
 
-/// What a demo run produced so far.
+/// What a demo run produced.
 #[derive(Clone, Debug)]
 pub struct DemoSummary {
-    pub teacher: TeacherStage,
+    pub teacher: Trained,
+    pub teacher_eval: EvalReport,
+    pub traces: Traces,
+    /// The student after its chat training: the "before" of distillation.
+    pub student_chat: Trained,
+    pub student_before: EvalReport,
+    pub student: Trained,
+    pub student_after: EvalReport,
+    /// report.md (summary.json is beside it).
+    pub report: PathBuf,
 }
 
-/// Runs the demo into `out`, showing progress bars when `show_progress` is set. Rerunning
-/// with the same config continues where a previous run stopped; another config is an
-/// error.
+/// Runs the demo into `out`, showing stage headers and progress bars when
+/// `show_progress` is set. Rerunning with the same config continues where a previous
+/// run stopped; another config is an error.
 pub fn run(config: &DemoConfig, out: &Path, show_progress: bool) -> Result<DemoSummary> {
     config.validate()?;
     let folder = RunFolder::create(out, config)?;
-    let data = folder.write_data(config)?;
-    let teacher = teacher::run(config, &folder, &data, show_progress)?;
-    Ok(DemoSummary { teacher })
+    let questions = folder.write_data(config)?;
+    let vocab_size = Tokenizer::from_dir(&folder.tokenizer())?.vocab_size();
+    let demo = Demo {
+        config,
+        folder,
+        questions,
+        vocab_size,
+        show_progress,
+    };
+    let (teacher, teacher_eval) = demo.teacher()?;
+    let traces = demo.sample(&teacher)?;
+    let (student_chat, student_before) = demo.student_before()?;
+    let (student, student_after) = demo.distill(&student_chat, &traces)?;
+    let summary = DemoSummary {
+        teacher,
+        teacher_eval,
+        traces,
+        student_chat,
+        student_before,
+        student,
+        student_after,
+        report: demo.folder.path("report.md"),
+    };
+    report::write(&demo.folder, config, &summary)?;
+    Ok(summary)
+}
+
+/// A run in progress: what every stage needs.
+struct Demo<'a> {
+    config: &'a DemoConfig,
+    folder: RunFolder,
+    questions: DemoQuestions,
+    vocab_size: usize,
+    show_progress: bool,
+}
+
+impl Demo<'_> {
+    fn announce(&self, text: String) {
+        if self.show_progress {
+            eprintln!("{text}");
+        }
+    }
+
+    fn random<'s>(&'s self, shape: &'s ModelShape, seed: u64, tokenizer: &'s Path) -> Start<'s> {
+        Start::Random {
+            shape,
+            vocab_size: self.vocab_size,
+            max_positions: self.config.max_positions(),
+            seed,
+            tokenizer,
+        }
+    }
+
+    fn train(
+        &self,
+        start: Start,
+        datasets: Vec<DatasetConfig>,
+        training: &Training,
+        eval_rows: usize,
+        dir: &str,
+    ) -> Result<Trained> {
+        let dir = self.folder.path(dir);
+        train_stage(
+            start,
+            datasets,
+            training,
+            eval_rows,
+            self.config.seed,
+            &dir,
+            self.show_progress,
+        )
+    }
+
+    fn evaluate(
+        &self,
+        model: &Trained,
+        name: &str,
+        probes: &[&str],
+        dir: &str,
+    ) -> Result<EvalReport> {
+        self.announce(format!(
+            "  evaluating the {name} on {} held-out problems",
+            self.questions.eval.len()
+        ));
+        evaluate_model(
+            &model.model_dir,
+            name,
+            &self.questions.eval,
+            probes,
+            self.config.max_new_tokens,
+            &self.folder.path(dir),
+            self.show_progress,
+        )
+    }
+
+    fn teacher(&self) -> Result<(Trained, EvalReport)> {
+        let c = self.config;
+        self.announce(format!(
+            "[1/4] teacher: a {}-layer Qwen2 (hidden {}) learns {} generated problems in {} steps",
+            c.teacher.layers, c.teacher.hidden_size, c.teacher_problems, c.teacher_training.steps
+        ));
+        let tokenizer = self.folder.tokenizer();
+        let problems = dataset(
+            "problems",
+            self.folder.path(TEACHER_TRAIN),
+            DataFormat::Gsm8k,
+            1.0,
+        );
+        let teacher = self.train(
+            self.random(&c.teacher, c.seed, &tokenizer),
+            vec![problems],
+            &c.teacher_training,
+            TEACHER_EVAL_ROWS,
+            "teacher",
+        )?;
+        let eval = self.evaluate(&teacher, "teacher", &[], "teacher/eval")?;
+        Ok((teacher, eval))
+    }
+
+    fn sample(&self, teacher: &Trained) -> Result<Traces> {
+        let c = self.config;
+        self.announce(format!(
+            "[2/4] sampling: {} traces of each of {} new problems from the teacher (temperature {}); the verifier keeps the correct ones",
+            c.samples_per_problem, self.questions.sample.len(), c.sample_temperature
+        ));
+        sampling::sample_and_verify(
+            c,
+            &teacher.model_dir,
+            &self.questions.sample,
+            &self.folder,
+            self.show_progress,
+        )
+    }
+
+    fn student_before(&self) -> Result<(Trained, EvalReport)> {
+        let c = self.config;
+        self.announce(format!(
+            "[3/4] student before: a {}-layer Qwen2 (hidden {}) learns the {} chat examples in {} steps",
+            c.student.layers, c.student.hidden_size, chat_data::chat_examples().len(), c.student_chat_training.steps
+        ));
+        let tokenizer = self.folder.tokenizer();
+        let chat = dataset("chat", self.folder.path(CHAT), DataFormat::Alpaca, 1.0);
+        let start = self.random(&c.student, c.seed.wrapping_add(1), &tokenizer);
+        let student = self.train(
+            start,
+            vec![chat],
+            &c.student_chat_training,
+            0,
+            "student/chat",
+        )?;
+        let eval = self.evaluate(
+            &student,
+            "student before",
+            &CHAT_PROBES,
+            "student/eval-before",
+        )?;
+        Ok((student, eval))
+    }
+
+    fn distill(&self, student_chat: &Trained, traces: &Traces) -> Result<(Trained, EvalReport)> {
+        let c = self.config;
+        self.announce(format!(
+            "[4/4] distillation: the student learns the {} verified traces mixed 70/30 with the chat examples in {} steps",
+            traces.kept, c.student_training.steps
+        ));
+        let datasets = vec![
+            dataset(
+                "traces",
+                traces.verified_file.clone(),
+                DataFormat::Traces,
+                TRACES_WEIGHT,
+            ),
+            dataset(
+                "chat",
+                self.folder.path(CHAT),
+                DataFormat::Alpaca,
+                CHAT_WEIGHT,
+            ),
+        ];
+        let student = self.train(
+            Start::From(&student_chat.model_dir),
+            datasets,
+            &c.student_training,
+            0,
+            "student/distill",
+        )?;
+        let eval = self.evaluate(
+            &student,
+            "student after",
+            &CHAT_PROBES,
+            "student/eval-after",
+        )?;
+        Ok((student, eval))
+    }
+}
+
+fn dataset(name: &str, path: PathBuf, format: DataFormat, weight: f64) -> DatasetConfig {
+    DatasetConfig {
+        name: name.into(),
+        path,
+        format: Some(format),
+        weight,
+    }
 }
 
 /// Problems generated to collect the words of the problem templates: each template shows

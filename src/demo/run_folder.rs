@@ -1,11 +1,12 @@
-//! The run folder: where each artefact of a demo run goes, its config, and the data
+//! The run folder: its config, where each artefact of a demo run goes, and the data
 //! files every stage reads.
 
 use std::path::{Path, PathBuf};
 
 use super::chat_data::{chat_examples, write_alpaca_jsonl};
-use super::problems::{generate_splits, write_jsonl, Problem};
+use super::problems::{generate_splits, write_jsonl};
 use super::{tokenizer, vocabulary, DemoConfig};
+use crate::data::{read_questions, Question};
 use crate::io::write_atomic;
 use crate::{Error, Result};
 
@@ -15,10 +16,13 @@ pub struct RunFolder {
     root: PathBuf,
 }
 
-/// The generated problems of a run, in the files [`RunFolder::write_data`] wrote.
-pub struct DemoData {
-    pub teacher_train: Vec<Problem>,
-    pub eval: Vec<Problem>,
+/// The questions the stages after the teacher's training use, read back from the files
+/// [`RunFolder::write_data`] wrote, by the same reader `scotd sample` and `scotd eval` use.
+pub struct DemoQuestions {
+    /// The teacher is sampled on these; the student learns from its correct traces.
+    pub sample: Vec<Question>,
+    /// Held out from every training set.
+    pub eval: Vec<Question>,
 }
 
 impl RunFolder {
@@ -50,39 +54,40 @@ impl RunFolder {
         &self.root
     }
 
+    /// A file or folder of the run, by its path inside the run folder.
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.root.join(relative)
+    }
+
     pub fn tokenizer(&self) -> PathBuf {
-        self.root.join("tokenizer")
+        self.path("tokenizer")
     }
 
-    pub fn data(&self, name: &str) -> PathBuf {
-        self.root.join("data").join(name)
-    }
-
-    /// A folder or file of the teacher stage.
-    pub fn teacher(&self, name: &str) -> PathBuf {
-        self.root.join("teacher").join(name)
-    }
-
-    /// Writes the tokenizer, the problems (disjoint splits) and the chat examples.
-    pub fn write_data(&self, config: &DemoConfig) -> Result<DemoData> {
+    /// Writes the tokenizer, the problems (disjoint splits: held-out, sampling, teacher
+    /// training) and the chat examples.
+    pub fn write_data(&self, config: &DemoConfig) -> Result<DemoQuestions> {
         tokenizer::write_tokenizer_files(&self.tokenizer(), &vocabulary()?)?;
         let splits = generate_splits(
             config.seed,
             config.difficulty,
             &[
                 ("eval", config.eval_problems),
+                ("sample", config.sample_problems),
                 ("teacher", config.teacher_problems),
             ],
         )?;
-        let mut splits = splits.into_iter();
-        let mut next = || splits.next().expect("one set per split asked");
-        let (eval, teacher_train) = (next(), next());
-        write_jsonl(&self.data("eval.jsonl"), &eval)?;
-        write_jsonl(&self.data("teacher-train.jsonl"), &teacher_train)?;
-        write_alpaca_jsonl(&self.data("chat.jsonl"), &chat_examples())?;
-        Ok(DemoData {
-            teacher_train,
-            eval,
+        for (name, problems) in [EVAL, SAMPLE, TEACHER_TRAIN].iter().zip(&splits) {
+            write_jsonl(&self.path(name), problems)?;
+        }
+        write_alpaca_jsonl(&self.path(CHAT), &chat_examples())?;
+        Ok(DemoQuestions {
+            sample: read_questions(&self.path(SAMPLE))?,
+            eval: read_questions(&self.path(EVAL))?,
         })
     }
 }
+
+pub const EVAL: &str = "data/eval.jsonl";
+pub const SAMPLE: &str = "data/sample.jsonl";
+pub const TEACHER_TRAIN: &str = "data/teacher-train.jsonl";
+pub const CHAT: &str = "data/chat.jsonl";

@@ -1,10 +1,12 @@
 //! `scotd demo`: the whole distillation method on generated data, on a CPU in minutes,
-//! with no download. Every artefact goes into one run folder, printed at the end.
+//! with no download: a teacher learns arithmetic word problems, its verified traces
+//! train a student, and the student is evaluated before and after. Every artefact goes
+//! into one run folder, printed at the end.
 
 use std::path::PathBuf;
 
-use anyhow::Result;
-use scotd::demo::{self, DemoConfig, DemoSummary};
+use anyhow::{Context, Result};
+use scotd::demo::{self, DemoConfig};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -13,7 +15,7 @@ pub struct Args {
     out: PathBuf,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// The small preset the tests run (seconds, not minutes; the models learn less).
+    /// The small preset the tests run (about a minute; the models learn less).
     #[arg(long)]
     quick: bool,
     /// Problems the teacher trains on.
@@ -22,6 +24,15 @@ pub struct Args {
     /// Teacher training steps.
     #[arg(long)]
     teacher_steps: Option<u64>,
+    /// Problems the teacher is sampled on (the student's questions).
+    #[arg(long)]
+    sample_problems: Option<usize>,
+    /// Traces sampled per problem.
+    #[arg(long)]
+    samples_per_problem: Option<usize>,
+    /// Distillation (student training) steps.
+    #[arg(long)]
+    student_steps: Option<u64>,
     /// Held-out problems the models are evaluated on.
     #[arg(long)]
     eval_problems: Option<usize>,
@@ -31,7 +42,7 @@ pub struct Args {
     /// The largest number a problem states (at least 4).
     #[arg(long)]
     max_number: Option<u32>,
-    /// No progress bars.
+    /// No stage headers or progress bars.
     #[arg(long)]
     quiet: bool,
 }
@@ -46,6 +57,9 @@ impl Args {
         config.seed = self.seed;
         set(&mut config.teacher_problems, self.teacher_problems);
         set(&mut config.teacher_training.steps, self.teacher_steps);
+        set(&mut config.sample_problems, self.sample_problems);
+        set(&mut config.samples_per_problem, self.samples_per_problem);
+        set(&mut config.student_training.steps, self.student_steps);
         set(&mut config.eval_problems, self.eval_problems);
         set(&mut config.difficulty.max_steps, self.max_steps);
         set(&mut config.difficulty.max_number, self.max_number);
@@ -61,37 +75,23 @@ fn set<T>(field: &mut T, value: Option<T>) {
 
 pub fn run(args: Args) -> Result<()> {
     let config = args.config();
-    eprintln!(
-        "scotd demo → {} (seed {}; problems of up to {} steps, numbers up to {})",
-        args.out.display(),
-        config.seed,
-        config.difficulty.max_steps,
-        config.difficulty.max_number
-    );
-    eprintln!(
-        "[1/1] teacher: a {}-layer Qwen2 (hidden {}) trained on {} generated problems for {} steps",
-        config.teacher.layers,
-        config.teacher.hidden_size,
-        config.teacher_problems,
-        config.teacher_training.steps
-    );
-    let summary = demo::run(&config, &args.out, !args.quiet)?;
-    print_table(&summary);
-    eprintln!("run folder: {}", args.out.display());
-    Ok(())
-}
-
-fn print_table(summary: &DemoSummary) {
-    let t = &summary.teacher;
-    println!("| model | parameters | train time | final loss | held-out accuracy |");
-    println!("|---|--:|--:|--:|--:|");
+    if !args.quiet {
+        eprintln!(
+            "scotd demo → {} (seed {}; problems of up to {} steps with numbers up to {})",
+            args.out.display(),
+            config.seed,
+            config.difficulty.max_steps,
+            config.difficulty.max_number
+        );
+    }
+    let summary = demo::run(&config, &args.out, !args.quiet)
+        .with_context(|| format!("the demo in {}", args.out.display()))?;
     println!(
-        "| teacher | {:.2} M | {:.0} s | {:.4} | {}/{} = {:.1} % |",
-        t.parameters as f64 / 1e6,
-        t.train_seconds,
-        t.final_loss,
-        t.accuracy.correct,
-        t.accuracy.total,
-        100.0 * t.accuracy.accuracy()
+        "\n{}\n{}\n",
+        demo::summary_table(&summary),
+        demo::sampling_line(&summary)
     );
+    println!("report: {}", summary.report.display());
+    println!("run folder: {}", args.out.display());
+    Ok(())
 }
