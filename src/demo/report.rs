@@ -124,9 +124,17 @@ fn markdown(config: &DemoConfig, summary: &DemoSummary) -> String {
     md
 }
 
-/// Text for a Markdown table cell: one line, pipes escaped.
+/// Longest probe reply shown in the report's table, in characters.
+const REPLY_CHARS: usize = 120;
+
+/// Text for a Markdown table cell: one line, pipes escaped, cut to [`REPLY_CHARS`].
 fn cell(text: &str) -> String {
-    text.replace('\n', " ").replace('|', "\\|")
+    let mut one_line = text.replace('\n', " ").replace('|', "\\|");
+    if let Some((cut, _)) = one_line.char_indices().nth(REPLY_CHARS) {
+        one_line.truncate(cut);
+        one_line.push('…');
+    }
+    one_line
 }
 
 fn summary_json(summary: &DemoSummary) -> Value {

@@ -26,7 +26,7 @@ pub enum Start<'a> {
         vocab_size: usize,
         max_positions: usize,
         seed: u64,
-        tokenizer: &'a Path,
+        tokenizer: PathBuf,
     },
     /// An earlier stage's trained checkpoint.
     From(&'a Path),
@@ -70,7 +70,7 @@ pub fn train_stage(
         } => {
             let model = Model::random(shape.config(vocab_size, max_positions)?, seed);
             let init = stage_dir.join("init");
-            save_checkpoint(&model, Some(tokenizer), &init, DType::F32)?;
+            save_checkpoint(&model, Some(&tokenizer), &init, DType::F32)?;
             init
         }
         Start::From(dir) => dir.to_path_buf(),
