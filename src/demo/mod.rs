@@ -47,7 +47,10 @@
 //! | 3, 10 | 128 × 2 (4/2) | 1000 | 368 s | 96.0 % |
 //!
 //! Smaller numbers helped far more than a bigger model; errors are arithmetic (copying
-//! and the format are learnt within a few hundred steps).
+//! and the format are learnt within a few hundred steps). The default is the 1000-step
+//! run on problems of up to 2 steps with numbers up to 10; in the demo itself (seed 0,
+//! other problems, 64 of them held out for the evaluation loss) that teacher scores
+//! 89.5 % and trains in 149 s, and the whole demo takes 4 min 14 s.
 
 pub mod chat_data;
 mod evaluation;
@@ -72,7 +75,7 @@ use crate::{Error, Result};
 use chat_data::CHAT_PROBES;
 use evaluation::evaluate_model;
 use problems::{Difficulty, MAX_STEPS};
-use run_folder::{DemoQuestions, CHAT, TEACHER_TRAIN};
+use run_folder::{DemoProblems, DemoQuestions, CHAT, TEACHER_TRAIN};
 use training::{train_stage, Start};
 
 pub use report::{sampling_line, summary_table};
@@ -336,8 +339,9 @@ pub struct DemoSummary {
 /// run stopped; another config is an error.
 pub fn run(config: &DemoConfig, out: &Path, show_progress: bool) -> Result<DemoSummary> {
     config.validate()?;
+    let problems = DemoProblems::generate(config)?;
     let folder = RunFolder::create(out, config)?;
-    let questions = folder.write_data(config)?;
+    let questions = folder.write_data(&problems)?;
     let vocab_size = Tokenizer::from_dir(&folder.tokenizer())?.vocab_size();
     let demo = Demo {
         config,

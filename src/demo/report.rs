@@ -86,7 +86,7 @@ pub(super) fn write(folder: &RunFolder, config: &DemoConfig, summary: &DemoSumma
 
 fn markdown(config: &DemoConfig, summary: &DemoSummary) -> String {
     let mut md = format!(
-        "# scotd demo\n\nSeed {}; problems of up to {} steps with numbers up to {}. \
+        "# scotd demo\n\nSeed {}; problems of at most {} operations on numbers up to {}. \
          Settings: config.json.\n\n",
         config.seed, config.difficulty.max_steps, config.difficulty.max_number
     );

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::chat_data::{chat_examples, write_alpaca_jsonl};
-use super::problems::{generate_splits, write_jsonl};
+use super::problems::{generate_splits, write_jsonl, Problem};
 use super::{tokenizer, vocabulary, DemoConfig};
 use crate::data::{read_questions, Question};
 use crate::io::write_atomic;
@@ -63,10 +63,31 @@ impl RunFolder {
         self.path("tokenizer")
     }
 
-    /// Writes the tokenizer, the problems (disjoint splits: held-out, sampling, teacher
-    /// training) and the chat examples.
-    pub fn write_data(&self, config: &DemoConfig) -> Result<DemoQuestions> {
+    /// Writes the tokenizer, the problems and the chat examples.
+    pub fn write_data(&self, problems: &DemoProblems) -> Result<DemoQuestions> {
         tokenizer::write_tokenizer_files(&self.tokenizer(), &vocabulary()?)?;
+        write_jsonl(&self.path(EVAL), &problems.eval)?;
+        write_jsonl(&self.path(SAMPLE), &problems.sample)?;
+        write_jsonl(&self.path(TEACHER_TRAIN), &problems.teacher_train)?;
+        write_alpaca_jsonl(&self.path(CHAT), &chat_examples())?;
+        Ok(DemoQuestions {
+            sample: read_questions(&self.path(SAMPLE))?,
+            eval: read_questions(&self.path(EVAL))?,
+        })
+    }
+}
+
+/// A run's problems: three disjoint sets.
+pub struct DemoProblems {
+    eval: Vec<Problem>,
+    sample: Vec<Problem>,
+    teacher_train: Vec<Problem>,
+}
+
+impl DemoProblems {
+    /// Generates the sets `config` asks for (before anything is written, so a difficulty
+    /// too small for them fails early).
+    pub fn generate(config: &DemoConfig) -> Result<DemoProblems> {
         let splits = generate_splits(
             config.seed,
             config.difficulty,
@@ -76,13 +97,12 @@ impl RunFolder {
                 ("teacher", config.teacher_problems),
             ],
         )?;
-        for (name, problems) in [EVAL, SAMPLE, TEACHER_TRAIN].iter().zip(&splits) {
-            write_jsonl(&self.path(name), problems)?;
-        }
-        write_alpaca_jsonl(&self.path(CHAT), &chat_examples())?;
-        Ok(DemoQuestions {
-            sample: read_questions(&self.path(SAMPLE))?,
-            eval: read_questions(&self.path(EVAL))?,
+        let mut splits = splits.into_iter();
+        let mut next = || splits.next().unwrap_or_default();
+        Ok(DemoProblems {
+            eval: next(),
+            sample: next(),
+            teacher_train: next(),
         })
     }
 }

@@ -77,7 +77,7 @@ pub fn run(args: Args) -> Result<()> {
     let config = args.config();
     if !args.quiet {
         eprintln!(
-            "scotd demo → {} (seed {}; problems of up to {} steps with numbers up to {})",
+            "scotd demo → {} (seed {}; problems of at most {} operations on numbers up to {})",
             args.out.display(),
             config.seed,
             config.difficulty.max_steps,
