@@ -207,66 +207,84 @@ impl Draft {
         events[rng.below(events.len())]
     }
 
+    /// Adds the event's sentence (after "Then " from the third sentence on) and its
+    /// solution line.
     fn apply(&mut self, rng: &mut Rng, difficulty: Difficulty, event: Event) {
-        let (name, pronoun) = self.person;
-        let objects = self.objects;
-        let before = self.count;
-        let opener = if self.question.len() > 1 { "Then " } else { "" };
-        let subject = if opener.is_empty() {
-            pronoun.to_string()
+        let pronoun = self.person.1;
+        let (opener, subject) = if self.question.len() > 1 {
+            ("Then ", pronoun.to_lowercase())
         } else {
-            pronoun.to_lowercase()
+            ("", pronoun.to_string())
         };
-        let (sentence, line) = match event {
-            Event::Gain => {
-                let (verb, doing) = pick(rng, &GAIN_VERBS);
-                let n = draw(rng, 2, difficulty.max_number);
-                self.count += n;
-                (
-                    format!("{subject} {verb} {n} more {objects}."),
-                    format!(
-                        "After {doing} {n} more, {name} has {} {objects}.",
-                        calculation(before, '+', n)
-                    ),
-                )
-            }
-            Event::Loss | Event::GiveTo => {
-                let n = draw(rng, 2, (before - 2).min(difficulty.max_number));
-                self.count -= n;
-                let result = calculation(before, '-', n);
-                if let Event::GiveTo = event {
-                    let other = self.someone_else(rng);
-                    (
-                        format!("{subject} gives {n} {objects} to {other}."),
-                        format!("After giving {n} to {other}, {name} has {result} {objects}."),
-                    )
-                } else {
-                    let (verb, doing) = pick(rng, &LOSS_VERBS);
-                    (
-                        format!("{subject} {verb} {n} {objects}."),
-                        format!("After {doing} {n}, {name} has {result} {objects}."),
-                    )
-                }
-            }
-            Event::GainBoxes => {
-                let (verb, _) = pick(rng, &GAIN_VERBS);
-                let container = pick(rng, &CONTAINERS);
-                let (boxes, each) = draw_boxes(rng, difficulty);
-                let added = boxes * each;
-                self.count += added;
-                (
-                    format!("{subject} {verb} {boxes} {container} with {each} {objects} in each."),
-                    format!(
-                        "{name} {verb} {} more {objects}.\nThen {name} has {} {objects}.",
-                        calculation(boxes, '*', each),
-                        calculation(before, '+', added)
-                    ),
-                )
-            }
+        let (action, line) = match event {
+            Event::Gain => self.gain(rng, difficulty),
+            Event::Loss => self.loss(rng, difficulty),
+            Event::GiveTo => self.give_to(rng, difficulty),
+            Event::GainBoxes => self.gain_boxes(rng, difficulty),
         };
-        self.question.push(format!("{opener}{sentence}"));
+        self.question.push(format!("{opener}{subject} {action}"));
         self.solution.push(line);
         self.steps += event.steps();
+    }
+
+    /// Each event changes the count and returns its sentence without the subject, and its
+    /// solution line.
+    fn gain(&mut self, rng: &mut Rng, difficulty: Difficulty) -> (String, String) {
+        let (name, objects, before) = (self.person.0, self.objects, self.count);
+        let (verb, doing) = pick(rng, &GAIN_VERBS);
+        let n = draw(rng, 2, difficulty.max_number);
+        self.count += n;
+        let result = calculation(before, '+', n);
+        (
+            format!("{verb} {n} more {objects}."),
+            format!("After {doing} {n} more, {name} has {result} {objects}."),
+        )
+    }
+
+    fn loss(&mut self, rng: &mut Rng, difficulty: Difficulty) -> (String, String) {
+        let (name, objects, before) = (self.person.0, self.objects, self.count);
+        let n = self.draw_loss(rng, difficulty);
+        let (verb, doing) = pick(rng, &LOSS_VERBS);
+        let result = calculation(before, '-', n);
+        (
+            format!("{verb} {n} {objects}."),
+            format!("After {doing} {n}, {name} has {result} {objects}."),
+        )
+    }
+
+    fn give_to(&mut self, rng: &mut Rng, difficulty: Difficulty) -> (String, String) {
+        let (name, objects, before) = (self.person.0, self.objects, self.count);
+        let n = self.draw_loss(rng, difficulty);
+        let other = self.someone_else(rng);
+        let result = calculation(before, '-', n);
+        (
+            format!("gives {n} {objects} to {other}."),
+            format!("After giving {n} to {other}, {name} has {result} {objects}."),
+        )
+    }
+
+    fn gain_boxes(&mut self, rng: &mut Rng, difficulty: Difficulty) -> (String, String) {
+        let (name, objects, before) = (self.person.0, self.objects, self.count);
+        let (verb, _) = pick(rng, &GAIN_VERBS);
+        let container = pick(rng, &CONTAINERS);
+        let (boxes, each) = draw_boxes(rng, difficulty);
+        let added = boxes * each;
+        self.count += added;
+        (
+            format!("{verb} {boxes} {container} with {each} {objects} in each."),
+            format!(
+                "{name} {verb} {} more {objects}.\nThen {name} has {} {objects}.",
+                calculation(boxes, '*', each),
+                calculation(before, '+', added)
+            ),
+        )
+    }
+
+    /// How many a loss takes: at least 2, leaving at least 2.
+    fn draw_loss(&mut self, rng: &mut Rng, difficulty: Difficulty) -> u32 {
+        let n = draw(rng, 2, (self.count - 2).min(difficulty.max_number));
+        self.count -= n;
+        n
     }
 
     /// A name other than the problem's person.
