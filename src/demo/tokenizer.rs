@@ -1,12 +1,12 @@
 //! The demo models' tokenizer, built in code for the demo's closed world and written as
-//! the tokenizer part of a Hugging Face folder (tokenizer.json, tokenizer_config.json),
-//! which [`Tokenizer::from_dir`](crate::tokenizer::Tokenizer::from_dir) and transformers
-//! load like any other.
+//! the tokenizer part of a Hugging Face folder (tokenizer.json, tokenizer_config.json)
+//! that [`Tokenizer::from_dir`](crate::tokenizer::Tokenizer::from_dir) loads like any
+//! other (the files follow transformers' format; not checked against transformers itself).
 //!
 //! It is word-level: spaces become `▁` (Metaspace, nothing prepended), then each word,
 //! each digit and each other symbol is one piece with the space before it (`▁apples`,
 //! `▁1` `2`, `▁+`, `\n`), and every piece of the demo's texts is one vocabulary entry.
-//! Digits one a token make arithmetic learnable for a small model; word pieces keep the
+//! One token a digit makes arithmetic learnable for a small model; word pieces keep the
 //! sequences short. Decoding turns `▁` back into spaces, so decode(encode(text)) == text
 //! for every text made of known pieces; an unknown piece becomes `<unk>`.
 //!

@@ -75,28 +75,7 @@ pub fn train_stage(
         }
         Start::From(dir) => dir.to_path_buf(),
     };
-    let config = TrainConfig {
-        model,
-        output_dir: stage_dir.join("training"),
-        datasets,
-        eval_rows,
-        seq_len: training.seq_len,
-        micro_batch_rows: training.batch_rows,
-        grad_accum: 1,
-        steps: training.steps,
-        lr: training.lr,
-        warmup_steps: training.steps / 20,
-        weight_decay: 0.0,
-        seed,
-        eval_every: if eval_rows > 0 {
-            (training.steps / EVAL_LOSS_POINTS).max(1)
-        } else {
-            0
-        },
-        save_every: (training.steps / CHECKPOINTS).max(1),
-        keep_last: 1,
-        ..TrainConfig::default()
-    };
+    let config = trainer_config(model, datasets, training, eval_rows, seed, stage_dir);
     let started = Instant::now();
     let summary = train(config, show_progress)?;
     let seconds = started.elapsed().as_secs_f64();
@@ -114,4 +93,39 @@ pub fn train_stage(
         metrics: summary.metrics,
         loss_plot,
     })
+}
+
+/// The trainer's settings for a stage: `training`'s, 5 % warmup, no weight decay, a few
+/// checkpoints (only the newest kept) and the evaluation loss when rows are held out.
+fn trainer_config(
+    model: PathBuf,
+    datasets: Vec<DatasetConfig>,
+    training: &Training,
+    eval_rows: usize,
+    seed: u64,
+    stage_dir: &Path,
+) -> TrainConfig {
+    let eval_every = if eval_rows > 0 {
+        (training.steps / EVAL_LOSS_POINTS).max(1)
+    } else {
+        0
+    };
+    TrainConfig {
+        model,
+        output_dir: stage_dir.join("training"),
+        datasets,
+        eval_rows,
+        seq_len: training.seq_len,
+        micro_batch_rows: training.batch_rows,
+        grad_accum: 1,
+        steps: training.steps,
+        lr: training.lr,
+        warmup_steps: training.steps / 20,
+        weight_decay: 0.0,
+        seed,
+        eval_every,
+        save_every: (training.steps / CHECKPOINTS).max(1),
+        keep_last: 1,
+        ..TrainConfig::default()
+    }
 }
