@@ -35,9 +35,30 @@ __device__ __forceinline__ bf16 from_float<bf16>(float x) {
   return bf16{(unsigned short)(u >> 16)};
 }
 
+// -inf without math.h (which NVRTC does not have).
+__device__ __forceinline__ float neg_infinity() { return __uint_as_float(0xff800000u); }
+
 __device__ __forceinline__ float warp_sum(float v) {
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
   return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1)
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
+// The max of `v` over the block, returned to every thread (blockDim.x a multiple of 32).
+__device__ __forceinline__ float block_max(float v) {
+  __shared__ float partial[32];
+  unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  v = lane < warps ? partial[lane] : neg_infinity();
+  return warp_max(v);
 }
 
 // The sum of `v` over the block, returned to every thread (blockDim.x a multiple of 32).

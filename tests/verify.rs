@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use scotd::verify::Method;
 use serde_json::Value;
 
 fn fixture(name: &str) -> PathBuf {
@@ -39,23 +40,74 @@ fn path_str(path: &Path) -> &str {
 fn corpus_verdicts_match() {
     let text = std::fs::read_to_string(fixture("cases.jsonl")).unwrap();
     let cases = json_lines(&text);
-    assert!(cases.len() >= 60, "only {} cases", cases.len());
+    assert!(cases.len() >= 200, "only {} cases", cases.len());
     let failures: Vec<String> = cases
         .iter()
-        .filter(|case| {
+        .enumerate()
+        .filter(|(_, case)| {
             let verdict = scotd::verify::is_correct(
                 case["gold"].as_str().unwrap(),
                 case["output"].as_str().unwrap(),
             );
             verdict != case["correct"].as_bool().unwrap()
         })
-        .map(|case| format!("{}: {}", case["note"], case["output"]))
+        .map(|(i, case)| format!("line {}: {}: {}", i + 1, case["note"], case["output"]))
         .collect();
+    let agreed = cases.len() - failures.len();
+    // Printed with --nocapture: the verifier's accuracy on the corpus.
+    eprintln!(
+        "verifier accuracy on the corpus: {agreed}/{} = {:.1}%",
+        cases.len(),
+        100.0 * agreed as f64 / cases.len() as f64
+    );
     assert!(
         failures.is_empty(),
         "wrong verdicts:\n{}",
         failures.join("\n")
     );
+}
+
+#[test]
+fn corpus_covers_both_verdicts_and_real_gsm8k_golds() {
+    let text = std::fs::read_to_string(fixture("cases.jsonl")).unwrap();
+    let cases = json_lines(&text);
+    let wrong = cases.iter().filter(|c| c["correct"] == false).count();
+    assert!(
+        wrong >= 80 && cases.len() - wrong >= 80,
+        "{wrong} of {}",
+        cases.len()
+    );
+    let gsm8k_rows: std::collections::HashSet<&str> = cases
+        .iter()
+        .filter(|c| c["gold"].as_str().unwrap().contains("\n#### "))
+        .filter_map(|c| c["question"].as_str())
+        .collect();
+    assert!(gsm8k_rows.len() >= 40, "{} GSM8K rows", gsm8k_rows.len());
+    assert!(cases
+        .iter()
+        .all(|c| c["note"].as_str().is_some_and(|n| !n.is_empty())));
+}
+
+#[test]
+fn think_and_final_answers_are_both_reported() {
+    let disagree = scotd::verify::extract(
+        "<think>\n9 * 2 = 18, so \\boxed{18}\n</think>\n\nOn reflection the answer is: 17",
+    );
+    assert_eq!(disagree.think_answer.as_deref(), Some("18"));
+    assert_eq!(disagree.final_answer.as_deref(), Some("17"));
+    assert_eq!(disagree.method, Method::AnswerIs);
+
+    let cut_off = scotd::verify::extract("<think>\n16 - 7 = 9, 9 * 2 = 18");
+    assert_eq!(cut_off.think_answer.as_deref(), Some("18"));
+    assert_eq!(
+        cut_off.final_answer, None,
+        "no final answer before </think>"
+    );
+    assert_eq!(cut_off.method, Method::NotFound);
+
+    let no_think = scotd::verify::extract("So \\boxed{18}.");
+    assert_eq!(no_think.think_answer, None);
+    assert_eq!(no_think.final_answer.as_deref(), Some("18"));
 }
 
 #[test]

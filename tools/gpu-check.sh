@@ -11,6 +11,9 @@
 #   gpu-check.log    the output of every section, as it ran
 #   summary.txt      one line per section: ok / FAILED (exit status), seconds
 #   torch_gpu.json   PyTorch reference numbers (tools/bench_torch_gpu.py), and torch_gpu.md, its tables
+#   kernel-tests.txt every kernel test of the library run on the device (bin/scotd-lib-tests)
+#   kernels.json     our kernels' times (bin/scotd gpu-bench), and kernels.md, the table
+#                    beside PyTorch's times from torch_gpu.json
 #
 # Each section runs in its own subshell: a failing section is recorded and the next one
 # still runs. The script exits 1 if any section failed, 2 on bad usage.
@@ -22,16 +25,15 @@
 #                        interrupted, it still writes what it measured)
 #   TORCH_BENCH_ARGS     extra arguments for bench_torch_gpu.py, e.g. "--compile"
 #
-# Adding a section (our own CUDA tests and benchmarks, once they exist): write a function
+# Our binaries are built on the CPU machine by tools/build-gpu-binaries.sh into bin/ (the
+# GPU machine may have no Rust); they load libcuda, libnvrtc and cuBLAS at run time, from
+# the library path or CUDA's default folder. Adding a section: write a function
 # section_NAME below that returns non-zero on failure and writes its results under $OUT
-# (few files: keep a report to one .json and one .md), and add NAME to SECTIONS. Our
-# binaries are built on the CPU machine (`cargo build --release --features cuda`),
-# stripped and copied next to the repository (e.g. into bin/), since the GPU machine may
-# have no Rust; they load libcuda, libnvrtc and cuBLAS at run time.
+# (few files: keep a report to one .json and one .md), and add NAME to SECTIONS.
 
 set -uo pipefail   # no -e: a failing command must not end the run, each section reports its own status
 
-SECTIONS="env torch_bench"
+SECTIONS="env torch_bench kernel_tests kernel_bench"
 
 usage() { echo "usage: $0 [--smoke] OUT_DIR" >&2; exit 2; }
 SMOKE=0
@@ -118,6 +120,29 @@ section_torch_bench() {
             nvidia-smi --query-gpu=$q --format=csv
     fi
     return $rc
+}
+
+# CUDA's libraries (libnvrtc, libcublas) where a toolkit installs them.
+for dir in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+    [[ -d $dir ]] && export LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+done
+
+# Every kernel test of the library, run on the device as well as on the emulator.
+section_kernel_tests() {
+    [[ -x bin/scotd-lib-tests ]] || { echo "bin/scotd-lib-tests missing: run tools/build-gpu-binaries.sh"; return 1; }
+    local device=1
+    [[ $SMOKE == 1 ]] && device=0
+    SCOTD_TEST_CUDA=$device bin/scotd-lib-tests --test-threads=1 cuda:: 2>&1 | tee "$OUT/kernel-tests.txt"
+    return "${PIPESTATUS[0]}"
+}
+
+# Our kernels' times at Qwen2.5-0.5B shapes, joined with PyTorch's.
+section_kernel_bench() {
+    [[ -x bin/scotd ]] || { echo "bin/scotd missing: run tools/build-gpu-binaries.sh"; return 1; }
+    local args=(gpu-bench --out "$OUT")
+    [[ -f $OUT/torch_gpu.json ]] && args+=(--torch "$OUT/torch_gpu.json")
+    [[ $SMOKE == 1 ]] && args+=(--smoke --emulated)
+    bin/scotd "${args[@]}"
 }
 
 # ---------------------------------------------------------------------------- driver

@@ -88,13 +88,13 @@ fn gold(obj: &Map<String, Value>) -> std::result::Result<String, FieldError> {
     }
     let answer = verify::gold_answer(&text)
         .ok_or_else(|| FieldError::new(field, "holds no final answer"))?;
-    if verify::normalize(&answer).is_none() {
+    if verify::normalize(answer).is_none() {
         return Err(FieldError::new(
             field,
             format!("the final answer {answer:?} is not a number"),
         ));
     }
-    Ok(answer)
+    Ok(answer.to_string())
 }
 
 #[cfg(test)]
@@ -118,7 +118,7 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(qs[0].id, TraceId::Int(1));
-        assert_eq!(qs[0].gold, "1004");
+        assert_eq!(qs[0].gold, "1,004");
         assert_eq!(qs[1].id, TraceId::Text("q7".into()));
         assert_eq!(qs[1].gold, "3.5");
         assert_eq!(qs[2].id, TraceId::Int(9));

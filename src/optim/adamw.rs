@@ -61,15 +61,42 @@ struct Moments {
 }
 
 /// The f32 coefficients of one step, rounded where torch rounds them: torch works them
-/// out as Python floats (f64) and its kernels take them as f32.
+/// out as Python floats (f64) and its kernels take them as f32. The GPU kernel
+/// (src/optim/cuda.rs) takes the same values.
 #[derive(Clone, Copy)]
-struct Coefficients {
-    one_minus_beta1: f32,
-    beta2: f32,
-    one_minus_beta2: f32,
-    bias_correction2_sqrt: f32,
-    eps: f32,
-    neg_step_size: f32,
+pub(crate) struct Coefficients {
+    pub(crate) one_minus_beta1: f32,
+    pub(crate) beta2: f32,
+    pub(crate) one_minus_beta2: f32,
+    pub(crate) bias_correction2_sqrt: f32,
+    pub(crate) eps: f32,
+    pub(crate) neg_step_size: f32,
+}
+
+impl Coefficients {
+    /// torch's `_single_tensor_adam` scalars for step `step` (1 for the first): bias
+    /// corrections from the step count, folded into the step size and the denominator.
+    pub(crate) fn new(c: &AdamWConfig, step: u64, lr: f32) -> Self {
+        let (beta1, beta2) = (widen_as_written(c.beta1), widen_as_written(c.beta2));
+        let t = step as f64;
+        let bias_correction1 = 1.0 - beta1.powf(t);
+        let bias_correction2 = 1.0 - beta2.powf(t);
+        Coefficients {
+            one_minus_beta1: (1.0 - beta1) as f32,
+            beta2: c.beta2,
+            one_minus_beta2: (1.0 - beta2) as f32,
+            // `** 0.5` in torch: pow, not sqrt, which may differ in the last bit.
+            bias_correction2_sqrt: bias_correction2.powf(0.5) as f32,
+            eps: c.eps,
+            neg_step_size: (-(lr as f64) / bias_correction1) as f32,
+        }
+    }
+}
+
+/// The factor decoupled weight decay multiplies a parameter by, `1 - lr * wd`, worked out
+/// in f64 as torch does (`param.mul_(1 - lr * weight_decay)` with Python floats).
+pub(crate) fn decay_factor(lr: f32, weight_decay: f32) -> f32 {
+    (1.0 - lr as f64 * widen_as_written(weight_decay)) as f32
 }
 
 pub struct AdamW {
@@ -114,10 +141,10 @@ impl AdamW {
     pub fn step(&mut self, params: &[(String, Tensor)], grads: &Gradients, lr: f32) -> Result<()> {
         self.check_step_inputs(params, grads)?;
         self.step += 1;
-        let coefficients = self.coefficients(lr);
+        let coefficients = Coefficients::new(&self.config, self.step, lr);
         for (moments, (_, p)) in self.moments.iter_mut().zip(params) {
             let Some(g) = grads.get(p) else { continue };
-            let decay_factor = (1.0 - lr as f64 * widen_as_written(moments.weight_decay)) as f32;
+            let decay_factor = decay_factor(lr, moments.weight_decay);
             let g = g.read_f32()?;
             let mut w = p.write_f32()?;
             update(&mut w, &g, moments, decay_factor, coefficients);
@@ -215,25 +242,6 @@ impl AdamW {
             check_parameter_and_gradient(name, p, grads.get(p))?;
         }
         Ok(())
-    }
-
-    /// torch's `_single_tensor_adam` scalars: bias corrections from the step count,
-    /// folded into the step size and the denominator.
-    fn coefficients(&self, lr: f32) -> Coefficients {
-        let c = &self.config;
-        let (beta1, beta2) = (widen_as_written(c.beta1), widen_as_written(c.beta2));
-        let t = self.step as f64;
-        let bias_correction1 = 1.0 - beta1.powf(t);
-        let bias_correction2 = 1.0 - beta2.powf(t);
-        Coefficients {
-            one_minus_beta1: (1.0 - beta1) as f32,
-            beta2: c.beta2,
-            one_minus_beta2: (1.0 - beta2) as f32,
-            // `** 0.5` in torch: pow, not sqrt, which may differ in the last bit.
-            bias_correction2_sqrt: bias_correction2.powf(0.5) as f32,
-            eps: c.eps,
-            neg_step_size: (-(lr as f64) / bias_correction1) as f32,
-        }
     }
 }
 

@@ -1,9 +1,10 @@
 //! Optimizers: AdamW with its learning-rate schedules and gradient clipping for the
-//! trainer, and plain SGD for the engine's own end-to-end check (memorising a few
-//! sequences).
+//! trainer (on the CPU, and as GPU kernels in `cuda`), and plain SGD for the engine's own
+//! end-to-end check (memorising a few sequences).
 
 mod adamw;
 mod clip;
+pub mod cuda;
 mod schedule;
 mod sgd;
 

@@ -1,6 +1,7 @@
 //! Answer extraction from model text: the last `\boxed{…}`, else GSM8K's `#### N`, else
 //! "the answer is …", else the last number; once for the text after `</think>` and once
-//! for the reasoning inside `<think>…</think>`.
+//! for the reasoning inside `<think>…</think>`. A `<think>` never closed leaves no final
+//! text: the generation stopped before its answer.
 
 /// How an answer was found (the first rule that matched, in this order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,9 +17,10 @@ pub enum Method {
 /// The answers found in one model output.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Extracted {
-    /// From the text after the last `</think>` if there is one, else from the whole text.
+    /// From the text after the last `</think>`, or the whole text without think tags. None
+    /// when a `<think>` is never closed: the model was cut off before its final answer.
     pub final_answer: Option<String>,
-    /// From the reasoning inside `<think>…</think>`; None without a closed think block.
+    /// From the reasoning inside the last think block, closed or not; None without one.
     pub think_answer: Option<String>,
     /// How `final_answer` was found.
     pub method: Method,
@@ -26,26 +28,63 @@ pub struct Extracted {
 
 const THINK_OPEN: &str = "<think>";
 const THINK_CLOSE: &str = "</think>";
+const BOXED: &str = "\\boxed";
+const HASHES: &str = "####";
 
 /// Extracts the final answer and the think block's answer of `text`.
 pub fn extract(text: &str) -> Extracted {
-    let (think, after) = match text.rfind(THINK_CLOSE) {
-        Some(close) => {
-            let inside = &text[..close];
-            let start = inside.rfind(THINK_OPEN).map_or(0, |i| i + THINK_OPEN.len());
-            (Some(&inside[start..]), &text[close + THINK_CLOSE.len()..])
-        }
-        None => (None, text),
-    };
-    let (final_answer, method) = match find_answer(after) {
+    let (final_answer, method) = match find_answer(final_text(text)) {
         Some((answer, method)) => (Some(answer), method),
         None => (None, Method::NotFound),
     };
     Extracted {
         final_answer,
-        think_answer: think.and_then(find_answer).map(|(answer, _)| answer),
+        think_answer: think_text(text)
+            .and_then(find_answer)
+            .map(|(answer, _)| answer),
         method,
     }
+}
+
+/// The final answer of `text` alone, as [`extract`] finds it, without reading the think
+/// block (verdicts need only this).
+pub(super) fn final_answer(text: &str) -> Option<String> {
+    find_answer(final_text(text)).map(|(answer, _)| answer)
+}
+
+/// The text that holds the final answer: after the last `</think>`, or all of a text
+/// without think tags. Empty after a `<think>` that is never closed (a generation cut
+/// off mid-reasoning): a number in unfinished reasoning is no answer.
+fn final_text(text: &str) -> &str {
+    let after = rfind(text, THINK_CLOSE).map_or(text, |close| &text[close + THINK_CLOSE.len()..]);
+    if after.contains(THINK_OPEN) {
+        ""
+    } else {
+        after
+    }
+}
+
+/// The reasoning of the last think block, closed or not; None without think tags. The
+/// template may have put `<think>` in the prompt: then the reasoning starts the text.
+fn think_text(text: &str) -> Option<&str> {
+    match rfind(text, THINK_CLOSE) {
+        Some(close) if !text[close..].contains(THINK_OPEN) => {
+            after_last_open(&text[..close]).or(Some(&text[..close]))
+        }
+        _ => after_last_open(text),
+    }
+}
+
+fn after_last_open(text: &str) -> Option<&str> {
+    let open = rfind(text, THINK_OPEN)?;
+    Some(&text[open + THINK_OPEN.len()..])
+}
+
+/// `text.rfind(needle)`, with texts that lack `needle` ruled out first by the forward
+/// search, which is SIMD and several times faster than the backward one: a miss would
+/// scan a whole reasoning trace backwards.
+fn rfind(text: &str, needle: &str) -> Option<usize> {
+    text.contains(needle).then(|| text.rfind(needle)).flatten()
 }
 
 /// The answer of one stretch of text and the rule that found it.
@@ -59,15 +98,19 @@ fn find_answer(text: &str) -> Option<(String, Method)> {
 
 /// The content of the last `\boxed{…}` (nested braces kept) or `\boxed 5` with any content.
 fn last_boxed(text: &str) -> Option<String> {
-    text.rmatch_indices("\\boxed")
+    if !text.contains(BOXED) {
+        return None;
+    }
+    text.rmatch_indices(BOXED)
         .find_map(|(i, cmd)| boxed_content(&text[i + cmd.len()..]))
 }
 
 fn boxed_content(rest: &str) -> Option<String> {
-    let content = match rest.strip_prefix('{') {
+    // TeX skips spaces before an argument: `\boxed {18}` is `\boxed{18}`.
+    let argument = rest.trim_start();
+    let content = match argument.strip_prefix('{') {
         Some(inner) => braced(inner)?,
-        None if rest.starts_with(char::is_whitespace) => rest
-            .trim_start()
+        None if argument.len() < rest.len() => argument
             .split(|c: char| c.is_whitespace() || c == '$')
             .next()?,
         None => return None,
@@ -79,11 +122,11 @@ fn boxed_content(rest: &str) -> Option<String> {
 /// The text up to the brace that closes an already opened `{`; None when it never closes.
 pub(super) fn braced(inner: &str) -> Option<&str> {
     let mut depth = 0usize;
-    for (i, c) in inner.char_indices() {
+    for (i, c) in inner.bytes().enumerate() {
         match c {
-            '{' => depth += 1,
-            '}' if depth == 0 => return Some(&inner[..i]),
-            '}' => depth -= 1,
+            b'{' => depth += 1,
+            b'}' if depth == 0 => return Some(&inner[..i]),
+            b'}' => depth -= 1,
             _ => {}
         }
     }
@@ -92,45 +135,147 @@ pub(super) fn braced(inner: &str) -> Option<&str> {
 
 /// The rest of the line after the last `####`.
 fn after_hashes(text: &str) -> Option<String> {
-    let (_, rest) = text.rsplit_once("####")?;
+    let (_, rest) = text.split_at(rfind(text, HASHES)? + HASHES.len());
     non_empty(rest.lines().next().unwrap_or(""))
 }
 
-/// The sentence after the last "the answer is" (any case), up to a full stop or line end.
+const ANSWER_IS: &[u8] = b"answer is";
+
+/// The clause after the last "answer is" (any case) that holds a number. A later one
+/// without a number ("let me check the answer is right") does not hide an earlier answer.
 fn after_answer_is(text: &str) -> Option<String> {
-    let lower = text.to_lowercase();
-    // Lowercasing can change byte lengths outside ASCII; only search when it did not.
-    if lower.len() != text.len() {
+    let mut end = text.len();
+    while let Some(at) = rfind_ignore_ascii_case(&text.as_bytes()[..end], ANSWER_IS) {
+        if let Some(answer) = answer_clause(&text[at + ANSWER_IS.len()..]) {
+            return Some(answer);
+        }
+        end = at;
+    }
+    None
+}
+
+/// Where the last occurrence of `needle` (lower case ASCII) starts, in any case.
+fn rfind_ignore_ascii_case(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .rposition(|window| window.eq_ignore_ascii_case(needle))
+}
+
+/// The answer after "answer is", up to the end of its line, sentence or clause, when it
+/// holds a digit. "answer isn't" is not "answer is".
+fn answer_clause(rest: &str) -> Option<String> {
+    if rest.starts_with(char::is_alphanumeric) {
         return None;
     }
-    let start = lower.rfind("answer is")? + "answer is".len();
-    let rest = text[start..].trim_start_matches([':', ' ', '*']);
+    let rest = rest.trim_start_matches([':', ' ', '*']);
     let line = rest.lines().next().unwrap_or("");
-    non_empty(sentence(line).trim_end_matches(['*', ' ', '.']))
+    let answer = clause(line).trim_end_matches(['*', ' ', '.']);
+    answer
+        .contains(|c: char| c.is_ascii_digit())
+        .then(|| answer.trim().to_string())
 }
 
-/// `line` up to its first full stop that ends a sentence (one followed by a space).
-fn sentence(line: &str) -> &str {
-    line.find(". ").map_or(line, |i| &line[..i])
-}
+/// Where a clause ends: a full stop, comma or semicolon before a space, or a parenthesis
+/// (`18, because 9 eggs…`, `18 (9 eggs at $2)`). `1,080` and `7.5` hold no space.
+const CLAUSE_ENDS: [&str; 4] = [". ", ", ", "; ", " ("];
 
-/// The last number in the text: digits with `,` separators and a decimal part, signed.
-fn last_number(text: &str) -> Option<String> {
-    let text = text.replace("{,}", ",");
-    let bytes = text.as_bytes();
-    let end = bytes.iter().rposition(u8::is_ascii_digit)? + 1;
-    let start = bytes[..end]
+/// `line` up to the end of its first clause.
+fn clause(line: &str) -> &str {
+    let end = CLAUSE_ENDS
         .iter()
-        .rposition(|b| !(b.is_ascii_digit() || *b == b',' || *b == b'.'))
-        .map_or(0, |i| i + 1);
-    let digits = text[start..end].trim_start_matches([',', '.']);
-    let negative = start > 0 && bytes[start - 1] == b'-' && !preceded_by_word(bytes, start - 1);
-    Some(format!("{}{digits}", if negative { "-" } else { "" }))
+        .filter_map(|end| line.find(end))
+        .min()
+        .unwrap_or(line.len());
+    &line[..end]
 }
 
-/// Whether the byte before `i` is a letter or digit (so a `-` there is a hyphen or minus).
-fn preceded_by_word(bytes: &[u8], i: usize) -> bool {
-    i > 0 && bytes[i - 1].is_ascii_alphanumeric()
+/// `\frac` spellings whose `{a}{b}` may hold the last number.
+const FRACTIONS: [&str; 3] = ["\\frac{", "\\dfrac{", "\\tfrac{"];
+/// Currency signs that may stand between a minus and its number (`-$4`).
+const CURRENCY: [&str; 4] = ["\\$", "$", "€", "£"];
+
+/// The last number in the text as written: digits with `,` or `{,}` separators and a
+/// decimal part (`.5` too), with the fraction it is the denominator of (`3/4`,
+/// `\frac{3}{4}`) and its minus sign.
+fn last_number(text: &str) -> Option<String> {
+    let end = text.bytes().rposition(|b| b.is_ascii_digit())? + 1;
+    let start = number_start(text, end);
+    let (start, end) = match latex_fraction_around(text, start, end) {
+        Some(span) => span,
+        None => (slash_numerator_start(text, start).unwrap_or(start), end),
+    };
+    Some(text[signed_start(text, start)..end].to_string())
+}
+
+/// Where the number ending at `end` (just after a digit) starts: its first digit, or the
+/// `.` of a leading-dot decimal.
+fn number_start(text: &str, end: usize) -> usize {
+    let run = run_start(text, end);
+    let bytes = text.as_bytes();
+    let first_digit = run
+        + bytes[run..end]
+            .iter()
+            .take_while(|b| !b.is_ascii_digit())
+            .count();
+    if first_digit > run && bytes[first_digit - 1] == b'.' {
+        first_digit - 1
+    } else {
+        first_digit
+    }
+}
+
+/// The start of the run of digits, `,`, `.` and `{,}` that ends at `end`.
+fn run_start(text: &str, end: usize) -> usize {
+    let bytes = text.as_bytes();
+    let mut start = end;
+    loop {
+        if start > 0 && matches!(bytes[start - 1], b'0'..=b'9' | b',' | b'.') {
+            start -= 1;
+        } else if bytes[..start].ends_with(b"{,}") {
+            start -= 3;
+        } else {
+            return start;
+        }
+    }
+}
+
+/// The span of `\frac{a}{b}` when the number at `start..end` is its `b`.
+fn latex_fraction_around(text: &str, start: usize, end: usize) -> Option<(usize, usize)> {
+    let bytes = text.as_bytes();
+    if bytes.get(end) != Some(&b'}') || !bytes[..start].ends_with(b"}{") {
+        return None;
+    }
+    let numerator_end = start - 2;
+    let numerator_start = run_start(text, numerator_end);
+    let command = FRACTIONS
+        .iter()
+        .find(|command| bytes[..numerator_start].ends_with(command.as_bytes()))?;
+    (numerator_start < numerator_end).then(|| (numerator_start - command.len(), end + 1))
+}
+
+/// The start of `a/b` when the number at `start` is its `b`.
+fn slash_numerator_start(text: &str, start: usize) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let numerator_end = start.checked_sub(1).filter(|&i| bytes[i] == b'/')?;
+    let has_numerator = numerator_end > 0 && bytes[numerator_end - 1].is_ascii_digit();
+    has_numerator.then(|| number_start(text, numerator_end))
+}
+
+/// Where the number at `start` starts with its minus sign (`-`, `−`), also one before a
+/// currency sign (`-$4`). A `-` right after a letter or digit is a hyphen (`COVID-19`).
+fn signed_start(text: &str, start: usize) -> usize {
+    let before = &text[..start];
+    let before = CURRENCY
+        .iter()
+        .find_map(|sign| before.strip_suffix(sign))
+        .unwrap_or(before);
+    match ["-", "−"]
+        .iter()
+        .find_map(|minus| before.strip_suffix(minus))
+    {
+        Some(rest) if !rest.ends_with(|c: char| c.is_ascii_alphanumeric()) => rest.len(),
+        _ => start,
+    }
 }
 
 fn non_empty(s: &str) -> Option<String> {
@@ -183,11 +328,42 @@ mod tests {
     }
 
     #[test]
+    fn boxed_allows_spaces_before_its_brace() {
+        assert_eq!(final_of("$\\boxed {18}$"), (some("18"), Method::Boxed));
+    }
+
+    #[test]
+    fn answer_is_takes_the_clause_holding_a_number() {
+        assert_eq!(
+            final_of("The answer is 18, because 9 * 2 = 18."),
+            (some("18"), Method::AnswerIs)
+        );
+        assert_eq!(after_answer_is("the answer is 18 (9 eggs)"), some("18"));
+        assert_eq!(
+            after_answer_is("The answer is 7. Check: the answer is right."),
+            some("7")
+        );
+        assert_eq!(after_answer_is("the answer isn't 7"), None);
+        assert_eq!(after_answer_is("The Final ANSWER IS: 5"), some("5"));
+    }
+
+    #[test]
     fn last_number_keeps_separators_and_signs_but_not_hyphens() {
         assert_eq!(last_number("it is -3."), some("-3"));
-        assert_eq!(last_number("total 14{,}916 cm"), some("14,916"));
+        assert_eq!(last_number("total 14{,}916 cm"), some("14{,}916"));
         assert_eq!(last_number("COVID-19"), some("19"));
+        assert_eq!(last_number("left with -$4."), some("-$4"));
+        assert_eq!(last_number("down to −5"), some("−5"));
         assert_eq!(last_number("no digits"), None);
+    }
+
+    #[test]
+    fn last_number_takes_leading_dots_and_whole_fractions() {
+        assert_eq!(last_number("p = .5"), some(".5"));
+        assert_eq!(last_number("items,5"), some("5"));
+        assert_eq!(last_number("gets 3/4 of it"), some("3/4"));
+        assert_eq!(last_number("ate $-\\dfrac{3}{4}$."), some("-\\dfrac{3}{4}"));
+        assert_eq!(last_number("{3}{4}"), some("4"));
     }
 
     #[test]
@@ -199,5 +375,15 @@ mod tests {
         assert_eq!((e.think_answer, e.final_answer), (some("12"), None));
         assert_eq!(e.method, Method::NotFound);
         assert_eq!(extract("no think 3").think_answer, None);
+    }
+
+    #[test]
+    fn an_unclosed_think_block_has_no_final_answer() {
+        let e = extract("<think>so far 12");
+        assert_eq!((e.think_answer, e.final_answer), (some("12"), None));
+        let e = extract("<think>a</think> 5 <think>then 7");
+        assert_eq!((e.think_answer, e.final_answer), (some("7"), None));
+        assert_eq!(final_answer("reasoning 3</think> so 4"), some("4"));
+        assert_eq!(extract("reasoning 3</think> so 4").think_answer, some("3"));
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use super::{extract, matches_gold};
+use super::{extract, final_answer, matches_gold};
 use crate::data::{TraceId, TraceRecord};
 use crate::{Error, Result};
 
@@ -108,7 +108,7 @@ fn reverified_trace(line: &str) -> std::result::Result<TraceRecord, FieldProblem
     string_field(&obj, "trace")?;
     let mut record: TraceRecord =
         serde_json::from_value(Value::Object(obj)).map_err(|e| ("trace record", e.to_string()))?;
-    record.answer = extract(&record.trace).final_answer;
+    record.answer = final_answer(&record.trace);
     record.correct = matches_gold(&record.gold, record.answer.as_deref());
     Ok(record)
 }

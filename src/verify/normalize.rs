@@ -6,13 +6,38 @@ use super::extract::braced;
 /// LaTeX commands whose braced argument is kept as plain text.
 const TEXT_COMMANDS: [&str; 5] = ["\\text", "\\textbf", "\\mathrm", "\\mbox", "\\mathbf"];
 
-/// Spellings removed outright: LaTeX spacing and sizing, currency, emphasis.
-const NOISE: [&str; 14] = [
-    "\\!", "\\,", "\\;", "\\:", "\\ ", "\\left", "\\right", "\\$", "$", "€", "£", "¥", "**", "~",
+/// Spellings removed outright: LaTeX math delimiters, spacing and sizing, degrees,
+/// currency, emphasis.
+const NOISE: [&str; 24] = [
+    "\\(",
+    "\\)",
+    "\\[",
+    "\\]",
+    "\\displaystyle",
+    "\\qquad",
+    "\\quad",
+    "\\!",
+    "\\,",
+    "\\;",
+    "\\:",
+    "\\ ",
+    "\\left",
+    "\\right",
+    "^{\\circ}",
+    "^\\circ",
+    "°",
+    "\\$",
+    "$",
+    "€",
+    "£",
+    "¥",
+    "**",
+    "~",
 ];
 
 /// The numeric value of an answer: `70,000`, `14{,}916`, `$1,234.50`, `5 apples`, `50%`
-/// (as 50), `-3`, `\frac{3}{4}`, `\frac34`, `3/4`, `x = 5`. None when it is not a number.
+/// (as 50), `-3`, `\frac{3}{4}`, `\frac34`, `3/4`, `2\frac{1}{2}`, `x = 5`, `2e3`,
+/// `1.5 \times 10^{6}`. None when it is not one number.
 pub fn normalize(answer: &str) -> Option<f64> {
     let cleaned = clean(answer);
     let value_part = cleaned.rsplit('=').next().unwrap_or("");
@@ -30,21 +55,45 @@ pub fn canonical_text(answer: &str) -> String {
         .collect()
 }
 
+/// Spellings replaced by the one the parser reads.
+const SYNONYMS: [(&str, &str); 5] = [
+    ("\\dfrac", "\\frac"),
+    ("\\tfrac", "\\frac"),
+    ("{,}", ","),
+    ("\\%", "%"),
+    ("−", "-"),
+];
+
 /// The answer without LaTeX wrappers, spacing, currency and with `{,}` as `,`.
 fn clean(answer: &str) -> String {
-    let mut text = answer
-        .replace("\\dfrac", "\\frac")
-        .replace("\\tfrac", "\\frac")
-        .replace("{,}", ",")
-        .replace("\\%", "%")
-        .replace('−', "-");
+    let mut text = answer.trim().to_string();
+    // Every spelling above holds one of these bytes: most answers (`18`, `1,080`) hold
+    // none and skip the searches.
+    if !text
+        .bytes()
+        .any(|b| matches!(b, b'\\' | b'{' | b'$' | b'*' | b'~' | b'^') || !b.is_ascii())
+    {
+        return text;
+    }
+    for (spelling, replacement) in SYNONYMS {
+        replace_in_place(&mut text, spelling, replacement);
+    }
     for command in TEXT_COMMANDS {
-        text = unwrap_command(&text, command);
+        if text.contains(command) {
+            text = unwrap_command(&text, command);
+        }
     }
     for noise in NOISE {
-        text = text.replace(noise, "");
+        replace_in_place(&mut text, noise, "");
     }
     text.trim().to_string()
+}
+
+/// `str::replace` that allocates only when `from` occurs (it seldom does).
+fn replace_in_place(text: &mut String, from: &str, to: &str) {
+    if text.contains(from) {
+        *text = text.replace(from, to);
+    }
 }
 
 /// Replaces each `\command{arg}` by ` arg` (a space, so `5\text{apples}` stays two words).
@@ -72,7 +121,7 @@ fn signed_value(text: &str) -> Option<(f64, &str)> {
     };
     let (value, rest) = match unsigned.strip_prefix("\\frac") {
         Some(args) => latex_fraction(args)?,
-        None => slash_fraction(unsigned)?,
+        None => mixed_number(unsigned)?,
     };
     let rest = rest.trim_start();
     Some((sign * value, rest.strip_prefix('%').unwrap_or(rest)))
@@ -107,19 +156,81 @@ fn whole_number(text: &str) -> Option<f64> {
     rest.is_empty().then_some(value)
 }
 
-/// A decimal, optionally followed by `/ decimal`.
+/// A number, or a whole number and a proper fraction: `2\frac{1}{2}`, `2 1/2` (2.5).
+fn mixed_number(text: &str) -> Option<(f64, &str)> {
+    let (value, rest) = slash_fraction(text)?;
+    let whole = value.fract() == 0.0 && text.starts_with(|c: char| c.is_ascii_digit());
+    match proper_fraction(rest).filter(|_| whole) {
+        Some((fraction, rest)) => Some((value + fraction, rest)),
+        None => Some((value, rest)),
+    }
+}
+
+/// A fraction strictly between 0 and 1 after spaces: `\frac{1}{2}` or digits `/` digits.
+fn proper_fraction(text: &str) -> Option<(f64, &str)> {
+    let text = text.trim_start();
+    let (fraction, rest) = match text.strip_prefix("\\frac") {
+        Some(args) => latex_fraction(args)?,
+        None => {
+            let numerator = digit_count(text);
+            let slash = numerator > 0 && text[numerator..].starts_with('/');
+            slash.then(|| slash_fraction(text)).flatten()?
+        }
+    };
+    (0.0 < fraction && fraction < 1.0).then_some((fraction, rest))
+}
+
+/// A number, optionally followed by `/ number`.
 fn slash_fraction(text: &str) -> Option<(f64, &str)> {
-    let (numerator, rest) = decimal(text)?;
+    let (numerator, rest) = scientific(text)?;
     let Some(after_slash) = rest.trim_start().strip_prefix('/') else {
         return Some((numerator, rest));
     };
-    match decimal(after_slash.trim_start()) {
+    match scientific(after_slash.trim_start()) {
         Some((denominator, rest)) if denominator != 0.0 => Some((numerator / denominator, rest)),
         _ => None,
     }
 }
 
-/// Digits with optional `,` thousands separators (groups of three) and a decimal part.
+/// Operators that scale a mantissa by a power of ten: `1.5 \times 10^{6}`.
+const TIMES: [&str; 3] = ["\\times", "\\cdot", "×"];
+
+/// A decimal with an optional power (`10^{6}`, `2^3`) and power-of-ten factor
+/// (`1.5 \times 10^{6}`): scientific notation is one number, not an expression.
+fn scientific(text: &str) -> Option<(f64, &str)> {
+    let (mantissa, rest) = decimal(text)?;
+    let (value, rest) = match power(rest) {
+        Some((exponent, rest)) => (mantissa.powi(exponent), rest),
+        None => (mantissa, rest),
+    };
+    Some(match times_power_of_ten(rest) {
+        Some((exponent, rest)) => (value * 10f64.powi(exponent), rest),
+        None => (value, rest),
+    })
+}
+
+/// The exponent of `^{-2}` or `^3` at the start of `text`, and what follows it.
+fn power(text: &str) -> Option<(i32, &str)> {
+    let after = text.strip_prefix('^')?;
+    let (exponent, rest) = match after.strip_prefix('{') {
+        Some(inner) => {
+            let arg = braced(inner)?;
+            (arg.trim(), &inner[arg.len() + 1..])
+        }
+        None => after.split_at(digit_count(after)),
+    };
+    Some((exponent.parse().ok()?, rest))
+}
+
+/// The exponent of ` \times 10^{6}` at the start of `text`, and what follows it.
+fn times_power_of_ten(text: &str) -> Option<(i32, &str)> {
+    let text = text.trim_start();
+    let after = TIMES.iter().find_map(|op| text.strip_prefix(op))?;
+    power(after.trim_start().strip_prefix("10")?)
+}
+
+/// Digits with optional `,` thousands separators (groups of three), a decimal part (`5.`
+/// and `.5` too) and an `e` exponent (`2e3`).
 fn decimal(text: &str) -> Option<(f64, &str)> {
     let integer_end = integer_length(text);
     let fraction_end = match text[integer_end..].strip_prefix('.') {
@@ -128,9 +239,30 @@ fn decimal(text: &str) -> Option<(f64, &str)> {
         }
         _ => integer_end,
     };
-    let digits: String = text[..fraction_end].chars().filter(|&c| c != ',').collect();
-    let value = digits.parse().ok()?;
-    Some((value, &text[fraction_end..]))
+    if fraction_end == 0 {
+        return None;
+    }
+    let end = fraction_end + exponent_length(&text[fraction_end..]);
+    let number = &text[..end];
+    let value = if number.contains(',') {
+        number.replace(',', "").parse()
+    } else {
+        number.parse()
+    };
+    Some((value.ok()?, &text[end..]))
+}
+
+/// The length of an `e3`, `E-4` exponent at the start of `text`; 0 when there is none
+/// (`5 eggs`, `5em`).
+fn exponent_length(text: &str) -> usize {
+    let Some(after_e) = text.strip_prefix(['e', 'E']) else {
+        return 0;
+    };
+    let sign = usize::from(after_e.starts_with(['+', '-']));
+    match digit_count(&after_e[sign..]) {
+        0 => 0,
+        digits => 1 + sign + digits,
+    }
 }
 
 /// The length of the leading digits, including `,` separators followed by three digits.
@@ -151,11 +283,21 @@ fn digit_count(text: &str) -> usize {
 }
 
 /// Whether what follows a number is nothing, punctuation, or words (units, "dollars").
+/// Words holding another number (`5 or 6`, `3 hours 20 minutes`) make the answer more
+/// than one number.
 fn trailing_words_only(rest: &str) -> bool {
     let rest = rest.trim();
-    rest.is_empty()
-        || rest.starts_with(char::is_alphabetic)
-        || rest.chars().all(|c| ".,;:!".contains(c))
+    let words = rest.starts_with(char::is_alphabetic) && !holds_number(rest);
+    rest.is_empty() || words || rest.chars().all(|c| ".,;:!".contains(c))
+}
+
+/// Whether `text` holds a digit that is not a unit's exponent (`cm^2`, `m^{3}`).
+fn holds_number(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    (0..bytes.len()).any(|i| {
+        let exponent = bytes[..i].ends_with(b"^") || bytes[..i].ends_with(b"^{");
+        bytes[i].is_ascii_digit() && !exponent
+    })
 }
 
 #[cfg(test)]
@@ -190,6 +332,37 @@ mod tests {
         assert_eq!(normalize("-\\frac{1}{4}"), Some(-0.25));
         assert_eq!(normalize("3/4"), Some(0.75));
         assert_eq!(normalize("\\frac{1}{0}"), None);
+    }
+
+    #[test]
+    fn scientific_notation_and_powers() {
+        assert_eq!(normalize("2e3"), Some(2000.0));
+        assert_eq!(normalize("1.5E-1"), Some(0.15));
+        assert_eq!(normalize("1.5 \\times 10^{6}"), Some(1_500_000.0));
+        assert_eq!(normalize("3 \\cdot 10^2 m"), Some(300.0));
+        assert_eq!(normalize("10^6"), Some(1e6));
+        assert_eq!(normalize("5 eggs"), Some(5.0));
+        assert_eq!(normalize("3 \\times 4"), None);
+    }
+
+    #[test]
+    fn mixed_numbers() {
+        assert_eq!(normalize("2\\frac{1}{2}"), Some(2.5));
+        assert_eq!(normalize("2 1/2 hours"), Some(2.5));
+        assert_eq!(normalize("-2\\dfrac{1}{2}"), Some(-2.5));
+        assert_eq!(normalize("2 0.5"), None);
+        assert_eq!(normalize("2.5 \\frac{1}{2}"), None);
+        assert_eq!(normalize("2 \\frac{3}{2}"), None);
+    }
+
+    #[test]
+    fn one_number_with_words_but_not_two() {
+        assert_eq!(normalize("12\\text{ cm}^2"), Some(12.0));
+        assert_eq!(normalize("90^\\circ"), Some(90.0));
+        assert_eq!(normalize("\\(18\\)"), Some(18.0));
+        assert_eq!(normalize("18 \\quad \\text{dollars}"), Some(18.0));
+        assert_eq!(normalize("5 \\text{ or } 6"), None);
+        assert_eq!(normalize("3 hours 20 minutes"), None);
     }
 
     #[test]

@@ -105,6 +105,30 @@ impl CudaGpu {
             .map_err(driver_error("synchronizing the stream"))
     }
 
+    /// Milliseconds of each of `runs` calls of `work`, between CUDA events on the stream.
+    pub fn time_ms(&self, runs: usize, mut work: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+        let timed = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let mut times = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let start = self
+                .stream
+                .record_event(timed)
+                .map_err(driver_error("recording an event"))?;
+            work()?;
+            let end = self
+                .stream
+                .record_event(timed)
+                .map_err(driver_error("recording an event"))?;
+            end.synchronize()
+                .map_err(driver_error("waiting for an event"))?;
+            let ms = start
+                .elapsed_ms(&end)
+                .map_err(driver_error("timing an event"))?;
+            times.push(ms as f64);
+        }
+        Ok(times)
+    }
+
     /// # Safety
     /// As [`super::Gpu::launch`].
     pub unsafe fn launch(&self, kernel: &str, cfg: LaunchConfig, args: &[KernelArg]) -> Result<()> {

@@ -10,6 +10,8 @@
 //!
 //! Memory is a [`GpuBuffer`]; host memory in the emulator, device memory on a GPU.
 
+pub mod bench;
+pub mod cast;
 #[cfg(feature = "cuda")]
 mod device;
 mod emulator;
@@ -39,7 +41,30 @@ impl LaunchConfig {
             shared_bytes,
         }
     }
+
+    /// A grid-stride elementwise kernel over `n` elements taken `per_thread` at a time
+    /// (kernels/elementwise.cuh): 256 threads a block, enough blocks for one pass (one
+    /// pack a thread), at most [`MAX_ELEMENTWISE_BLOCKS`] (the threads loop over the
+    /// rest), at least one.
+    pub fn elementwise(n: usize, per_thread: usize) -> Self {
+        let threads = n.div_ceil(per_thread.max(1));
+        let blocks = threads.div_ceil(ELEMENTWISE_THREADS as usize);
+        LaunchConfig::linear(
+            blocks.clamp(1, MAX_ELEMENTWISE_BLOCKS) as u32,
+            ELEMENTWISE_THREADS,
+            0,
+        )
+    }
 }
+
+/// Threads a block of an elementwise kernel.
+pub const ELEMENTWISE_THREADS: u32 = 256;
+/// Blocks an elementwise kernel launches at most. Not one wave sized to the GPU: how many
+/// blocks an SM holds depends on each kernel's registers (8 of 256 threads at 32, 6 at 40),
+/// and a grid a little over one wave takes two; tens of thousands of short blocks (the
+/// MLP's 79.7M elements are 39K blocks of 8-element packs) leave the last wave a small
+/// share whatever the occupancy.
+pub const MAX_ELEMENTWISE_BLOCKS: usize = 65535;
 
 /// One kernel argument, as the kernel's parameter list has it.
 #[derive(Clone, Copy, Debug)]
@@ -59,6 +84,12 @@ impl KernelArg {
     /// A pointer the kernel writes through.
     pub fn output<T: Pod>(buffer: &mut GpuBuffer<T>) -> Self {
         KernelArg::Ptr(buffer.address_mut())
+    }
+
+    /// A pointer to a view's first element, which the kernel writes through.
+    pub fn output_view<T: Pod>(view: &mut GpuViewMut<'_, T>) -> Self {
+        let bytes = (view.offset * std::mem::size_of::<T>()) as u64;
+        KernelArg::Ptr(view.buffer.address_mut() + bytes)
     }
 
     /// A size or index parameter (`int`); fails when it does not fit.
@@ -83,6 +114,17 @@ enum Memory<T> {
         address: u64,
         len: usize,
     },
+}
+
+impl<T: Pod> std::fmt::Debug for GpuBuffer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "GpuBuffer<{}>[{}]",
+            std::any::type_name::<T>(),
+            self.len()
+        )
+    }
 }
 
 impl<T: Pod> GpuBuffer<T> {
@@ -206,6 +248,22 @@ impl Gpu {
         }
     }
 
+    /// Milliseconds each of `runs` calls of `work` took on the GPU: CUDA events around each
+    /// call on a device, wall time in the emulator.
+    pub fn time_ms(&self, runs: usize, mut work: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+        match &self.backend {
+            Backend::Emulated(_) => (0..runs)
+                .map(|_| {
+                    let start = std::time::Instant::now();
+                    work()?;
+                    Ok(start.elapsed().as_secs_f64() * 1e3)
+                })
+                .collect(),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(d) => d.time_ms(runs, work),
+        }
+    }
+
     /// Launches `kernel` (its extern "C" name).
     ///
     /// # Safety
@@ -222,26 +280,38 @@ impl Gpu {
 
     /// `c = op(a) op(b)` (`c +=` when `accumulate`), row-major, `op(a)` m x k and `op(b)`
     /// k x n: cuBLAS with f32 accumulation on a device, the CPU GEMM in the emulator. The
-    /// inputs share a type; `c` may be wider (bf16 inputs, f32 gradient).
+    /// inputs share a type; `c` may be wider (bf16 inputs, f32 gradient). Operands are
+    /// whole buffers or views of a range of one.
     #[allow(clippy::too_many_arguments)]
-    pub fn gemm<T: GpuFloat, C: GpuFloat>(
+    pub fn gemm<'c, 'a, 'b, T: GpuFloat + 'a + 'b, C: GpuFloat + 'c>(
         &self,
-        c: &mut GpuBuffer<C>,
-        a: &GpuBuffer<T>,
+        c: impl Into<GpuViewMut<'c, C>>,
+        a: impl Into<GpuView<'a, T>>,
         transpose_a: bool,
-        b: &GpuBuffer<T>,
+        b: impl Into<GpuView<'b, T>>,
         transpose_b: bool,
         (m, n, k): (usize, usize, usize),
         accumulate: bool,
     ) -> Result<()> {
-        expect_len("gemm", "a", a, m * k)?;
-        expect_len("gemm", "b", b, k * n)?;
-        expect_len("gemm", "c", c, m * n)?;
-        match (&self.backend, &mut c.memory) {
-            (Backend::Emulated(_), Memory::Host(c_data)) => {
+        let (c, a, b) = (c.into(), a.into(), b.into());
+        for (name, len, want) in [
+            ("a", a.len, m * k),
+            ("b", b.len, k * n),
+            ("c", c.len, m * n),
+        ] {
+            if len != want {
+                return Err(Error::shape(
+                    "gemm",
+                    format!("{name} holds {len} elements, expected {want}"),
+                ));
+            }
+        }
+        match &self.backend {
+            Backend::Emulated(_) => {
+                let c_data = host_mut(c)?;
                 let mut out: Vec<f32> = c_data.iter().map(|e| e.to_f32()).collect();
                 let op = |t: bool| if t { Transpose::Yes } else { Transpose::No };
-                let (a, b) = (host_f32(a)?, host_f32(b)?);
+                let (a, b) = (host_f32(&a)?, host_f32(&b)?);
                 matmul(
                     &mut out,
                     &a,
@@ -257,8 +327,8 @@ impl Gpu {
                 Ok(())
             }
             #[cfg(feature = "cuda")]
-            (Backend::Cuda(d), Memory::Device { address, .. }) => d.gemm(
-                *address,
+            Backend::Cuda(d) => d.gemm(
+                c.address(),
                 a.address(),
                 transpose_a,
                 b.address(),
@@ -267,16 +337,119 @@ impl Gpu {
                 if accumulate { 1.0 } else { 0.0 },
                 (T::CUDA_TYPE, C::CUDA_TYPE),
             ),
-            #[cfg(feature = "cuda")]
-            _ => Err(Error::Gpu("the buffer belongs to another GPU".into())),
         }
     }
 }
 
-/// An emulator buffer's elements as f32.
-fn host_f32<T: GpuFloat>(buffer: &GpuBuffer<T>) -> Result<Vec<f32>> {
-    match &buffer.memory {
-        Memory::Host(v) => Ok(v.iter().map(|e| e.to_f32()).collect()),
+/// Elements `offset..offset + len` of a buffer, read.
+pub struct GpuView<'a, T: Pod> {
+    buffer: &'a GpuBuffer<T>,
+    offset: usize,
+    len: usize,
+}
+
+/// Elements `offset..offset + len` of a buffer, written.
+pub struct GpuViewMut<'a, T: Pod> {
+    buffer: &'a mut GpuBuffer<T>,
+    offset: usize,
+    len: usize,
+}
+
+impl<T: Pod> GpuViewMut<'_, T> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl<'a, T: Pod> From<&'a GpuBuffer<T>> for GpuView<'a, T> {
+    fn from(buffer: &'a GpuBuffer<T>) -> Self {
+        let len = buffer.len();
+        GpuView {
+            buffer,
+            offset: 0,
+            len,
+        }
+    }
+}
+
+impl<'a, T: Pod> From<&'a mut GpuBuffer<T>> for GpuViewMut<'a, T> {
+    fn from(buffer: &'a mut GpuBuffer<T>) -> Self {
+        let len = buffer.len();
+        GpuViewMut {
+            buffer,
+            offset: 0,
+            len,
+        }
+    }
+}
+
+impl<T: Pod> GpuBuffer<T> {
+    /// Elements `range` of the buffer.
+    pub fn view(&self, range: std::ops::Range<usize>) -> Result<GpuView<'_, T>> {
+        check_range(self.len(), &range)?;
+        Ok(GpuView {
+            buffer: self,
+            offset: range.start,
+            len: range.len(),
+        })
+    }
+
+    /// Elements `range` of the buffer, to be written.
+    pub fn view_mut(&mut self, range: std::ops::Range<usize>) -> Result<GpuViewMut<'_, T>> {
+        check_range(self.len(), &range)?;
+        Ok(GpuViewMut {
+            buffer: self,
+            offset: range.start,
+            len: range.len(),
+        })
+    }
+}
+
+fn check_range(len: usize, range: &std::ops::Range<usize>) -> Result<()> {
+    if range.start > range.end || range.end > len {
+        return Err(Error::shape(
+            "view",
+            format!("range {range:?} of a buffer of {len} elements"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+impl<T: Pod> GpuView<'_, T> {
+    fn address(&self) -> u64 {
+        self.buffer.address() + (self.offset * std::mem::size_of::<T>()) as u64
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl<T: Pod> GpuViewMut<'_, T> {
+    /// Device memory is addressed by number, so no mutable borrow is needed to name it.
+    fn address(&self) -> u64 {
+        self.buffer.address() + (self.offset * std::mem::size_of::<T>()) as u64
+    }
+}
+
+/// An emulator view's elements as f32.
+fn host_f32<T: GpuFloat>(view: &GpuView<T>) -> Result<Vec<f32>> {
+    match &view.buffer.memory {
+        Memory::Host(v) => Ok(v[view.offset..view.offset + view.len]
+            .iter()
+            .map(|e| e.to_f32())
+            .collect()),
+        #[cfg(feature = "cuda")]
+        Memory::Device { .. } => Err(Error::Gpu("the buffer belongs to another GPU".into())),
+    }
+}
+
+/// An emulator view's elements, to be written.
+fn host_mut<T: Pod>(view: GpuViewMut<'_, T>) -> Result<&mut [T]> {
+    match &mut view.buffer.memory {
+        Memory::Host(v) => Ok(&mut v[view.offset..view.offset + view.len]),
         #[cfg(feature = "cuda")]
         Memory::Device { .. } => Err(Error::Gpu("the buffer belongs to another GPU".into())),
     }

@@ -79,24 +79,38 @@ pub fn compile(file: &str, arch: &str) -> Result<Compiled> {
 }
 
 /// The file's text with `#include "x"` of our own headers replaced by their text, since
-/// NVRTC has no file system to find them in.
+/// NVRTC has no file system to find them in. Each header is pasted once, at its first
+/// include, as `#pragma once` would have it (which does nothing in pasted text): a file
+/// may include both common.cuh and elementwise.cuh, which includes common.cuh too.
 pub fn source_with_includes(file: &str) -> Result<String> {
-    let text = source(file)?;
     let mut out = String::new();
-    for line in text.lines() {
+    inline_includes(file, &source, &mut Vec::new(), &mut out)?;
+    Ok(out)
+}
+
+fn inline_includes(
+    file: &str,
+    source: &dyn Fn(&str) -> Result<&'static str>,
+    pasted: &mut Vec<String>,
+    out: &mut String,
+) -> Result<()> {
+    for line in source(file)?.lines() {
         match line
             .trim()
             .strip_prefix("#include \"")
             .and_then(|r| r.strip_suffix('"'))
         {
             Some(header) if header.ends_with(".cuh") => {
-                out.push_str(&source_with_includes(header)?)
+                if !pasted.iter().any(|p| p == header) {
+                    pasted.push(header.to_string());
+                    inline_includes(header, source, pasted, out)?;
+                }
             }
             _ => out.push_str(line),
         }
         out.push('\n');
     }
-    Ok(out)
+    Ok(())
 }
 
 fn source(file: &str) -> Result<&'static str> {
@@ -209,5 +223,23 @@ mod tests {
         let text = source_with_includes("rmsnorm.cu").unwrap();
         assert!(!text.contains("#include \"common.cuh\""));
         assert!(text.contains("struct bf16"));
+    }
+
+    #[test]
+    fn a_header_included_twice_is_pasted_once() {
+        let files = |name: &str| -> Result<&'static str> {
+            Ok(match name {
+                "k.cu" => "#include \"a.cuh\"\n#include \"b.cuh\"\nkernel\n",
+                "a.cuh" => "#pragma once\nstruct A {};\n",
+                "b.cuh" => "#pragma once\n#include \"a.cuh\"\nstruct B {};\n",
+                _ => return Err(Error::Gpu(format!("no {name}"))),
+            })
+        };
+        let mut out = String::new();
+        inline_includes("k.cu", &files, &mut Vec::new(), &mut out).unwrap();
+        assert_eq!(out.matches("struct A").count(), 1, "{out}");
+        assert!(out.contains("struct B") && out.contains("kernel"), "{out}");
+        let text = source_with_includes("add.cu").unwrap();
+        assert_eq!(text.matches("struct bf16 {").count(), 1);
     }
 }

@@ -1,10 +1,14 @@
 //! The kernel sources, embedded in the binary so that a GPU machine needs nothing but the
 //! binary: NVRTC compiles them there, and the emulator compiles them here.
 
-/// (path under kernels/, text) of every file: the shared header, the emulator's files,
+/// (path under kernels/, text) of every file: the shared headers, the emulator's files,
 /// then one file per op family.
 pub const SOURCES: &[(&str, &str)] = &[
     ("common.cuh", include_str!("../../../kernels/common.cuh")),
+    (
+        "elementwise.cuh",
+        include_str!("../../../kernels/elementwise.cuh"),
+    ),
     (
         "emu/cuda_emu.h",
         include_str!("../../../kernels/emu/cuda_emu.h"),
@@ -13,7 +17,27 @@ pub const SOURCES: &[(&str, &str)] = &[
         "emu/runtime.cpp",
         include_str!("../../../kernels/emu/runtime.cpp"),
     ),
+    (
+        "attention.cu",
+        include_str!("../../../kernels/attention.cu"),
+    ),
+    (
+        "cross_entropy.cu",
+        include_str!("../../../kernels/cross_entropy.cu"),
+    ),
+    (
+        "embedding.cu",
+        include_str!("../../../kernels/embedding.cu"),
+    ),
     ("rmsnorm.cu", include_str!("../../../kernels/rmsnorm.cu")),
+    ("add.cu", include_str!("../../../kernels/add.cu")),
+    ("swiglu.cu", include_str!("../../../kernels/swiglu.cu")),
+    ("cast.cu", include_str!("../../../kernels/cast.cu")),
+    (
+        "grad_norm.cu",
+        include_str!("../../../kernels/grad_norm.cu"),
+    ),
+    ("adamw.cu", include_str!("../../../kernels/adamw.cu")),
 ];
 
 /// The kernel files (`.cu`), each one compilation unit.

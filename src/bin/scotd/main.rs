@@ -5,6 +5,7 @@ mod chat;
 mod demo;
 mod eval;
 mod generate;
+mod gpu_bench;
 mod logits;
 mod plot;
 mod prompts;
@@ -34,6 +35,8 @@ enum Command {
     Generate(generate::Args),
     /// Talk to a model interactively; replies stream as they are produced.
     Chat(chat::Args),
+    /// Time our CUDA kernels at Qwen2.5-0.5B shapes, beside PyTorch's numbers for the card.
+    GpuBench(gpu_bench::Args),
     /// Print the last-position logits of prompts (top-k and log-sum-exp) as JSON.
     ///
     /// For comparing the engine with another implementation:
@@ -60,6 +63,7 @@ fn main() {
         Command::Demo(args) => demo::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Chat(args) => chat::run(args),
+        Command::GpuBench(args) => gpu_bench::run(args),
         Command::Logits(args) => logits::run(args),
         Command::Plot(args) => plot::run(args),
         Command::Sample(args) => sample::run(args),

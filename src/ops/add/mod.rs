@@ -1,6 +1,7 @@
 //! Elementwise addition of two tensors of the same shape: the residual connection.
 
 mod cpu;
+pub mod cuda;
 
 use crate::autograd::Backward;
 use crate::tensor::Storage;

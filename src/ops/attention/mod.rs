@@ -3,10 +3,11 @@
 
 mod cached;
 mod cpu;
+pub mod cuda;
 
 pub use cached::{attention_with_cache, CachedDims};
 
-use cpu::AttentionDims;
+pub use cpu::AttentionDims;
 
 use crate::autograd::Backward;
 use crate::tensor::Storage;

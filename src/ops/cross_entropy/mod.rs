@@ -3,6 +3,7 @@
 //! tensor. Prompt tokens carry IGNORE_INDEX and are left out of the loss.
 
 mod cpu;
+pub mod cuda;
 
 use crate::autograd::Backward;
 use crate::tensor::Storage;

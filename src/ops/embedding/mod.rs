@@ -1,6 +1,7 @@
 //! Token embedding: gathers one row of the `[vocab, dim]` table per token id.
 
 mod cpu;
+pub mod cuda;
 
 use crate::autograd::Backward;
 use crate::tensor::Storage;

@@ -3,6 +3,7 @@
 //! this is where training time goes: all three products are single GEMM calls.
 
 mod cpu;
+pub mod cuda;
 
 use crate::autograd::Backward;
 use crate::tensor::Storage;

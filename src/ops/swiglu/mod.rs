@@ -2,6 +2,7 @@
 //! `act_fn(gate_proj(x)) * up_proj(x)` with `silu(g) = g * sigmoid(g)`.
 
 mod cpu;
+pub mod cuda;
 
 use crate::autograd::Backward;
 use crate::tensor::Storage;

@@ -1,0 +1,495 @@
+//! Kernel benchmarks at Qwen2.5-0.5B shapes (16 x 1024 tokens, hidden 896, intermediate
+//! 4864): each kernel's median time over many runs, its achieved bandwidth or FLOP rate,
+//! and, given PyTorch's numbers from tools/bench_torch_gpu.py on the same card, the
+//! fraction of the measured limit and the ratio to PyTorch. `scotd gpu-bench` runs them.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Gpu, GpuBuffer, GpuFloat};
+use crate::ops::add::cuda::add_forward;
+use crate::ops::attention::cuda::{attention_backward, attention_forward};
+use crate::ops::attention::AttentionDims;
+use crate::ops::cross_entropy::cuda::{cross_entropy_fused, device_targets};
+use crate::ops::embedding::cuda::{embedding_backward, embedding_forward};
+use crate::ops::rmsnorm::cuda::{rmsnorm_backward, rmsnorm_forward};
+use crate::ops::swiglu::cuda::{swiglu_backward, swiglu_forward};
+use crate::optim::cuda::{adamw_update, grad_norm, AdamwBuffers, AdamwPlan, FlatSegment};
+use crate::optim::AdamWConfig;
+use crate::rng::Rng;
+use crate::Result;
+
+/// One measured kernel, keyed like tools/bench_torch_gpu.py's rows (`name`, `pass_`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KernelTiming {
+    pub kernel: String,
+    /// The PyTorch row it replaces: its `name` and `pass_` in torch_gpu.json.
+    pub peer: (String, String),
+    pub dtype: String,
+    pub shape: String,
+    /// Bytes it must move (memory-bound kernels) or FLOPs it must do (GEMMs).
+    pub bytes: Option<f64>,
+    pub flops: Option<f64>,
+    pub median_ms: f64,
+    pub runs: usize,
+}
+
+/// Sizes: the real ones, or tiny ones that run in seconds on the emulator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scale {
+    Qwen05B,
+    Smoke,
+}
+
+struct Shapes {
+    /// Sequence length of the attention rows.
+    attention_seq: usize,
+    /// Parameters of the whole model (the optimizer's work).
+    params: usize,
+    tokens: usize,
+    hidden: usize,
+    inter: usize,
+    vocab: usize,
+    runs: usize,
+}
+
+impl Scale {
+    fn shapes(self) -> Shapes {
+        match self {
+            Scale::Qwen05B => Shapes {
+                attention_seq: 1024,
+                params: 494_032_768,
+                tokens: 16 * 1024,
+                hidden: 896,
+                inter: 4864,
+                vocab: 151_936,
+                runs: 100,
+            },
+            Scale::Smoke => Shapes {
+                attention_seq: 16,
+                params: 10_000,
+                tokens: 64,
+                hidden: 96,
+                inter: 160,
+                vocab: 500,
+                runs: 3,
+            },
+        }
+    }
+}
+
+/// Every kernel benchmark, in bf16 (the training dtype).
+pub fn bench_kernels(gpu: &Gpu, scale: Scale) -> Result<Vec<KernelTiming>> {
+    let s = scale.shapes();
+    let mut out = rmsnorm(gpu, &s)?;
+    out.extend(embedding(gpu, &s)?);
+    out.push(cross_entropy(gpu, &s)?);
+    out.extend(elementwise(gpu, &s)?);
+    out.extend(optimizer(gpu, &s)?);
+    out.extend(attention(gpu, &s)?);
+    out.push(gemm(gpu, &s)?);
+    Ok(out)
+}
+
+fn random_bf16(gpu: &Gpu, rng: &mut Rng, len: usize) -> Result<GpuBuffer<half::bf16>> {
+    let data: Vec<half::bf16> = rng
+        .normal_vec(len, 1.0)
+        .into_iter()
+        .map(half::bf16::from_f32)
+        .collect();
+    gpu.upload(&data)
+}
+
+fn median(mut times: Vec<f64>) -> f64 {
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+fn timing(
+    kernel: &str,
+    peer: (&str, &str),
+    shape: String,
+    bytes: Option<f64>,
+    flops: Option<f64>,
+    times: Vec<f64>,
+) -> KernelTiming {
+    KernelTiming {
+        kernel: kernel.to_string(),
+        peer: (peer.0.to_string(), peer.1.to_string()),
+        dtype: half::bf16::SUFFIX.to_string(),
+        shape,
+        bytes,
+        flops,
+        runs: times.len(),
+        median_ms: median(times),
+    }
+}
+
+fn rmsnorm(gpu: &Gpu, s: &Shapes) -> Result<Vec<KernelTiming>> {
+    let mut rng = Rng::new(0);
+    let (n, d) = (s.tokens, s.hidden);
+    let x = random_bf16(gpu, &mut rng, n * d)?;
+    let w = random_bf16(gpu, &mut rng, d)?;
+    let dy = random_bf16(gpu, &mut rng, n * d)?;
+    let (_, rstd) = rmsnorm_forward(gpu, &x, &w, d, 1e-6)?;
+    let mut dw = gpu.zeros::<f32>(d)?;
+    let shape = format!("{n}x{d}");
+    let element = 2.0;
+    let forward = gpu.time_ms(s.runs, || rmsnorm_forward(gpu, &x, &w, d, 1e-6).map(drop))?;
+    let backward = gpu.time_ms(s.runs, || {
+        rmsnorm_backward(gpu, &dy, &x, &w, &rstd, d, &mut dw, true).map(drop)
+    })?;
+    let nd = (n * d) as f64;
+    Ok(vec![
+        timing(
+            "rmsnorm_forward",
+            ("rmsnorm (HF)", "fwd"),
+            shape.clone(),
+            Some(2.0 * nd * element + 4.0 * n as f64),
+            None,
+            forward,
+        ),
+        timing(
+            "rmsnorm_backward",
+            ("rmsnorm (HF)", "bwd"),
+            shape,
+            Some(3.0 * nd * element + 4.0 * n as f64),
+            None,
+            backward,
+        ),
+    ])
+}
+
+/// Gathering the tokens' rows, and the gradient's sum into f32 rows (accumulating, as
+/// in a training step whose gradients were zeroed once).
+fn embedding(gpu: &Gpu, s: &Shapes) -> Result<Vec<KernelTiming>> {
+    let mut rng = Rng::new(2);
+    let (n, d, vocab) = (s.tokens, s.hidden, s.vocab);
+    let ids: Vec<u32> = (0..n).map(|_| rng.below(vocab) as u32).collect();
+    let weight = random_bf16(gpu, &mut rng, vocab * d)?;
+    let dy = random_bf16(gpu, &mut rng, n * d)?;
+    let mut dweight = gpu.zeros::<f32>(vocab * d)?;
+    let forward = gpu.time_ms(s.runs, || {
+        embedding_forward(gpu, &weight, d, &ids).map(drop)
+    })?;
+    let backward = gpu.time_ms(s.runs, || {
+        embedding_backward(gpu, &dy, &ids, d, &mut dweight, true)
+    })?;
+    let mut distinct = ids.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let (nd, ud) = ((n * d) as f64, (distinct.len() * d) as f64);
+    let shape = format!("{n} of {vocab}x{d}");
+    Ok(vec![
+        timing(
+            "embedding_forward",
+            ("embedding", "fwd"),
+            shape.clone(),
+            Some(4.0 * nd + 4.0 * n as f64),
+            None,
+            forward,
+        ),
+        timing(
+            "embedding_backward",
+            ("embedding", "bwd"),
+            shape,
+            Some(2.0 * nd + 8.0 * ud),
+            None,
+            backward,
+        ),
+    ])
+}
+
+/// The fused loss and gradient on a chunk of half a step's rows, as PyTorch's row
+/// (8192 rows; its forward and backward times added).
+fn cross_entropy(gpu: &Gpu, s: &Shapes) -> Result<KernelTiming> {
+    let mut rng = Rng::new(3);
+    let (rows, vocab) = (s.tokens / 2, s.vocab);
+    let targets: Vec<i64> = (0..rows).map(|_| rng.below(vocab) as i64).collect();
+    let targets = device_targets(gpu, &targets, vocab)?;
+    let mut logits = random_bf16(gpu, &mut rng, rows * vocab)?;
+    let scale = 1.0 / rows as f32;
+    // Each run overwrites the logits with gradients: the data changes, the work does not.
+    let times = gpu.time_ms(s.runs, || {
+        cross_entropy_fused(gpu, &mut logits, &targets, vocab, scale).map(drop)
+    })?;
+    let bytes = 6.0 * (rows * vocab) as f64;
+    let shape = format!("{rows}x{vocab}");
+    Ok(timing(
+        "cross_entropy_fused",
+        ("cross_entropy", "fwd+bwd"),
+        shape,
+        Some(bytes),
+        None,
+        times,
+    ))
+}
+
+/// SwiGLU over the MLP's activations and the residual add over the hidden states.
+fn elementwise(gpu: &Gpu, s: &Shapes) -> Result<Vec<KernelTiming>> {
+    let mut rng = Rng::new(4);
+    let (n, d, inter) = (s.tokens, s.hidden, s.inter);
+    let gate = random_bf16(gpu, &mut rng, n * inter)?;
+    let up = random_bf16(gpu, &mut rng, n * inter)?;
+    let dy = random_bf16(gpu, &mut rng, n * inter)?;
+    let forward = gpu.time_ms(s.runs, || swiglu_forward(gpu, &gate, &up).map(drop))?;
+    let backward = gpu.time_ms(s.runs, || swiglu_backward(gpu, &dy, &gate, &up).map(drop))?;
+    let a = random_bf16(gpu, &mut rng, n * d)?;
+    let b = random_bf16(gpu, &mut rng, n * d)?;
+    let add = gpu.time_ms(s.runs, || add_forward(gpu, &a, &b).map(drop))?;
+    let (ni, nd) = ((n * inter) as f64, (n * d) as f64);
+    Ok(vec![
+        timing(
+            "swiglu_forward",
+            ("swiglu silu(g)*u", "fwd"),
+            format!("{n}x{inter}"),
+            Some(6.0 * ni),
+            None,
+            forward,
+        ),
+        timing(
+            "swiglu_backward",
+            ("swiglu silu(g)*u", "bwd"),
+            format!("{n}x{inter}"),
+            Some(10.0 * ni),
+            None,
+            backward,
+        ),
+        timing(
+            "add_forward",
+            ("residual add", "fwd"),
+            format!("{n}x{d}"),
+            Some(6.0 * nd),
+            None,
+            add,
+        ),
+    ])
+}
+
+/// The global gradient norm and one AdamW step over every parameter (f32 master weights,
+/// moments and gradients, the bf16 copy rewritten), as fused AdamW in PyTorch.
+fn optimizer(gpu: &Gpu, s: &Shapes) -> Result<Vec<KernelTiming>> {
+    let mut rng = Rng::new(5);
+    let n = s.params;
+    let mut params = gpu.upload(&rng.normal_vec(n, 0.02))?;
+    let mut params_bf16 = gpu.zeros::<half::bf16>(n)?;
+    let (mut m, mut v) = (gpu.zeros::<f32>(n)?, gpu.zeros::<f32>(n)?);
+    let grads = gpu.upload(&rng.normal_vec(n, 1e-3))?;
+    let plan = AdamwPlan::new(
+        gpu,
+        &[FlatSegment {
+            offset: 0,
+            len: n,
+            decay: true,
+        }],
+        n,
+    )?;
+    let config = AdamWConfig::default();
+    let norm = gpu.time_ms(s.runs, || grad_norm(gpu, &grads, 1.0).map(drop))?;
+    let clip = grad_norm(gpu, &grads, 1.0)?;
+    let mut step = 0;
+    let adamw = gpu.time_ms(s.runs, || {
+        step += 1;
+        let buffers = AdamwBuffers {
+            params: &mut params,
+            params_bf16: &mut params_bf16,
+            exp_avg: &mut m,
+            exp_avg_sq: &mut v,
+            grads: &grads,
+        };
+        adamw_update(gpu, &plan, buffers, &config, step, 1e-5, Some(&clip))
+    })?;
+    let shape = format!("{:.1}M params", n as f64 / 1e6);
+    Ok(vec![
+        timing(
+            "grad_norm",
+            ("", ""),
+            shape.clone(),
+            Some(4.0 * n as f64),
+            None,
+            norm,
+        ),
+        timing(
+            "adamw_update",
+            ("adamw fused=True", "step"),
+            shape,
+            Some(30.0 * n as f64),
+            None,
+            adamw,
+        ),
+    ])
+}
+
+/// The simple exact attention kernels on a step's 16 rows of 1024 tokens (fewer runs:
+/// they are slow by design, until the fast kernels of issue 8).
+fn attention(gpu: &Gpu, s: &Shapes) -> Result<Vec<KernelTiming>> {
+    let mut rng = Rng::new(6);
+    let seq = s.attention_seq;
+    let dims = AttentionDims {
+        batch: s.tokens / seq,
+        seq,
+        q_heads: 14,
+        kv_heads: 2,
+        head_dim: 64,
+    };
+    let (tokens, runs) = (dims.batch * seq, s.runs.min(10));
+    let q = random_bf16(gpu, &mut rng, tokens * dims.q_heads * dims.head_dim)?;
+    let k = random_bf16(gpu, &mut rng, tokens * dims.kv_heads * dims.head_dim)?;
+    let v = random_bf16(gpu, &mut rng, tokens * dims.kv_heads * dims.head_dim)?;
+    let dout = random_bf16(gpu, &mut rng, q.len())?;
+    let (out, lse) = attention_forward(gpu, (&q, &k, &v), None, dims)?;
+    let forward = gpu.time_ms(runs, || {
+        attention_forward(gpu, (&q, &k, &v), None, dims).map(drop)
+    })?;
+    let backward = gpu.time_ms(runs, || {
+        attention_backward(gpu, (&q, &k, &v), (&out, &lse, &dout), None, dims).map(drop)
+    })?;
+    // Causal: half the score matrix. Backward does 2.5 times the forward's FLOPs.
+    let flops = 4.0 * (dims.batch * dims.q_heads * seq * seq * dims.head_dim) as f64 / 2.0;
+    let shape = format!(
+        "{}x{}/{}x{seq}x{}",
+        dims.batch, dims.q_heads, dims.kv_heads, dims.head_dim
+    );
+    Ok(vec![
+        timing(
+            "attention_forward (simple)",
+            ("sdpa default enable_gqa", "fwd"),
+            shape.clone(),
+            None,
+            Some(flops),
+            forward,
+        ),
+        timing(
+            "attention_backward (simple)",
+            ("sdpa default enable_gqa", "bwd"),
+            shape,
+            None,
+            Some(2.5 * flops),
+            backward,
+        ),
+    ])
+}
+
+/// The MLP's gate projection: [tokens, hidden] x [inter, hidden]^T through cuBLAS.
+fn gemm(gpu: &Gpu, s: &Shapes) -> Result<KernelTiming> {
+    let mut rng = Rng::new(1);
+    let (m, n, k) = (s.tokens, s.inter, s.hidden);
+    let a = random_bf16(gpu, &mut rng, m * k)?;
+    let b = random_bf16(gpu, &mut rng, n * k)?;
+    let mut c = gpu.zeros::<half::bf16>(m * n)?;
+    let times = gpu.time_ms(s.runs, || {
+        gpu.gemm(&mut c, &a, false, &b, true, (m, n, k), false)
+    })?;
+    let flops = 2.0 * (m * n * k) as f64;
+    Ok(timing(
+        "gemm (cuBLAS)",
+        ("", ""),
+        format!("{m}x{n}x{k}"),
+        None,
+        Some(flops),
+        times,
+    ))
+}
+
+/// PyTorch's numbers for the same card (torch_gpu.json of tools/bench_torch_gpu.py).
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct TorchBaselines {
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub ops: Vec<TorchOp>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Limits {
+    pub copy_gbps: Option<f64>,
+    pub gemm_tflops: Option<f64>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct TorchOp {
+    pub name: String,
+    pub pass_: String,
+    pub dtype: String,
+    pub shape: String,
+    pub median_ms: f64,
+}
+
+/// The table: kernel, shape, time, rate, fraction of the limit, PyTorch's time, ratio.
+pub fn markdown(timings: &[KernelTiming], torch: &TorchBaselines) -> String {
+    let mut md = String::from(
+        "| kernel | shape | ms | rate | % of limit | PyTorch ms | PyTorch / ours |\n|---|---|--:|--:|--:|--:|--:|\n",
+    );
+    for t in timings {
+        let seconds = t.median_ms / 1e3;
+        let (rate, fraction) = match (t.bytes, t.flops) {
+            (Some(bytes), _) => {
+                let gbps = bytes / seconds / 1e9;
+                (
+                    format!("{gbps:.0} GB/s"),
+                    torch.limits.copy_gbps.map(|l| gbps / l),
+                )
+            }
+            (None, Some(flops)) => {
+                let tflops = flops / seconds / 1e12;
+                (
+                    format!("{tflops:.0} TFLOP/s"),
+                    torch.limits.gemm_tflops.map(|l| tflops / l),
+                )
+            }
+            (None, None) => (String::new(), None),
+        };
+        let peer = peer_ms(torch, t);
+        md.push_str(&format!(
+            "| {} | {} | {:.4} | {rate} | {} | {} | {} |\n",
+            t.kernel,
+            t.shape,
+            t.median_ms,
+            fraction.map_or(String::new(), |f| format!("{:.0}", 100.0 * f)),
+            peer.map_or(String::new(), |p| format!("{p:.4}")),
+            peer.map_or(String::new(), |p| format!("{:.2}", p / t.median_ms)),
+        ));
+    }
+    md
+}
+
+/// PyTorch's time for the op a kernel replaces; a fused "fwd+bwd" kernel against the
+/// sum of PyTorch's forward and backward.
+fn peer_ms(torch: &TorchBaselines, t: &KernelTiming) -> Option<f64> {
+    let row = |pass: &str| {
+        torch
+            .ops
+            .iter()
+            .find(|o| {
+                o.name == t.peer.0 && o.pass_ == pass && o.dtype == t.dtype && o.shape == t.shape
+            })
+            .map(|o| o.median_ms)
+    };
+    match t.peer.1.as_str() {
+        "fwd+bwd" => Some(row("fwd")? + row("bwd")?),
+        pass => row(pass),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smoke_benchmarks_run_and_join_pytorch_rows() {
+        let gpu = Gpu::emulated().unwrap();
+        let timings = bench_kernels(&gpu, Scale::Smoke).unwrap();
+        assert!(timings.iter().all(|t| t.median_ms > 0.0 && t.runs == 3));
+        let torch: TorchBaselines = serde_json::from_str(
+            r#"{"limits": {"copy_gbps": 3000.0, "gemm_tflops": 700.0},
+                "ops": [{"name": "rmsnorm (HF)", "pass_": "fwd", "dtype": "bf16",
+                         "shape": "64x96", "median_ms": 1e9}]}"#,
+        )
+        .unwrap();
+        let md = markdown(&timings, &torch);
+        let row = md
+            .lines()
+            .find(|l| l.starts_with("| rmsnorm_forward |"))
+            .unwrap();
+        assert!(row.contains("1000000000.0000"), "{row}");
+    }
+}
