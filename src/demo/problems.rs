@@ -479,7 +479,7 @@ mod tests {
             check_calculations(&p.answer);
             let split = split_gsm8k_answer(&p.answer).unwrap();
             assert_eq!(split.final_answer, expected.to_string(), "{p:?}");
-            assert_eq!(gold_answer(&p.answer), Some(expected.to_string()));
+            assert_eq!(gold_answer(&p.answer), Some(expected.to_string().as_str()));
             let reply = format!("<think>{}</think> \\boxed{{{expected}}}", split.reasoning);
             assert!(is_correct(&p.answer, &reply));
             assert!(!is_correct(
