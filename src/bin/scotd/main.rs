@@ -2,6 +2,7 @@
 //! parses arguments and reports errors.
 
 mod chat;
+mod demo;
 mod eval;
 mod generate;
 mod gpu_bench;
@@ -27,6 +28,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole method in minutes on a CPU, no download: a teacher learns generated
+    /// arithmetic problems, and its verified traces train a student (see README).
+    Demo(demo::Args),
     /// Generate continuations of prompts (arguments or a JSONL file) and write JSONL.
     Generate(generate::Args),
     /// Talk to a model interactively; replies stream as they are produced.
@@ -56,6 +60,7 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(args) => demo::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Chat(args) => chat::run(args),
         Command::GpuBench(args) => gpu_bench::run(args),
