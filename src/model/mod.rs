@@ -118,6 +118,23 @@ impl Model {
         Self::from_named(config, |name, shape| weights.read(name, shape))
     }
 
+    /// Loads a model for generation only: weight matrices stored in bf16 stay bf16 (half
+    /// the memory, and half the bytes a decode step reads), everything else is f32; the
+    /// ops compute in f32 on the exactly widened values, so the outputs are those of
+    /// the checkpoint upcast to f32. Not for training (the optimizer updates f32 only);
+    /// for an f32 checkpoint this is [`Model::load`].
+    pub fn load_for_inference(dir: &Path) -> Result<Model> {
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let weights = Weights::open(dir)?;
+        Self::from_named(config, |name, shape| {
+            if shape.len() == 2 {
+                weights.read_for_inference(name, shape)
+            } else {
+                weights.read(name, shape)
+            }
+        })
+    }
+
     /// A model with random weights (normal, std 0.02; norms at 1), for tests and benchmarks.
     pub fn random(config: ModelConfig, seed: u64) -> Model {
         let mut rng = Rng::new(seed);

@@ -53,7 +53,7 @@ pub struct Loaded {
 }
 
 pub fn load(args: &ModelArgs) -> Result<Loaded> {
-    let model = Model::load(&args.model)
+    let model = Model::load_for_inference(&args.model)
         .with_context(|| format!("loading the model from {}", args.model.display()))?;
     let tokenizer = Tokenizer::from_dir(&args.model)?;
     let template = tokenizer.resolve_chat_template(args.template.as_deref())?;
