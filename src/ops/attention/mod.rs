@@ -4,7 +4,7 @@
 mod cached;
 mod cpu;
 
-pub use cached::{attention_with_cache, CachedDims};
+pub use cached::{attention_with_caches, CachedDims, CachedQueries};
 
 use cpu::AttentionDims;
 
