@@ -22,6 +22,13 @@ impl Model {
     /// Feeds `chunks[s]` (new tokens of sequence s) through the model, appending to
     /// `caches[s]`; returns the logits at each chunk's last token, [chunks.len(), vocab].
     pub fn forward_step(&self, chunks: &[&[u32]], caches: &mut [KvCache]) -> Result<Tensor> {
+        // A decode step is hundreds of small parallel ops. Run on a pool thread, each one
+        // forks inside the pool instead of handing its work over from this thread and
+        // sleeping until it is done.
+        rayon::scope(|_| self.step_in_pool(chunks, caches))
+    }
+
+    fn step_in_pool(&self, chunks: &[&[u32]], caches: &mut [KvCache]) -> Result<Tensor> {
         let _no_tape = no_grad();
         let layout = self.step_layout(chunks, caches)?;
         let ids = chunks.concat();

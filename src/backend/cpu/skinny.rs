@@ -354,6 +354,10 @@ mod avx512 {
         let mut wv = [_mm512_setzero_ps(); NR];
         for (c, v) in wv.iter_mut().enumerate() {
             *v = T::load16(wp.add(c * k), mask);
+            // The same columns of the W rows PREFETCH_ROWS_AHEAD further on, so that
+            // memory streams while this tile computes (past the end it is a no-op).
+            let ahead = wp.wrapping_add((c + PREFETCH_ROWS_AHEAD) * k);
+            _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
         }
         for (r, row) in acc.iter_mut().enumerate() {
             let xv = _mm512_maskz_loadu_ps(mask, xp.add(r * k));
@@ -362,6 +366,9 @@ mod avx512 {
             }
         }
     }
+
+    /// How far ahead (in W rows) the tiles prefetch.
+    const PREFETCH_ROWS_AHEAD: usize = 2 * TILE_ROWS;
 
     /// The horizontal sum of each accumulator.
     #[inline]
