@@ -12,8 +12,11 @@ use scotd::sample::{generate, SamplingConfig, StopReason};
 use serde_json::Value;
 
 fn goldens() -> Value {
-    let path = common::fixture("real_models/smollm2_generation.json");
-    serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+    fixture("real_models/smollm2_generation.json")
+}
+
+fn fixture(relative: &str) -> Value {
+    serde_json::from_slice(&std::fs::read(common::fixture(relative)).unwrap()).unwrap()
 }
 
 fn ids(v: &Value) -> Vec<u32> {
@@ -81,7 +84,25 @@ fn stop_name(stop: StopReason) -> &'static str {
 #[test]
 fn smollm2_matches_transformers() {
     let model = Model::load(&common::real_model_dir("smollm2-135m-instruct")).unwrap();
-    let g = goldens();
+    check_against_transformers(&model, &goldens());
+}
+
+/// The checkpoint stored in bf16, kept in bf16 by the inference loader, against
+/// transformers running the same checkpoint upcast to f32.
+#[test]
+fn smollm2_bf16_weights_match_transformers_upcast_to_f32() {
+    let dir = common::real_model_dir("smollm2-135m-instruct-bf16");
+    let model = Model::load_for_inference(&dir).unwrap();
+    assert_eq!(model.embed_tokens.dtype(), scotd::DType::BF16);
+    assert_eq!(model.layers[0].q_proj.weight.dtype(), scotd::DType::BF16);
+    let g = fixture("real_models/smollm2_bf16_generation.json");
+    assert_eq!(g["checkpoint_dtype"], "bfloat16");
+    check_against_transformers(&model, &g);
+}
+
+/// Last-position logits of every prompt, greedy continuations batched (with and
+/// without EOS) and alone, all as the goldens `g` record them.
+fn check_against_transformers(model: &Model, g: &Value) {
     let prompts: Vec<&Value> = g["prompts"].as_array().unwrap().iter().collect();
     let prompt_ids: Vec<Vec<u32>> = prompts.iter().map(|p| ids(&p["prompt_ids"])).collect();
     let eos = ids(&g["eos_token_ids"]);
@@ -94,11 +115,11 @@ fn smollm2_matches_transformers() {
     for (n, (p, ids_n)) in prompts.iter().zip(&prompt_ids).enumerate() {
         check_logits(
             &format!("prompt {n}"),
-            &full_forward_last_logits(&model, ids_n),
+            &full_forward_last_logits(model, ids_n),
             &p["last_logits"],
         );
     }
-    let batched = generate(&model, &prompt_ids, &eos, &cfg, |_, _| {}).unwrap();
+    let batched = generate(model, &prompt_ids, &eos, &cfg, |_, _| {}).unwrap();
     for (n, (p, got)) in prompts.iter().zip(&batched).enumerate() {
         assert_eq!(
             got.ids,
@@ -113,7 +134,7 @@ fn smollm2_matches_transformers() {
     }
     // Past EOS too, so that every prompt, chat ones included, is compared over all
     // max_new_tokens greedy tokens.
-    let no_eos = generate(&model, &prompt_ids, &[], &cfg, |_, _| {}).unwrap();
+    let no_eos = generate(model, &prompt_ids, &[], &cfg, |_, _| {}).unwrap();
     for (n, (p, got)) in prompts.iter().zip(&no_eos).enumerate() {
         let want = ids(&p["greedy_ids_no_eos"]);
         assert_eq!(want.len(), cfg.max_new_tokens);
@@ -124,7 +145,7 @@ fn smollm2_matches_transformers() {
     }
     // One by one, for the two longest continuations (the rest are covered by the batch).
     for n in [1, 2] {
-        let alone = generate(&model, &prompt_ids[n..=n], &eos, &cfg, |_, _| {}).unwrap();
+        let alone = generate(model, &prompt_ids[n..=n], &eos, &cfg, |_, _| {}).unwrap();
         assert_eq!(alone[0], batched[n], "prompt {n}: alone vs batched");
     }
 }

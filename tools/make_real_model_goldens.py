@@ -18,6 +18,8 @@ Writes (schemas in tests/fixtures/real_models/README.md):
                               (top-64 + 64 fixed random ids, logsumexp, argmax), greedy
                               continuations one at a time and as one left-padded batch,
                               and a full-forward cross-check of one continuation
+    smollm2_bf16_generation.json   the same for the bf16-stored copy
+                              (models/smollm2-135m-instruct-bf16), loaded upcast to float32
 """
 
 import argparse
@@ -276,14 +278,16 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(REPO, "tests", "fixtures", "real_models"))
     ap.add_argument("--smollm2", default=os.path.join(CACHE, "models", "smollm2-135m-instruct"))
+    ap.add_argument("--smollm2-bf16", default=os.path.join(CACHE, "models", "smollm2-135m-instruct-bf16"))
     ap.add_argument("--qwen", default=os.path.join(CACHE, "models", "qwen-tokenizer"))
     ap.add_argument("--gsm8k", default=DEFAULT_GSM8K)
-    ap.add_argument("--only", choices=["tokenizers", "generation"], help="write one part only")
+    ap.add_argument("--only", choices=["tokenizers", "generation", "generation-bf16"],
+                    help="write one part only (generation: both checkpoints; generation-bf16: the bf16 one)")
     args = ap.parse_args()
 
     import tokenizers
     import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -335,37 +339,54 @@ def main():
         )
 
     if args.only in (None, "generation"):
-        model = AutoModelForCausalLM.from_pretrained(args.smollm2, dtype=torch.float32, attn_implementation="eager")
-        model.eval()
-        eos = model.generation_config.eos_token_id
-        eos_ids = [eos] if isinstance(eos, int) else list(eos)
-        t0 = time.time()
-        prompts, rand_ids = generation(model, smol, eos_ids, model.config.vocab_size)
-        # the cross-check uses the longest continuation (the most KV-cache steps)
-        k = max(range(len(prompts)), key=lambda i: len(prompts[i]["greedy_ids"]))
-        check = full_forward_check(model, prompts[k], rand_ids, smol.pad_token_id)
-        check["prompt_index"] = k
-        print(f"  batched == single for {sum(p['batched_matches_single'] for p in prompts)}/{len(prompts)} prompts; "
-              f"full-forward check on prompt {k}: argmax ok={check['argmax_matches_greedy']}, "
-              f"max |generate step logits - full forward| = {check['kv_cache_vs_full_forward_max_abs_diff']:.3g} "
-              f"({time.time() - t0:.0f}s)")
-        dump(
-            os.path.join(args.out, "smollm2_generation.json"),
-            {
-                "model": "smollm2-135m-instruct",
-                "versions": versions,
-                "source": source,
-                "dtype": "float32",
-                "attn_implementation": "eager",
-                "max_new_tokens": MAX_NEW_TOKENS,
-                "eos_token_ids": eos_ids,
-                "pad_token_id": smol.pad_token_id,
-                "random_ids_seed": RANDOM_SEED,
-                "random_ids": rand_ids,
-                "prompts": prompts,
-                "full_forward_logits_check": check,
-            },
-        )
+        generation_fixture(args.smollm2, smol, os.path.join(args.out, "smollm2_generation.json"),
+                           {"versions": versions, "source": source, "checkpoint_dtype": "float32"})
+    if args.only in (None, "generation", "generation-bf16"):
+        # The same checkpoint stored in bf16 (tools/cast_checkpoint.py), upcast to f32 by
+        # transformers: what scotd's inference on the bf16 weights must reproduce.
+        with open(os.path.join(args.smollm2_bf16, "scotd-cast.json"), encoding="utf-8") as f:
+            cast = json.load(f)
+        source_bf16 = dict(source, smollm2_bf16={"cast_from": cast["source"], "caster_sha256": cast["caster_sha256"],
+                                                 "rounding": cast["rounding"]})
+        generation_fixture(args.smollm2_bf16, smol, os.path.join(args.out, "smollm2_bf16_generation.json"),
+                           {"versions": versions, "source": source_bf16, "checkpoint_dtype": "bfloat16"})
+
+
+def generation_fixture(folder, tok, path, header):
+    """Greedy continuations and logits of the checkpoint in `folder`, computed in float32
+    (a bf16 checkpoint is upcast exactly on loading)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager")
+    model.eval()
+    eos = model.generation_config.eos_token_id
+    eos_ids = [eos] if isinstance(eos, int) else list(eos)
+    t0 = time.time()
+    prompts, rand_ids = generation(model, tok, eos_ids, model.config.vocab_size)
+    # the cross-check uses the longest continuation (the most KV-cache steps)
+    k = max(range(len(prompts)), key=lambda i: len(prompts[i]["greedy_ids"]))
+    check = full_forward_check(model, prompts[k], rand_ids, tok.pad_token_id)
+    check["prompt_index"] = k
+    print(f"  batched == single for {sum(p['batched_matches_single'] for p in prompts)}/{len(prompts)} prompts; "
+          f"full-forward check on prompt {k}: argmax ok={check['argmax_matches_greedy']}, "
+          f"max |generate step logits - full forward| = {check['kv_cache_vs_full_forward_max_abs_diff']:.3g} "
+          f"({time.time() - t0:.0f}s)")
+    dump(
+        path,
+        {
+            "model": os.path.basename(os.path.normpath(folder)),
+            **header,
+            "dtype": "float32",
+            "attn_implementation": "eager",
+            "max_new_tokens": MAX_NEW_TOKENS,
+            "eos_token_ids": eos_ids,
+            "pad_token_id": tok.pad_token_id,
+            "random_ids_seed": RANDOM_SEED,
+            "random_ids": rand_ids,
+            "prompts": prompts,
+            "full_forward_logits_check": check,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@
 //! same call with chunks of different lengths, so a batch can mix both, and sequences
 //! of different lengths need no padding.
 
+use std::sync::Arc;
+
 use super::{KvCache, Layer, Model};
 use crate::autograd::no_grad;
-use crate::ops::{self, attention_with_cache, CachedDims};
+use crate::ops::{self, attention_with_caches, CachedDims, CachedQueries, RopeTable};
 use crate::{Error, Result, Tensor};
 
 /// Where each sequence's new tokens sit in the concatenated step.
@@ -20,6 +22,13 @@ impl Model {
     /// Feeds `chunks[s]` (new tokens of sequence s) through the model, appending to
     /// `caches[s]`; returns the logits at each chunk's last token, [chunks.len(), vocab].
     pub fn forward_step(&self, chunks: &[&[u32]], caches: &mut [KvCache]) -> Result<Tensor> {
+        // A decode step is hundreds of small parallel ops. Run on a pool thread, each one
+        // forks inside the pool instead of handing its work over from this thread and
+        // sleeping until it is done.
+        rayon::scope(|_| self.step_in_pool(chunks, caches))
+    }
+
+    fn step_in_pool(&self, chunks: &[&[u32]], caches: &mut [KvCache]) -> Result<Tensor> {
         let _no_tape = no_grad();
         let layout = self.step_layout(chunks, caches)?;
         let ids = chunks.concat();
@@ -30,8 +39,9 @@ impl Model {
             .flat_map(|(r, &start)| (start..start + r.len()).map(|p| p as u32))
             .collect();
         let mut x = ops::embedding(&self.embed_tokens, &ids)?;
+        let rope = self.rope_table(&positions)?;
         for (l, layer) in self.layers.iter().enumerate() {
-            x = self.layer_step(l, layer, &x, &positions, &layout, caches)?;
+            x = self.layer_step(l, layer, &x, &rope, &layout, caches)?;
         }
         let d = self.config.hidden_size;
         let xs = x.read_f32()?;
@@ -83,43 +93,70 @@ impl Model {
         l: usize,
         layer: &Layer,
         x: &Tensor,
-        positions: &[u32],
+        rope: &Arc<RopeTable>,
         layout: &StepLayout,
         caches: &mut [KvCache],
     ) -> Result<Tensor> {
         let c = &self.config;
-        let (q, k, v) = self.rotated_qkv(layer, x, positions)?;
+        let (q, k, v) = self.rotated_qkv(layer, x, rope)?;
         let (q, k, v) = (q.read_f32()?, k.read_f32()?, v.read_f32()?);
-        let q_width = c.num_attention_heads * c.head_dim;
         let kv_width = c.num_key_value_heads * c.head_dim;
+        for (rows, cache) in layout.rows.iter().zip(caches.iter_mut()) {
+            let kv_rows = rows.start * kv_width..rows.end * kv_width;
+            cache.append(l, &k[kv_rows.clone()], &v[kv_rows]);
+        }
+        let attn = self.cached_attention(l, &q, layout, caches)?;
+        let q_width = c.num_attention_heads * c.head_dim;
+        let attn = Tensor::from_vec(attn, [x.shape().rows(), q_width])?;
+        let x = ops::add(x, &layer.o_proj.forward(&attn)?)?;
+        self.mlp_block(layer, &x)
+    }
+
+    /// Attention of each sequence's new queries (rows of q, [n, Hq, Dh]) over its cache
+    /// of layer l, which already holds the new keys.
+    fn cached_attention(
+        &self,
+        l: usize,
+        q: &[f32],
+        layout: &StepLayout,
+        caches: &[KvCache],
+    ) -> Result<Vec<f32>> {
+        let c = &self.config;
         let dims = CachedDims {
             q_heads: c.num_attention_heads,
             kv_heads: c.num_key_value_heads,
             head_dim: c.head_dim,
         };
-        let mut attn = vec![0.0f32; q.len()];
-        for ((rows, &start), cache) in layout
-            .rows
-            .iter()
-            .zip(&layout.starts)
-            .zip(caches.iter_mut())
-        {
-            let kv_rows = rows.start * kv_width..rows.end * kv_width;
-            cache.append(l, &k[kv_rows.clone()], &v[kv_rows]);
+        let q_width = c.num_attention_heads * c.head_dim;
+        let mut out = vec![0.0f32; q.len()];
+        // Decoding sequences go through one parallel pass together.
+        let mut decoding = Vec::new();
+        let mut decoding_rows = Vec::new();
+        for ((rows, &start), cache) in layout.rows.iter().zip(&layout.starts).zip(caches) {
             let (k_cache, v_cache) = cache.layer(l);
             let q_rows = rows.start * q_width..rows.end * q_width;
-            let out = if start == 0 && rows.len() > 1 {
+            if start == 0 && rows.len() > 1 {
                 // A fresh prompt: the cache holds exactly its keys, so the blockwise-GEMM
                 // attention of training applies and is much faster than row-by-row dots.
-                prefill_attention(&q[q_rows.clone()], k_cache, v_cache, dims)?
+                out[q_rows.clone()]
+                    .copy_from_slice(&prefill_attention(&q[q_rows], k_cache, v_cache, dims)?);
             } else {
-                attention_with_cache(&q[q_rows.clone()], k_cache, v_cache, start, dims)
-            };
-            attn[q_rows].copy_from_slice(&out);
+                decoding.push(CachedQueries {
+                    q: &q[q_rows.clone()],
+                    k_cache,
+                    v_cache,
+                    start,
+                });
+                decoding_rows.push(q_rows);
+            }
         }
-        let attn = Tensor::from_vec(attn, [x.shape().rows(), q_width])?;
-        let x = ops::add(x, &layer.o_proj.forward(&attn)?)?;
-        self.mlp_block(layer, &x)
+        let attended = attention_with_caches(&decoding, dims);
+        let mut offset = 0;
+        for rows in decoding_rows {
+            out[rows.clone()].copy_from_slice(&attended[offset..offset + rows.len()]);
+            offset += rows.len();
+        }
+        Ok(out)
     }
 }
 

@@ -15,8 +15,9 @@ pub use kv_cache::KvCache;
 pub use weights::{save_safetensors, Weights};
 
 use std::path::Path;
+use std::sync::Arc;
 
-use crate::ops::{self, Reduction};
+use crate::ops::{self, Reduction, RopeTable};
 use crate::rng::Rng;
 use crate::{Result, Tensor};
 
@@ -116,6 +117,23 @@ impl Model {
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let weights = Weights::open(dir)?;
         Self::from_named(config, |name, shape| weights.read(name, shape))
+    }
+
+    /// Loads a model for generation only: weight matrices stored in bf16 stay bf16 (half
+    /// the memory, and half the bytes a decode step reads), everything else is f32; the
+    /// ops compute in f32 on the exactly widened values, so the outputs are those of
+    /// the checkpoint upcast to f32. Not for training (the optimizer updates f32 only);
+    /// for an f32 checkpoint this is [`Model::load`].
+    pub fn load_for_inference(dir: &Path) -> Result<Model> {
+        let config = ModelConfig::from_file(&dir.join("config.json"))?;
+        let weights = Weights::open(dir)?;
+        Self::from_named(config, |name, shape| {
+            if shape.len() == 2 {
+                weights.read_for_inference(name, shape)
+            } else {
+                weights.read(name, shape)
+            }
+        })
     }
 
     /// A model with random weights (normal, std 0.02; norms at 1), for tests and benchmarks.
@@ -220,8 +238,9 @@ impl Model {
     /// Hidden states after the final norm, [B*T, hidden].
     pub fn hidden_states(&self, batch: &Batch) -> Result<Tensor> {
         let mut x = ops::embedding(&self.embed_tokens, &batch.input_ids)?;
+        let rope = self.rope_table(&batch.positions)?;
         for layer in &self.layers {
-            x = self.layer_forward(layer, &x, batch)?;
+            x = self.layer_forward(layer, &x, batch, &rope)?;
         }
         ops::rmsnorm(&x, &self.norm, self.config.rms_norm_eps)
     }
@@ -247,10 +266,21 @@ impl Model {
         ops::cross_entropy(&logits, targets, reduction)
     }
 
-    fn layer_forward(&self, layer: &Layer, x: &Tensor, batch: &Batch) -> Result<Tensor> {
+    /// RoPE's cos/sin at `positions`, shared by every layer's q and k.
+    fn rope_table(&self, positions: &[u32]) -> Result<Arc<RopeTable>> {
+        ops::rope_table(positions, self.config.head_dim, self.config.rope_theta)
+    }
+
+    fn layer_forward(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        batch: &Batch,
+        rope: &Arc<RopeTable>,
+    ) -> Result<Tensor> {
         let c = &self.config;
         let (b, t, dh) = (batch.batch_size, batch.seq_len, c.head_dim);
-        let (q, k, v) = self.rotated_qkv(layer, x, &batch.positions)?;
+        let (q, k, v) = self.rotated_qkv(layer, x, rope)?;
         let q = q.reshape([b, t, c.num_attention_heads, dh])?;
         let k = k.reshape([b, t, c.num_key_value_heads, dh])?;
         let v = v.reshape([b, t, c.num_key_value_heads, dh])?;
@@ -264,29 +294,21 @@ impl Model {
         self.mlp_block(layer, &x)
     }
 
-    /// The attention block's projections for tokens x [n, hidden] at `positions`:
-    /// q [n, Hq, Dh] and k [n, Hkv, Dh] rotated, v [n, Hkv, Dh].
+    /// The attention block's projections for tokens x [n, hidden] at the positions of
+    /// `rope`: q [n, Hq, Dh] and k [n, Hkv, Dh] rotated, v [n, Hkv, Dh].
     fn rotated_qkv(
         &self,
         layer: &Layer,
         x: &Tensor,
-        positions: &[u32],
+        rope: &Arc<RopeTable>,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let c = &self.config;
         let n = x.shape().rows();
         let h = ops::rmsnorm(x, &layer.input_layernorm, c.rms_norm_eps)?;
         let heads =
             |lin: &Linear, n_heads: usize| lin.forward(&h)?.reshape([n, n_heads, c.head_dim]);
-        let q = ops::rope(
-            &heads(&layer.q_proj, c.num_attention_heads)?,
-            positions,
-            c.rope_theta,
-        )?;
-        let k = ops::rope(
-            &heads(&layer.k_proj, c.num_key_value_heads)?,
-            positions,
-            c.rope_theta,
-        )?;
+        let q = ops::rope_with_table(&heads(&layer.q_proj, c.num_attention_heads)?, rope)?;
+        let k = ops::rope_with_table(&heads(&layer.k_proj, c.num_key_value_heads)?, rope)?;
         let v = heads(&layer.v_proj, c.num_key_value_heads)?;
         Ok((q, k, v))
     }

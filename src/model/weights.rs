@@ -38,7 +38,8 @@ impl SafetensorsFile {
         })
     }
 
-    fn read(&self, name: &str, expected: &[usize]) -> Result<Tensor> {
+    /// The tensor, widened to f32 unless `keep_bf16` and it is stored in bf16.
+    fn read(&self, name: &str, expected: &[usize], keep_bf16: bool) -> Result<Tensor> {
         let err = |msg: String| Error::format(&self.path, name, msg);
         let info = self
             .metadata
@@ -67,7 +68,12 @@ impl SafetensorsFile {
                 "data offsets {start}..{end} run past the end of the file"
             ))
         })?;
-        let storage = Storage::from_le_bytes(dtype, bytes).to_dtype(DType::F32);
+        let stored = Storage::from_le_bytes(dtype, bytes);
+        let storage = if keep_bf16 && dtype == DType::BF16 {
+            stored
+        } else {
+            stored.to_dtype(DType::F32)
+        };
         Tensor::from_storage(storage, expected.to_vec())
     }
 }
@@ -172,8 +178,23 @@ impl Weights {
 
     /// The tensor `name` as f32, checked against the shape config.json implies.
     pub fn read(&self, name: &str, expected_shape: &[usize]) -> Result<Tensor> {
+        self.read_keeping(name, expected_shape, false)
+    }
+
+    /// As [`Weights::read`], but a bf16 tensor stays bf16 (inference reads half the
+    /// bytes; the ops widen it exactly as they compute). f16 is still widened to f32.
+    pub fn read_for_inference(&self, name: &str, expected_shape: &[usize]) -> Result<Tensor> {
+        self.read_keeping(name, expected_shape, true)
+    }
+
+    fn read_keeping(
+        &self,
+        name: &str,
+        expected_shape: &[usize],
+        keep_bf16: bool,
+    ) -> Result<Tensor> {
         match self.location.get(name) {
-            Some(&i) => self.files[i].read(name, expected_shape),
+            Some(&i) => self.files[i].read(name, expected_shape, keep_bf16),
             None => Err(Error::format(
                 self.describe(),
                 name,

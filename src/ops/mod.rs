@@ -14,14 +14,16 @@ pub mod swiglu;
 mod test_util;
 
 pub use add::add;
-pub use attention::{attention, attention_with_cache, CachedDims};
+pub use attention::{attention, attention_with_caches, CachedDims, CachedQueries};
 pub use cross_entropy::{cross_entropy, Reduction, IGNORE_INDEX};
 pub use embedding::embedding;
 pub use linear::linear;
 pub use rmsnorm::rmsnorm;
-pub use rope::rope;
+pub use rope::{rope, rope_table, rope_with_table, RopeTable};
 pub use swiglu::swiglu;
 
+use crate::backend::cpu::WeightRows;
+use crate::tensor::Storage;
 use crate::{DType, Device, Error, Result, Tensor};
 
 /// Every op on the CPU computes in f32; this names the op and the offending tensor.
@@ -42,6 +44,31 @@ pub(crate) fn expect_f32(op: &'static str, tensors: &[&Tensor]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A weight matrix's elements as stored (read through `weight.read_storage()`): f32, or
+/// bf16 as `Model::load_for_inference` keeps a bf16 checkpoint's matrices, which the
+/// ops widen to f32 as they compute.
+pub(crate) fn weight_rows<'a>(
+    op: &'static str,
+    weight: &Tensor,
+    storage: &'a Storage,
+) -> Result<WeightRows<'a>> {
+    if weight.device() != Device::Cpu {
+        return Err(Error::Device(
+            weight.device(),
+            format!("{op} runs on the CPU only in this build"),
+        ));
+    }
+    match storage {
+        Storage::F32(v) => Ok(WeightRows::F32(v)),
+        Storage::BF16(v) => Ok(WeightRows::Bf16(v)),
+        other => Err(Error::DType {
+            op,
+            got: other.dtype(),
+            expected: "F32 or BF16 (convert with to_dtype(DType::F32))",
+        }),
+    }
 }
 
 /// Checks that a tensor has exactly `rank` dimensions.

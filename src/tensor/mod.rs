@@ -237,6 +237,12 @@ impl Tensor {
         }
     }
 
+    /// Read access to the storage as it is, whatever its dtype (ops that take bf16
+    /// weights read them without a conversion).
+    pub(crate) fn read_storage(&self) -> RwLockReadGuard<'_, Storage> {
+        self.0.storage.read().expect("tensor storage lock poisoned")
+    }
+
     /// Write access to the elements of an f32 tensor, in place: for optimizers.
     /// Views of this tensor (and the graphs that saved it) see the change.
     pub fn write_f32(&self) -> Result<F32Write<'_>> {

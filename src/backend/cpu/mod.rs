@@ -1,5 +1,8 @@
-//! CPU primitives: f32 compute, rayon for parallel loops, GEMM through the `gemm` crate.
+//! CPU primitives: f32 compute, rayon for parallel loops, GEMM through the `gemm` crate,
+//! and a small-m GEMM over stored (f32 or bf16) weights for decoding.
 
 mod matmul;
+mod skinny;
 
 pub use matmul::{matmul, Transpose};
+pub use skinny::{skinny_matmul, skinny_matmul_with, Element, Kernel, WeightRows};

@@ -85,7 +85,7 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 fn load(args: &Args) -> Result<Loaded> {
-    let model = Model::load(&args.model)
+    let model = Model::load_for_inference(&args.model)
         .with_context(|| format!("loading the model from {}", args.model.display()))?;
     let tokenizer = Tokenizer::from_dir(&args.model)?;
     // --raw uses no template, so a model without one works then.

@@ -59,10 +59,10 @@ pub struct Loaded {
     pub template: ChatTemplate,
 }
 
-/// The model and its tokenizer.
+/// The model for inference (matrices kept in their stored dtype) and its tokenizer.
 pub fn load_model(dir: &Path) -> Result<(Model, Tokenizer)> {
-    let model =
-        Model::load(dir).with_context(|| format!("loading the model from {}", dir.display()))?;
+    let model = Model::load_for_inference(dir)
+        .with_context(|| format!("loading the model from {}", dir.display()))?;
     let tokenizer = Tokenizer::from_dir(dir)?;
     Ok((model, tokenizer))
 }

@@ -1,6 +1,6 @@
 //! Attention of new queries over a key/value cache, for generation (inference only, no
 //! tape). Query i of a chunk sits at absolute position `start + i` and sees cache
-//! entries 0..=start+i: the same causal rule as `attention`, with the cache holding one
+//! entries 0..=start+i: the same causal rule as `attention`, with each cache holding one
 //! sequence, so no segment mask is needed.
 
 use rayon::prelude::*;
@@ -13,48 +13,86 @@ pub struct CachedDims {
     pub head_dim: usize,
 }
 
-/// `q` is [n, Hq, Dh] for positions start..start+n; `k_cache`/`v_cache` are
-/// [len, Hkv, Dh] with len >= start + n. Returns [n, Hq, Dh].
-pub fn attention_with_cache(
-    q: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
-    start: usize,
-    dims: CachedDims,
-) -> Vec<f32> {
-    let CachedDims {
-        q_heads,
-        kv_heads,
-        head_dim: dh,
-    } = dims;
-    let n = q.len() / (q_heads * dh);
-    let cached = k_cache.len() / (kv_heads * dh);
-    assert!(
-        start + n <= cached,
-        "attention_with_cache: the cache must already hold the new keys"
-    );
-    let group = q_heads / kv_heads;
-    let scale = (1.0 / (dh as f64).sqrt()) as f32;
-    let mut out = vec![0.0f32; q.len()];
-    out.par_chunks_mut(dh)
+/// One sequence's part of a cached-attention call: its new queries `q` [n, Hq, Dh] at
+/// positions start..start+n, and its cache `k_cache`/`v_cache` [len, Hkv, Dh], which
+/// already holds the new keys (len >= start + n).
+#[derive(Clone, Copy, Debug)]
+pub struct CachedQueries<'a> {
+    pub q: &'a [f32],
+    pub k_cache: &'a [f32],
+    pub v_cache: &'a [f32],
+    pub start: usize,
+}
+
+/// Attention of several sequences' new queries over their own caches, in one parallel
+/// pass over every (query, head) pair of the batch. Returns the outputs [n, Hq, Dh] of
+/// the sequences, concatenated in order.
+pub fn attention_with_caches(seqs: &[CachedQueries], dims: CachedDims) -> Vec<f32> {
+    let row_width = dims.q_heads * dims.head_dim;
+    let mut first_row = Vec::with_capacity(seqs.len() + 1);
+    first_row.push(0);
+    for s in seqs {
+        let n = s.q.len() / row_width;
+        let cached = s.k_cache.len() / (dims.kv_heads * dims.head_dim);
+        assert!(
+            s.start + n <= cached,
+            "attention_with_caches: the cache must already hold the new keys"
+        );
+        first_row.push(first_row.last().unwrap() + n);
+    }
+    let mut out = vec![0.0f32; first_row.last().unwrap() * row_width];
+    if dims.head_dim == 0 {
+        return out;
+    }
+    out.par_chunks_mut(dims.head_dim)
         .enumerate()
-        .for_each(|(row_head, o)| {
-            let (i, h) = (row_head / q_heads, row_head % q_heads);
-            let kv = h / group;
-            let qv = &q[row_head * dh..(row_head + 1) * dh];
-            let keys = start + i + 1;
-            let key = |j: usize| &k_cache[(j * kv_heads + kv) * dh..][..dh];
-            let scores: Vec<f32> = (0..keys)
-                .map(|j| qv.iter().zip(key(j)).map(|(a, b)| a * b).sum::<f32>() * scale)
-                .collect();
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let probs: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
-            let inv_sum = (1.0 / probs.iter().map(|&p| p as f64).sum::<f64>()) as f32;
-            for (j, p) in probs.iter().enumerate() {
-                let w = p * inv_sum;
-                let value = &v_cache[(j * kv_heads + kv) * dh..][..dh];
-                o.iter_mut().zip(value).for_each(|(o, v)| *o += w * v);
-            }
+        .for_each(|(unit, o)| {
+            let (row, head) = (unit / dims.q_heads, unit % dims.q_heads);
+            let s = first_row.partition_point(|&f| f <= row) - 1;
+            let i = row - first_row[s];
+            attend(o, &seqs[s], i, head, dims);
         });
     out
+}
+
+/// Output `o` of query row `i`, head `head` of one sequence.
+fn attend(o: &mut [f32], seq: &CachedQueries, i: usize, head: usize, dims: CachedDims) {
+    let dh = dims.head_dim;
+    let kv = head / (dims.q_heads / dims.kv_heads);
+    let qv = &seq.q[(i * dims.q_heads + head) * dh..][..dh];
+    let keys = seq.start + i + 1;
+    let offset = |j: usize| (j * dims.kv_heads + kv) * dh;
+    let scale = (1.0 / (dh as f64).sqrt()) as f32;
+    let scores: Vec<f32> = (0..keys)
+        .map(|j| dot(qv, &seq.k_cache[offset(j)..][..dh]) * scale)
+        .collect();
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let probs: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+    let inv_sum = (1.0 / probs.iter().map(|&p| p as f64).sum::<f64>()) as f32;
+    for (j, p) in probs.iter().enumerate() {
+        let w = p * inv_sum;
+        let value = &seq.v_cache[offset(j)..][..dh];
+        o.iter_mut().zip(value).for_each(|(o, v)| *o += w * v);
+    }
+}
+
+/// Independent partial sums per dot product, so the compiler can keep them in one
+/// vector register instead of a serial chain of adds.
+const DOT_LANES: usize = 8;
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; DOT_LANES];
+    let (ca, cb) = (a.chunks_exact(DOT_LANES), b.chunks_exact(DOT_LANES));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for ((l, x), y) in lanes.iter_mut().zip(x).zip(y) {
+            *l += x * y;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }

@@ -5,7 +5,7 @@ mod cached;
 mod cpu;
 pub mod cuda;
 
-pub use cached::{attention_with_cache, CachedDims};
+pub use cached::{attention_with_caches, CachedDims, CachedQueries};
 
 pub use cpu::AttentionDims;
 

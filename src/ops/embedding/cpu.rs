@@ -3,8 +3,11 @@
 
 use rayon::prelude::*;
 
-/// Row `p` of the output is row `ids[p]` of `weight` (`[vocab, dim]`, row-major).
-pub fn embedding_forward(weight: &[f32], dim: usize, ids: &[u32]) -> Vec<f32> {
+use crate::backend::cpu::Element;
+
+/// Row `p` of the output is row `ids[p]` of `weight` (`[vocab, dim]`, row-major),
+/// widened to f32.
+pub fn embedding_forward<T: Element>(weight: &[T], dim: usize, ids: &[u32]) -> Vec<f32> {
     let mut out = vec![0.0; ids.len() * dim];
     if dim == 0 {
         return out;
@@ -13,7 +16,9 @@ pub fn embedding_forward(weight: &[f32], dim: usize, ids: &[u32]) -> Vec<f32> {
         .zip(ids.par_iter())
         .for_each(|(row, &id)| {
             let start = id as usize * dim;
-            row.copy_from_slice(&weight[start..start + dim]);
+            for (o, w) in row.iter_mut().zip(&weight[start..start + dim]) {
+                *o = w.widen();
+            }
         });
     out
 }

@@ -4,17 +4,23 @@ mod cpu;
 pub mod cuda;
 
 use crate::autograd::Backward;
+use crate::backend::cpu::WeightRows;
 use crate::tensor::Storage;
 use crate::{Error, Result, Shape, Tensor};
 
-/// Rows `ids` of `weight` (`[V, D]`): an output of shape `[ids.len(), D]`. Every id
-/// must be below V.
+/// Rows `ids` of `weight` (`[V, D]`, f32 or bf16): an f32 output of shape
+/// `[ids.len(), D]`. Every id must be below V.
 pub fn embedding(weight: &Tensor, ids: &[u32]) -> Result<Tensor> {
-    super::expect_f32("embedding", &[weight])?;
     super::expect_rank("embedding", "weight", weight, 2)?;
     let (vocab, dim) = (weight.dims()[0], weight.dims()[1]);
     check_ids(ids, vocab)?;
-    let out = cpu::embedding_forward(&weight.read_f32()?, dim, ids);
+    let out = {
+        let stored = weight.read_storage();
+        match super::weight_rows("embedding", weight, &stored)? {
+            WeightRows::F32(w) => cpu::embedding_forward(w, dim, ids),
+            WeightRows::Bf16(w) => cpu::embedding_forward(w, dim, ids),
+        }
+    };
     Ok(Tensor::from_op(
         Storage::F32(out),
         Shape::from([ids.len(), dim]),
@@ -136,15 +142,30 @@ mod tests {
     }
 
     #[test]
-    fn non_f32_weight_is_an_error() {
-        let weight = Tensor::zeros([11, 13], DType::BF16);
+    fn bf16_weight_gathers_widened_rows() {
+        // Integers below 256 are exact in bf16.
+        let data = (0..11 * 3).map(|i| (i * 7) as f32).collect();
+        let weight = Tensor::from_vec(data, [11, 3])
+            .unwrap()
+            .to_dtype(DType::BF16);
+        let out = embedding(&weight, &[10, 2]).unwrap();
+        assert_eq!(out.dtype(), DType::F32);
+        assert_eq!(
+            out.to_vec_f32(),
+            vec![210.0, 217.0, 224.0, 42.0, 49.0, 56.0]
+        );
+    }
+
+    #[test]
+    fn f16_weight_is_an_error() {
+        let weight = Tensor::zeros([11, 13], DType::F16);
         let err = embedding(&weight, &[0]).unwrap_err();
         assert!(
             matches!(
                 err,
                 Error::DType {
                     op: "embedding",
-                    got: DType::BF16,
+                    got: DType::F16,
                     ..
                 }
             ),

@@ -1,23 +1,37 @@
-//! CPU reference for linear: every product goes through the GEMM primitive, with the
+//! CPU reference for linear: every product goes through a GEMM primitive, with the
 //! weight's transpose expressed as strides; the bias gradient is a deterministic f64
 //! column sum.
 
 use rayon::prelude::*;
 
-use crate::backend::cpu::{matmul, Transpose};
+use crate::backend::cpu::{matmul, skinny_matmul, Transpose, WeightRows};
 
 /// Columns summed by one task of `bias_grad`: contiguous enough per row to stream
 /// well, small enough to spread a hidden-size bias over the cores.
 const BIAS_COLUMNS_PER_TASK: usize = 128;
 
+/// Up to this many rows of x (a decode step's tokens), the forward runs straight over
+/// the stored weight (`skinny_matmul`); above, the `gemm` crate's packing of the
+/// weight pays for itself.
+const SKINNY_MAX_ROWS: usize = 16;
+
 /// `y = x · Wᵀ (+ b)`: x is rows×k, W is m×k (out × in), y is rows×m.
 pub fn linear_forward(
     x: &[f32],
-    weight: &[f32],
+    weight: WeightRows,
     bias: Option<&[f32]>,
     (rows, k, m): (usize, usize, usize),
 ) -> Vec<f32> {
     let mut y = vec![0.0; rows * m];
+    if rows <= SKINNY_MAX_ROWS {
+        skinny_matmul(&mut y, x, weight, (rows, m, k));
+        if let Some(b) = bias {
+            for row in y.chunks_exact_mut(m.max(1)) {
+                row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
+            }
+        }
+        return y;
+    }
     // Starting from the broadcast bias lets the GEMM add the product in its own pass.
     if let Some(b) = bias {
         y.par_chunks_mut(m.max(1))
@@ -27,7 +41,7 @@ pub fn linear_forward(
         &mut y,
         x,
         Transpose::No,
-        weight,
+        &weight.to_f32(),
         Transpose::Yes,
         (rows, m, k),
         bias.is_some(),

@@ -9,22 +9,22 @@ use crate::autograd::Backward;
 use crate::tensor::Storage;
 use crate::{Error, Result, Shape, Tensor};
 
-/// `x · weightᵀ + bias`: x [..., K], weight [M, K], bias [M] → [..., M].
+/// `x · weightᵀ + bias`: x [..., K], weight [M, K], bias [M] → [..., M]. The weight may
+/// be f32 or bf16 (widened as it is read); x and bias are f32.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let dims = check_shapes(x, weight, bias)?;
-    let mut inputs = vec![x, weight];
-    inputs.extend(bias);
-    super::expect_f32("linear", &inputs)?;
+    let mut activations = vec![x];
+    activations.extend(bias);
+    super::expect_f32("linear", &activations)?;
 
     let y = {
+        let stored = weight.read_storage();
+        let w = super::weight_rows("linear", weight, &stored)?;
         let bias_data = bias.map(|b| b.read_f32()).transpose()?;
-        cpu::linear_forward(
-            &x.read_f32()?,
-            &weight.read_f32()?,
-            bias_data.as_deref(),
-            dims,
-        )
+        cpu::linear_forward(&x.read_f32()?, w, bias_data.as_deref(), dims)
     };
+    let mut inputs = vec![x, weight];
+    inputs.extend(bias);
     let mut out_dims = x.dims().to_vec();
     *out_dims.last_mut().expect("x has rank >= 1") = dims.2;
     Ok(Tensor::from_op(
@@ -97,7 +97,9 @@ impl Backward for LinearBackward {
         }
         // Frozen operands (a teacher's weights, an input without history) cost no GEMM.
         let dx = if x.requires_grad() {
-            let dx = cpu::input_grad(&dy, &weight.read_f32()?, self.dims);
+            let stored = weight.read_storage();
+            let w = super::weight_rows("linear", weight, &stored)?.to_f32();
+            let dx = cpu::input_grad(&dy, &w, self.dims);
             Some(Tensor::from_vec(dx, x.shape().clone())?)
         } else {
             None

@@ -168,3 +168,68 @@ fn weight_of_wrong_rank_and_scalar_input_are_errors() {
         .to_string();
     assert!(err.contains("scalar"), "{err}");
 }
+
+/// Decode-sized inputs (the small-m path, up to and past its row limit), with a bias,
+/// against naive loops.
+#[test]
+fn forward_of_few_rows_matches_naive_loops() {
+    let mut rng = Rng::new(16);
+    let (k, m) = (45, 70);
+    let w = random(&mut rng, &[m, k]);
+    let b = random(&mut rng, &[m]);
+    for rows in [1, 2, 5, 9, 16, 17] {
+        let x = random(&mut rng, &[rows, k]);
+        let y = linear(&x, &w, Some(&b)).unwrap();
+        let want = naive_forward(
+            &x.to_vec_f32(),
+            &w.to_vec_f32(),
+            Some(&b.to_vec_f32()),
+            rows,
+            k,
+        );
+        assert_close(&y.to_vec_f32(), &want, 1e-5, &format!("{rows} rows"));
+    }
+}
+
+/// A bf16 weight computes as its exact f32 widening, forward (few rows and many) and
+/// in the input gradient.
+#[test]
+fn bf16_weight_acts_as_its_f32_widening() {
+    let mut rng = Rng::new(17);
+    let w = random(&mut rng, &[33, 21]).to_dtype(DType::BF16);
+    let widened = w.to_dtype(DType::F32);
+    let b = random(&mut rng, &[33]);
+    for rows in [1, 3, 40] {
+        let x = random(&mut rng, &[rows, 21]).into_param();
+        let y = linear(&x, &w, Some(&b)).unwrap();
+        let want = linear(&x, &widened, Some(&b)).unwrap();
+        assert_close(&y.to_vec_f32(), &want.to_vec_f32(), 1e-6, "y");
+        let dy = random(&mut rng, &[rows, 33]);
+        let dx = y.backward_with(dy.clone()).unwrap();
+        let want_dx = want.backward_with(dy).unwrap();
+        assert_close(
+            &dx.get(&x).unwrap().to_vec_f32(),
+            &want_dx.get(&x).unwrap().to_vec_f32(),
+            1e-6,
+            "dx",
+        );
+    }
+}
+
+#[test]
+fn f16_weight_is_an_error() {
+    let x = Tensor::zeros([2, 5], DType::F32);
+    let w = Tensor::zeros([4, 5], DType::F16);
+    let err = linear(&x, &w, None).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::DType {
+                op: "linear",
+                got: DType::F16,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}

@@ -14,6 +14,15 @@ pub struct RopeTable {
 }
 
 impl RopeTable {
+    pub fn head_dim(&self) -> usize {
+        2 * self.half
+    }
+
+    /// Number of tokens (positions) the table was built for.
+    pub fn tokens(&self) -> usize {
+        self.row_of_token.len()
+    }
+
     pub fn new(positions: &[u32], head_dim: usize, theta: f32) -> Self {
         let half = head_dim / 2;
         let inv_freq = inverse_frequencies(head_dim, theta);

@@ -3,7 +3,10 @@
 
 mod cpu;
 
-use cpu::{RopeTable, Rotation};
+use std::sync::Arc;
+
+pub use cpu::RopeTable;
+use cpu::Rotation;
 
 use crate::autograd::Backward;
 use crate::tensor::Storage;
@@ -13,46 +16,26 @@ use crate::{Error, Result, Tensor};
 /// position per token, a token being one index into the leading dimensions (so
 /// positions.len() is their product). `theta` is the model's rope_theta.
 pub fn rope(x: &Tensor, positions: &[u32], theta: f32) -> Result<Tensor> {
-    super::expect_f32("rope", &[x])?;
-    let (heads, head_dim) = check_shapes(x, positions, theta)?;
-    let table = RopeTable::new(positions, head_dim, theta);
-    let out = cpu::rotate(&x.read_f32()?, &table, heads, Rotation::Forward);
-    Ok(Tensor::from_op(
-        Storage::F32(out),
-        x.shape().clone(),
-        &[x],
-        RopeBackward { table, heads },
-    ))
-}
-
-/// Returns (H, Dh) once the shapes and theta are known to be usable.
-fn check_shapes(x: &Tensor, positions: &[u32], theta: f32) -> Result<(usize, usize)> {
-    let dims = x.dims();
-    if dims.len() < 2 {
-        return Err(Error::shape(
-            "rope",
-            format!(
-                "x must be [..., H, Dh] (rank >= 2), got shape {}",
-                x.shape()
-            ),
-        ));
+    if x.shape().rank() < 2 {
+        return Err(rank_error(x));
     }
-    let (heads, head_dim) = (dims[dims.len() - 2], dims[dims.len() - 1]);
-    if head_dim % 2 != 0 {
+    let head_dim = x.shape().dim(-1);
+    if !head_dim.is_multiple_of(2) {
         return Err(Error::shape(
             "rope",
             format!("head dim Dh of x must be even, got shape {}", x.shape()),
         ));
     }
-    let tokens: usize = dims[..dims.len() - 2].iter().product();
-    if tokens != positions.len() {
+    rope_with_table(x, &rope_table(positions, head_dim, theta)?)
+}
+
+/// The cos/sin table of `positions` for heads of `head_dim`: built once, it serves
+/// every tensor rotated at those positions (q and k of every layer).
+pub fn rope_table(positions: &[u32], head_dim: usize, theta: f32) -> Result<Arc<RopeTable>> {
+    if !head_dim.is_multiple_of(2) {
         return Err(Error::shape(
             "rope",
-            format!(
-                "x of shape {} has {tokens} tokens (product of the dims before [H, Dh]) but {} positions were given",
-                x.shape(),
-                positions.len()
-            ),
+            format!("head dim Dh must be even, got {head_dim}"),
         ));
     }
     if !(theta.is_finite() && theta > 0.0) {
@@ -61,12 +44,69 @@ fn check_shapes(x: &Tensor, positions: &[u32], theta: f32) -> Result<(usize, usi
             format!("theta must be a positive finite number, got {theta}"),
         ));
     }
-    Ok((heads, head_dim))
+    Ok(Arc::new(RopeTable::new(positions, head_dim, theta)))
+}
+
+/// [`rope`] with a table from [`rope_table`], whose positions and head dim must be x's.
+pub fn rope_with_table(x: &Tensor, table: &Arc<RopeTable>) -> Result<Tensor> {
+    super::expect_f32("rope", &[x])?;
+    let heads = check_shapes(x, table)?;
+    let out = cpu::rotate(&x.read_f32()?, table, heads, Rotation::Forward);
+    Ok(Tensor::from_op(
+        Storage::F32(out),
+        x.shape().clone(),
+        &[x],
+        RopeBackward {
+            table: Arc::clone(table),
+            heads,
+        },
+    ))
+}
+
+fn rank_error(x: &Tensor) -> Error {
+    Error::shape(
+        "rope",
+        format!(
+            "x must be [..., H, Dh] (rank >= 2), got shape {}",
+            x.shape()
+        ),
+    )
+}
+
+/// Returns H once x's shape is known to fit the table.
+fn check_shapes(x: &Tensor, table: &RopeTable) -> Result<usize> {
+    let dims = x.dims();
+    if dims.len() < 2 {
+        return Err(rank_error(x));
+    }
+    let (heads, head_dim) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+    if head_dim != table.head_dim() {
+        return Err(Error::shape(
+            "rope",
+            format!(
+                "x of shape {} has head dim {head_dim} but the table was built for {}",
+                x.shape(),
+                table.head_dim()
+            ),
+        ));
+    }
+    let tokens: usize = dims[..dims.len() - 2].iter().product();
+    if tokens != table.tokens() {
+        return Err(Error::shape(
+            "rope",
+            format!(
+                "x of shape {} has {tokens} tokens (product of the dims before [H, Dh]) but {} positions were given",
+                x.shape(),
+                table.tokens()
+            ),
+        ));
+    }
+    Ok(heads)
 }
 
 /// The rotation is orthogonal, so its backward is the inverse rotation of the gradient.
 struct RopeBackward {
-    table: RopeTable,
+    table: Arc<RopeTable>,
     heads: usize,
 }
 
