@@ -12,6 +12,8 @@ use crate::ops::attention::AttentionDims;
 use crate::ops::cross_entropy::cuda::{cross_entropy_fused, device_targets};
 use crate::ops::embedding::cuda::{embedding_backward, embedding_forward};
 use crate::ops::rmsnorm::cuda::{rmsnorm_backward, rmsnorm_forward};
+use crate::ops::rope::cuda::{rope_in_place, DeviceRopeTable};
+use crate::ops::rope::RopeTable;
 use crate::ops::swiglu::cuda::{swiglu_backward, swiglu_forward};
 use crate::optim::cuda::{adamw_update, grad_norm, AdamwBuffers, AdamwPlan, FlatSegment};
 use crate::optim::AdamWConfig;
@@ -82,6 +84,7 @@ pub fn bench_kernels(gpu: &Gpu, scale: Scale) -> Result<Vec<KernelTiming>> {
     let s = scale.shapes();
     let mut out = rmsnorm(gpu, &s)?;
     out.extend(embedding(gpu, &s)?);
+    out.extend(rope(gpu, &s)?);
     out.push(cross_entropy(gpu, &s)?);
     out.extend(elementwise(gpu, &s)?);
     out.extend(optimizer(gpu, &s)?);
@@ -364,6 +367,43 @@ fn attention(gpu: &Gpu, s: &Shapes) -> Result<Vec<KernelTiming>> {
             shape,
             None,
             Some(2.5 * flops),
+            backward,
+        ),
+    ])
+}
+
+/// q and k of every token rotated in place (positions 0..seq repeated per row, as in a
+/// step of 16 rows of 1024); the backward is the same kernel with sin negated.
+fn rope(gpu: &Gpu, s: &Shapes) -> Result<Vec<KernelTiming>> {
+    let mut rng = Rng::new(7);
+    let (n, q_heads, kv_heads, head_dim) = (s.tokens, 14, 2, 64);
+    let positions: Vec<u32> = (0..n).map(|t| (t % s.attention_seq) as u32).collect();
+    let table = DeviceRopeTable::new(gpu, &RopeTable::new(&positions, head_dim, 1e6))?;
+    let mut q = random_bf16(gpu, &mut rng, n * q_heads * head_dim)?;
+    let mut k = random_bf16(gpu, &mut rng, n * kv_heads * head_dim)?;
+    let mut time = |inverse| {
+        gpu.time_ms(s.runs, || {
+            rope_in_place(gpu, (&mut q, &mut k), (q_heads, kv_heads), &table, inverse)
+        })
+    };
+    let (forward, backward) = (time(false)?, time(true)?);
+    let bytes = 4.0 * (n * (q_heads + kv_heads) * head_dim) as f64;
+    let shape = format!("q{n}x{q_heads}x{head_dim} k{kv_heads}");
+    Ok(vec![
+        timing(
+            "rope_forward",
+            ("rope (HF)", "fwd"),
+            shape.clone(),
+            Some(bytes),
+            None,
+            forward,
+        ),
+        timing(
+            "rope_backward",
+            ("rope (HF)", "bwd"),
+            shape,
+            Some(bytes),
+            None,
             backward,
         ),
     ])

@@ -30,6 +30,7 @@ pub const SOURCES: &[(&str, &str)] = &[
         include_str!("../../../kernels/embedding.cu"),
     ),
     ("rmsnorm.cu", include_str!("../../../kernels/rmsnorm.cu")),
+    ("rope.cu", include_str!("../../../kernels/rope.cu")),
     ("add.cu", include_str!("../../../kernels/add.cu")),
     ("swiglu.cu", include_str!("../../../kernels/swiglu.cu")),
     ("cast.cu", include_str!("../../../kernels/cast.cu")),

@@ -149,7 +149,12 @@ mod tests {
             );
             for bias in [None, Some(&gb)] {
                 let y = linear_forward(&gpu, &gx, &gw, bias, (rows, k, m)).unwrap();
-                let y_ref = cpu(&x, &w, bias.map(|_| &b[..]), (rows, k, m));
+                let y_ref = cpu(
+                    &x,
+                    crate::backend::cpu::WeightRows::F32(&w),
+                    bias.map(|_| &b[..]),
+                    (rows, k, m),
+                );
                 assert_close_abs(&gpu.download(&y).unwrap(), &y_ref, 1e-5);
             }
             let mut dw = gpu.upload(&vec![1.0f32; m * k]).unwrap();

@@ -18,6 +18,12 @@ impl RopeTable {
         2 * self.half
     }
 
+    /// The cos and sin rows ([distinct positions, head_dim / 2]) and each token's row,
+    /// for a device to rotate by exactly these factors.
+    pub fn parts(&self) -> (&[f32], &[f32], &[usize]) {
+        (&self.cos, &self.sin, &self.row_of_token)
+    }
+
     /// Number of tokens (positions) the table was built for.
     pub fn tokens(&self) -> usize {
         self.row_of_token.len()

@@ -2,6 +2,7 @@
 //! convention. Positions are explicit per token because packed sequences restart at 0.
 
 mod cpu;
+pub mod cuda;
 
 use std::sync::Arc;
 
