@@ -32,6 +32,15 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         ops::linear(x, &self.weight, self.bias.as_ref())
     }
+
+    /// Each layer's forward of the same x, computed together ([`ops::linears`]).
+    pub fn forward_all<const N: usize>(layers: [&Linear; N], x: &Tensor) -> Result<[Tensor; N]> {
+        let params = layers.map(|l| (&l.weight, l.bias.as_ref()));
+        let outputs = ops::linears(x, &params)?;
+        Ok(outputs
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("ops::linears returns one output per layer")))
+    }
 }
 
 #[derive(Clone)]
@@ -305,18 +314,19 @@ impl Model {
         let c = &self.config;
         let n = x.shape().rows();
         let h = ops::rmsnorm(x, &layer.input_layernorm, c.rms_norm_eps)?;
-        let heads =
-            |lin: &Linear, n_heads: usize| lin.forward(&h)?.reshape([n, n_heads, c.head_dim]);
-        let q = ops::rope_with_table(&heads(&layer.q_proj, c.num_attention_heads)?, rope)?;
-        let k = ops::rope_with_table(&heads(&layer.k_proj, c.num_key_value_heads)?, rope)?;
-        let v = heads(&layer.v_proj, c.num_key_value_heads)?;
+        let [q, k, v] = Linear::forward_all([&layer.q_proj, &layer.k_proj, &layer.v_proj], &h)?;
+        let heads = |t: Tensor, n_heads: usize| t.reshape([n, n_heads, c.head_dim]);
+        let q = ops::rope_with_table(&heads(q, c.num_attention_heads)?, rope)?;
+        let k = ops::rope_with_table(&heads(k, c.num_key_value_heads)?, rope)?;
+        let v = heads(v, c.num_key_value_heads)?;
         Ok((q, k, v))
     }
 
     /// The residual MLP half of a layer: x + down(swiglu(gate(norm x), up(norm x))).
     fn mlp_block(&self, layer: &Layer, x: &Tensor) -> Result<Tensor> {
         let h = ops::rmsnorm(x, &layer.post_attention_layernorm, self.config.rms_norm_eps)?;
-        let act = ops::swiglu(&layer.gate_proj.forward(&h)?, &layer.up_proj.forward(&h)?)?;
+        let [gate, up] = Linear::forward_all([&layer.gate_proj, &layer.up_proj], &h)?;
+        let act = ops::swiglu(&gate, &up)?;
         ops::add(x, &layer.down_proj.forward(&act)?)
     }
 }

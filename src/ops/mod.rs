@@ -17,7 +17,7 @@ pub use add::add;
 pub use attention::{attention, attention_with_caches, CachedDims, CachedQueries};
 pub use cross_entropy::{cross_entropy, Reduction, IGNORE_INDEX};
 pub use embedding::embedding;
-pub use linear::linear;
+pub use linear::{linear, linears};
 pub use rmsnorm::rmsnorm;
 pub use rope::{rope, rope_table, rope_with_table, RopeTable};
 pub use swiglu::swiglu;

@@ -5,4 +5,6 @@ mod matmul;
 mod skinny;
 
 pub use matmul::{matmul, Transpose};
-pub use skinny::{skinny_matmul, skinny_matmul_with, Element, Kernel, WeightRows};
+pub use skinny::{
+    skinny_matmul, skinny_matmuls, skinny_matmuls_with, Element, Kernel, SkinnyProduct, WeightRows,
+};

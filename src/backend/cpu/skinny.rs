@@ -34,6 +34,15 @@ impl<'a> WeightRows<'a> {
         self.len() == 0
     }
 
+    /// Rows `rows` of the matrix, whose rows have `k` elements.
+    fn rows(&self, rows: std::ops::Range<usize>, k: usize) -> WeightRows<'a> {
+        let elems = rows.start * k..rows.end * k;
+        match *self {
+            WeightRows::F32(w) => WeightRows::F32(&w[elems]),
+            WeightRows::Bf16(w) => WeightRows::Bf16(&w[elems]),
+        }
+    }
+
     /// The elements as f32: borrowed when they are, widened (exactly) when bf16.
     pub fn to_f32(&self) -> Cow<'a, [f32]> {
         match *self {
@@ -95,64 +104,104 @@ const SERIAL_MACS: usize = 1 << 16;
 /// Parallel tasks per thread: several, so that work stealing evens out a busy core.
 const TASKS_PER_THREAD: usize = 4;
 
-/// `y = x · Wᵀ` (y overwritten): x is [m, k], W is [n, k], y is [m, n], all row-major.
-pub fn skinny_matmul(y: &mut [f32], x: &[f32], w: WeightRows, dims: (usize, usize, usize)) {
-    skinny_matmul_with(Kernel::best(), y, x, w, dims)
+/// One product of a [`skinny_matmuls`] call: `y = x · Wᵀ` (y overwritten), W [n, k]
+/// and y [m, n] row-major.
+pub struct SkinnyProduct<'a> {
+    pub w: WeightRows<'a>,
+    pub y: &'a mut [f32],
 }
 
-/// [`skinny_matmul`] with a chosen kernel, which must be one of [`Kernel::available`].
-pub fn skinny_matmul_with(
-    kernel: Kernel,
-    y: &mut [f32],
-    x: &[f32],
-    w: WeightRows,
-    (m, n, k): (usize, usize, usize),
-) {
-    assert_eq!(x.len(), m * k, "skinny_matmul: x length");
-    assert_eq!(w.len(), n * k, "skinny_matmul: weight length");
+/// `y = x · Wᵀ` (y overwritten): x is [m, k], W is [n, k], y is [m, n], all row-major.
+pub fn skinny_matmul(y: &mut [f32], x: &[f32], w: WeightRows, (m, n, k): (usize, usize, usize)) {
     assert_eq!(y.len(), m * n, "skinny_matmul: y length");
+    skinny_matmuls(x, (m, k), &mut [SkinnyProduct { w, y }])
+}
+
+/// Several products of the same x [m, k] (the q, k and v projections of one input, say)
+/// in one parallel pass, whose tasks are fewer and larger than separate calls' would be.
+pub fn skinny_matmuls(x: &[f32], dims: (usize, usize), products: &mut [SkinnyProduct]) {
+    skinny_matmuls_with(Kernel::best(), x, dims, products)
+}
+
+/// [`skinny_matmuls`] with a chosen kernel, which must be one of [`Kernel::available`].
+pub fn skinny_matmuls_with(
+    kernel: Kernel,
+    x: &[f32],
+    (m, k): (usize, usize),
+    products: &mut [SkinnyProduct],
+) {
     assert!(
         kernel.is_supported(),
         "skinny_matmul: {kernel:?} is not supported by this CPU"
     );
-    if m == 0 || n == 0 {
+    assert_eq!(x.len(), m * k, "skinny_matmul: x length");
+    if m == 0 {
         return;
     }
-    if m == 1 {
-        return columns(kernel, y, x, w, (m, n, k));
+    for p in products.iter() {
+        assert_eq!(p.y.len() % m, 0, "skinny_matmul: y length");
+        assert_eq!(p.w.len(), p.y.len() / m * k, "skinny_matmul: weight length");
     }
-    let mut y_t = vec![0.0; n * m];
-    columns(kernel, &mut y_t, x, w, (m, n, k));
-    for (j, col) in y_t.chunks_exact(m).enumerate() {
-        for (r, &v) in col.iter().enumerate() {
-            y[r * n + j] = v;
+    let weights: Vec<WeightRows> = products.iter().map(|p| p.w).collect();
+    if m == 1 {
+        // A single row is its own transpose: the column-major result is y.
+        let outs = products.iter_mut().map(|p| &mut *p.y).collect();
+        return columns(kernel, x, (m, k), &weights, outs);
+    }
+    let mut transposed: Vec<Vec<f32>> = products.iter().map(|p| vec![0.0; p.y.len()]).collect();
+    let outs = transposed.iter_mut().map(Vec::as_mut_slice).collect();
+    columns(kernel, x, (m, k), &weights, outs);
+    for (p, y_t) in products.iter_mut().zip(&transposed) {
+        let n = y_t.len() / m;
+        for (j, col) in y_t.chunks_exact(m).enumerate() {
+            for (r, &v) in col.iter().enumerate() {
+                p.y[r * n + j] = v;
+            }
         }
     }
 }
 
-/// Fills y_t [n, m] (column-major y), splitting the rows of W over rayon.
+/// Fills each `outs[i]` [n_i, m] (column-major x · W_iᵀ), splitting the rows of all the
+/// weights over rayon in tasks of equal size.
 fn columns(
     kernel: Kernel,
-    y_t: &mut [f32],
     x: &[f32],
-    w: WeightRows,
-    (m, n, k): (usize, usize, usize),
+    (m, k): (usize, usize),
+    weights: &[WeightRows],
+    outs: Vec<&mut [f32]>,
 ) {
-    let run = |first: usize, out: &mut [f32]| {
-        let rows = first * k..(first + out.len() / m) * k;
-        match w {
-            WeightRows::F32(w) => block(kernel, out, x, &w[rows], m, k),
-            WeightRows::Bf16(w) => block(kernel, out, x, &w[rows], m, k),
-        }
-    };
-    if m * n * k < SERIAL_MACS {
-        return run(0, y_t);
+    let total_rows: usize = outs.iter().map(|o| o.len() / m).sum();
+    if total_rows == 0 {
+        return;
     }
-    let tasks = TASKS_PER_THREAD * rayon::current_num_threads();
-    let rows_per_task = n.div_ceil(tasks).next_multiple_of(TILE_ROWS);
-    y_t.par_chunks_mut(rows_per_task * m)
-        .enumerate()
-        .for_each(|(task, out)| run(task * rows_per_task, out));
+    let serial = m * total_rows * k < SERIAL_MACS;
+    let rows_per_task = if serial {
+        total_rows
+    } else {
+        let tasks = TASKS_PER_THREAD * rayon::current_num_threads();
+        total_rows.div_ceil(tasks).next_multiple_of(TILE_ROWS)
+    };
+    let tasks: Vec<(WeightRows, &mut [f32])> = weights
+        .iter()
+        .zip(outs)
+        .flat_map(|(&w, out)| {
+            out.chunks_mut(rows_per_task * m)
+                .enumerate()
+                .map(move |(i, chunk)| {
+                    let first = i * rows_per_task;
+                    (w.rows(first..first + chunk.len() / m, k), chunk)
+                })
+        })
+        .collect();
+    let run = |(w, out): (WeightRows, &mut [f32])| match w {
+        WeightRows::F32(w) => block(kernel, out, x, w, m, k),
+        WeightRows::Bf16(w) => block(kernel, out, x, w, m, k),
+    };
+    if serial {
+        tasks.into_iter().for_each(run);
+    } else {
+        tasks.into_par_iter().for_each(run);
+    }
 }
 
 /// W rows dotted together by one SIMD tile (sharing each load of an x chunk).
@@ -170,7 +219,7 @@ fn block<T: Element>(kernel: Kernel, out: &mut [f32], x: &[f32], w: &[T], m: usi
     }
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: skinny_matmul_with checked that the CPU runs this kernel.
+        // SAFETY: skinny_matmuls_with checked that the CPU runs this kernel.
         Kernel::Avx512 => unsafe { avx512::block(out, x, w, m, k) },
         _ => portable_block(out, x, w, m, k),
     }
@@ -456,18 +505,18 @@ mod tests {
         let w_widened: Vec<f32> = w_bf16.iter().map(|v| v.to_f32()).collect();
         let what = format!("{kernel:?} m={m} n={n} k={k}");
 
-        let mut y = vec![f32::NAN; m * n];
-        skinny_matmul_with(kernel, &mut y, &x, WeightRows::F32(&w), dims);
+        let y = product(kernel, &x, WeightRows::F32(&w), dims);
         assert_close(&y, &reference(&x, &w, dims), k, &format!("{what} f32"));
+        let y = product(kernel, &x, WeightRows::Bf16(&w_bf16), dims);
+        let want = reference(&x, &w_widened, dims);
+        assert_close(&y, &want, k, &format!("{what} bf16"));
+    }
 
+    fn product(kernel: Kernel, x: &[f32], w: WeightRows, dims: (usize, usize, usize)) -> Vec<f32> {
+        let (m, n, k) = dims;
         let mut y = vec![f32::NAN; m * n];
-        skinny_matmul_with(kernel, &mut y, &x, WeightRows::Bf16(&w_bf16), dims);
-        assert_close(
-            &y,
-            &reference(&x, &w_widened, dims),
-            k,
-            &format!("{what} bf16"),
-        );
+        skinny_matmuls_with(kernel, x, (m, k), &mut [SkinnyProduct { w, y: &mut y }]);
+        y
     }
 
     #[test]
@@ -492,14 +541,45 @@ mod tests {
         }
     }
 
+    /// Products of one x in one call, f32 and bf16 mixed, one of them empty, each equal
+    /// to its own reference.
+    #[test]
+    fn several_products_in_one_pass() {
+        let mut rng = Rng::new(7);
+        let (k, ns) = (67, [301, 0, 45, 130]);
+        let ws: Vec<Vec<f32>> = ns.iter().map(|&n| rng.normal_vec(n * k, 1.0)).collect();
+        let w_bf16: Vec<bf16> = ws[2].iter().map(|&v| bf16::from_f32(v)).collect();
+        let w_widened: Vec<f32> = w_bf16.iter().map(|v| v.to_f32()).collect();
+        let stored = |i: usize| match i {
+            2 => WeightRows::Bf16(&w_bf16),
+            _ => WeightRows::F32(&ws[i]),
+        };
+        for kernel in Kernel::available() {
+            for m in [1, 3, 8] {
+                let x = rng.normal_vec(m * k, 1.0);
+                let mut ys: Vec<Vec<f32>> = ns.iter().map(|&n| vec![f32::NAN; m * n]).collect();
+                let mut products: Vec<SkinnyProduct> = ys
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(i, y)| SkinnyProduct { w: stored(i), y })
+                    .collect();
+                skinny_matmuls_with(kernel, &x, (m, k), &mut products);
+                for (i, (y, &n)) in ys.iter().zip(&ns).enumerate() {
+                    let w = if i == 2 { &w_widened } else { &ws[i] };
+                    let what = format!("{kernel:?} m={m} product {i}");
+                    assert_close(y, &reference(&x, w, (m, n, k)), k, &what);
+                }
+            }
+        }
+    }
+
     #[test]
     fn empty_products() {
         for kernel in Kernel::available() {
-            let mut y = vec![f32::NAN; 6];
-            skinny_matmul_with(kernel, &mut y, &[], WeightRows::F32(&[]), (2, 3, 0));
+            let y = product(kernel, &[], WeightRows::F32(&[]), (2, 3, 0));
             assert_eq!(y, vec![0.0; 6]);
-            skinny_matmul_with(kernel, &mut [], &[1.0; 4], WeightRows::F32(&[]), (2, 0, 2));
-            skinny_matmul_with(kernel, &mut [], &[], WeightRows::F32(&[1.0; 4]), (0, 2, 2));
+            assert!(product(kernel, &[1.0; 4], WeightRows::F32(&[]), (2, 0, 2)).is_empty());
+            assert!(product(kernel, &[], WeightRows::F32(&[1.0; 4]), (0, 2, 2)).is_empty());
         }
     }
 }

@@ -2,6 +2,14 @@
 
 use rayon::prelude::*;
 
+/// Elements per parallel task at least: a decode step's few rows are summed on the
+/// calling thread, where waking another would cost more than the sum.
+const MIN_ELEMS_PER_TASK: usize = 1 << 14;
+
 pub fn add_forward(a: &[f32], b: &[f32]) -> Vec<f32> {
-    a.par_iter().zip(b.par_iter()).map(|(x, y)| x + y).collect()
+    a.par_iter()
+        .zip(b.par_iter())
+        .with_min_len(MIN_ELEMS_PER_TASK)
+        .map(|(x, y)| x + y)
+        .collect()
 }

@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use crate::backend::cpu::{matmul, skinny_matmul, Transpose, WeightRows};
+use crate::backend::cpu::{matmul, skinny_matmuls, SkinnyProduct, Transpose, WeightRows};
 
 /// Columns summed by one task of `bias_grad`: contiguous enough per row to stream
 /// well, small enough to spread a hidden-size bias over the cores.
@@ -15,23 +15,48 @@ const BIAS_COLUMNS_PER_TASK: usize = 128;
 /// weight pays for itself.
 const SKINNY_MAX_ROWS: usize = 16;
 
-/// `y = x · Wᵀ (+ b)`: x is rows×k, W is m×k (out × in), y is rows×m.
-pub fn linear_forward(
+/// `y_i = x · W_iᵀ (+ b_i)` for each weight: x is rows×k, W_i is m_i×k (out × in) with
+/// m_i = `out_features[i]`, y_i is rows×m_i.
+pub fn linears_forward(
+    x: &[f32],
+    weights: &[WeightRows],
+    biases: &[Option<&[f32]>],
+    out_features: &[usize],
+    (rows, k): (usize, usize),
+) -> Vec<Vec<f32>> {
+    if rows > SKINNY_MAX_ROWS {
+        return weights
+            .iter()
+            .zip(biases)
+            .zip(out_features)
+            .map(|((&w, &b), &m)| gemm_forward(x, w, b, (rows, k, m)))
+            .collect();
+    }
+    let mut ys: Vec<Vec<f32>> = out_features.iter().map(|&m| vec![0.0; rows * m]).collect();
+    let mut products: Vec<SkinnyProduct> = weights
+        .iter()
+        .zip(ys.iter_mut())
+        .map(|(&w, y)| SkinnyProduct { w, y })
+        .collect();
+    skinny_matmuls(x, (rows, k), &mut products);
+    for ((y, bias), &m) in ys.iter_mut().zip(biases).zip(out_features) {
+        if let Some(b) = bias {
+            for row in y.chunks_exact_mut(m.max(1)) {
+                row.iter_mut().zip(*b).for_each(|(y, b)| *y += b);
+            }
+        }
+    }
+    ys
+}
+
+/// `y = x · Wᵀ (+ b)` through the `gemm` crate (a bf16 W widened first).
+fn gemm_forward(
     x: &[f32],
     weight: WeightRows,
     bias: Option<&[f32]>,
     (rows, k, m): (usize, usize, usize),
 ) -> Vec<f32> {
     let mut y = vec![0.0; rows * m];
-    if rows <= SKINNY_MAX_ROWS {
-        skinny_matmul(&mut y, x, weight, (rows, m, k));
-        if let Some(b) = bias {
-            for row in y.chunks_exact_mut(m.max(1)) {
-                row.iter_mut().zip(b).for_each(|(y, b)| *y += b);
-            }
-        }
-        return y;
-    }
     // Starting from the broadcast bias lets the GEMM add the product in its own pass.
     if let Some(b) = bias {
         y.par_chunks_mut(m.max(1))

@@ -12,27 +12,55 @@ use crate::{Error, Result, Shape, Tensor};
 /// `x · weightᵀ + bias`: x [..., K], weight [M, K], bias [M] → [..., M]. The weight may
 /// be f32 or bf16 (widened as it is read); x and bias are f32.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let dims = check_shapes(x, weight, bias)?;
+    let mut y = linears(x, &[(weight, bias)])?;
+    Ok(y.pop().expect("one output per layer"))
+}
+
+/// [`linear`] of the same x with each (weight, bias) of `layers` (a layer's q, k and v
+/// projections; its gate and up). At a decode step's few rows the products share one
+/// parallel pass; the outputs and their gradients are those of separate calls.
+pub fn linears(x: &Tensor, layers: &[(&Tensor, Option<&Tensor>)]) -> Result<Vec<Tensor>> {
+    let dims = layers
+        .iter()
+        .map(|&(w, b)| check_shapes(x, w, b))
+        .collect::<Result<Vec<_>>>()?;
     let mut activations = vec![x];
-    activations.extend(bias);
+    activations.extend(layers.iter().filter_map(|&(_, b)| b));
     super::expect_f32("linear", &activations)?;
 
-    let y = {
-        let stored = weight.read_storage();
-        let w = super::weight_rows("linear", weight, &stored)?;
-        let bias_data = bias.map(|b| b.read_f32()).transpose()?;
-        cpu::linear_forward(&x.read_f32()?, w, bias_data.as_deref(), dims)
+    let ys = {
+        let stored: Vec<_> = layers.iter().map(|(w, _)| w.read_storage()).collect();
+        let weights = layers
+            .iter()
+            .zip(&stored)
+            .map(|((w, _), s)| super::weight_rows("linear", w, s))
+            .collect::<Result<Vec<_>>>()?;
+        let biases = layers
+            .iter()
+            .map(|(_, b)| b.map(|b| b.read_f32()).transpose())
+            .collect::<Result<Vec<_>>>()?;
+        let biases: Vec<Option<&[f32]>> = biases.iter().map(|b| b.as_deref()).collect();
+        let out_features: Vec<usize> = dims.iter().map(|d| d.2).collect();
+        let (rows, k) = (x.shape().rows(), x.shape().dim(-1));
+        cpu::linears_forward(&x.read_f32()?, &weights, &biases, &out_features, (rows, k))
     };
-    let mut inputs = vec![x, weight];
-    inputs.extend(bias);
-    let mut out_dims = x.dims().to_vec();
-    *out_dims.last_mut().expect("x has rank >= 1") = dims.2;
-    Ok(Tensor::from_op(
-        Storage::F32(y),
-        Shape::from(out_dims),
-        &inputs,
-        LinearBackward { dims },
-    ))
+    Ok(ys
+        .into_iter()
+        .zip(layers)
+        .zip(dims)
+        .map(|((y, &(weight, bias)), dims)| {
+            let mut inputs = vec![x, weight];
+            inputs.extend(bias);
+            let mut out_dims = x.dims().to_vec();
+            *out_dims.last_mut().expect("x has rank >= 1") = dims.2;
+            Tensor::from_op(
+                Storage::F32(y),
+                Shape::from(out_dims),
+                &inputs,
+                LinearBackward { dims },
+            )
+        })
+        .collect())
 }
 
 /// Validates the operands and returns (rows, K, M).

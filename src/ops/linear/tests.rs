@@ -233,3 +233,44 @@ fn f16_weight_is_an_error() {
         "{err}"
     );
 }
+
+/// Several layers of one input in one call: each output and each gradient equals that
+/// of a separate `linear` call, at decode-sized and training-sized row counts.
+#[test]
+fn linears_equal_separate_calls_forward_and_backward() {
+    let mut rng = Rng::new(18);
+    let k = 29;
+    let w1 = random(&mut rng, &[40, k]).into_param();
+    let w2 = random(&mut rng, &[7, k]).to_dtype(DType::BF16);
+    let b2 = random(&mut rng, &[7]).into_param();
+    for rows in [1, 6, 30] {
+        let x = random(&mut rng, &[rows, k]).into_param();
+        let [y1, y2]: [Tensor; 2] = linears(&x, &[(&w1, None), (&w2, Some(&b2))])
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let want1 = linear(&x, &w1, None).unwrap();
+        let want2 = linear(&x, &w2, Some(&b2)).unwrap();
+        assert_close(&y1.to_vec_f32(), &want1.to_vec_f32(), 1e-6, "y1");
+        assert_close(&y2.to_vec_f32(), &want2.to_vec_f32(), 1e-6, "y2");
+
+        let loss = |a: &Tensor, b: &Tensor| {
+            let dy1 = Tensor::from_vec(vec![0.5; rows * 40], [rows, 40]).unwrap();
+            let g1 = a.backward_with(dy1).unwrap();
+            let dy2 = Tensor::from_vec(vec![-1.5; rows * 7], [rows, 7]).unwrap();
+            let g2 = b.backward_with(dy2).unwrap();
+            (g1, g2)
+        };
+        let (g1, g2) = loss(&y1, &y2);
+        let (want_g1, want_g2) = loss(&want1, &want2);
+        for (got, want, t, what) in [
+            (&g1, &want_g1, &x, "dx via y1"),
+            (&g1, &want_g1, &w1, "dw1"),
+            (&g2, &want_g2, &x, "dx via y2"),
+            (&g2, &want_g2, &b2, "db2"),
+        ] {
+            let (got, want) = (got.get(t).unwrap(), want.get(t).unwrap());
+            assert_close(&got.to_vec_f32(), &want.to_vec_f32(), 1e-6, what);
+        }
+    }
+}

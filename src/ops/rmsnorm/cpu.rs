@@ -7,6 +7,10 @@ use rayon::prelude::*;
 /// any machine.
 const WEIGHT_GRAD_BLOCK_ROWS: usize = 64;
 
+/// Elements per parallel task of the forward at least: a decode step's few rows are
+/// normalised on the calling thread, where waking another would cost more.
+const MIN_ELEMS_PER_TASK: usize = 1 << 14;
+
 /// `(y, rstd)`: per row of `x` (length `weight.len()`, nonzero),
 /// `rstd = 1 / sqrt(mean(x²) + eps)` and `y = weight * (x * rstd)`, multiplied in
 /// that order as Hugging Face does.
@@ -17,6 +21,7 @@ pub fn rmsnorm_forward(x: &[f32], weight: &[f32], eps: f32) -> (Vec<f32>, Vec<f3
     y.par_chunks_mut(dim)
         .zip(rstd.par_iter_mut())
         .zip(x.par_chunks(dim))
+        .with_min_len(MIN_ELEMS_PER_TASK.div_ceil(dim))
         .for_each(|((y_row, row_rstd), x_row)| {
             *row_rstd = reciprocal_rms(x_row, eps);
             for ((y, &x), &w) in y_row.iter_mut().zip(x_row).zip(weight) {

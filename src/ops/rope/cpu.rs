@@ -3,6 +3,10 @@
 
 use rayon::prelude::*;
 
+/// Elements per parallel task at least: a decode step's few tokens are rotated on the
+/// calling thread, where waking another would cost more than the rotation.
+const MIN_ELEMS_PER_TASK: usize = 1 << 14;
+
 /// cos and sin of every angle one call needs: a row of Dh/2 entries per distinct
 /// position (in training the batch rows share positions, so this is far smaller than
 /// one row per token), and the row each token uses.
@@ -91,6 +95,7 @@ pub fn rotate(x: &[f32], table: &RopeTable, heads: usize, rotation: Rotation) ->
     out.par_chunks_mut(heads * head_dim)
         .zip(x.par_chunks(heads * head_dim))
         .zip(table.row_of_token.par_iter())
+        .with_min_len(MIN_ELEMS_PER_TASK.div_ceil(heads * head_dim))
         .for_each(|((out_token, x_token), &row)| {
             let cos = &table.cos[row * table.half..(row + 1) * table.half];
             let sin = &table.sin[row * table.half..(row + 1) * table.half];
