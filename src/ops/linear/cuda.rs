@@ -140,7 +140,13 @@ mod tests {
         let w = rng.normal_vec(m * k, 1.0);
         let b = rng.normal_vec(m, 1.0);
         let dy = rng.normal_vec(rows * m, 1.0);
-        let cpu = super::super::cpu::linear_forward;
+        let cpu = |x: &[f32],
+                   w: crate::backend::cpu::WeightRows,
+                   b: Option<&[f32]>,
+                   dims: (usize, usize, usize)| {
+            let (rows, k, m) = dims;
+            super::super::cpu::linears_forward(x, &[w], &[b], &[m], (rows, k)).remove(0)
+        };
         for gpu in test_gpus() {
             let (gx, gw, gb) = (
                 gpu.upload(&x).unwrap(),
