@@ -1,7 +1,8 @@
 //! Generation throughput on the real SmolLM2-135M-Instruct (fetched by
 //! tools/fetch-test-models.sh), stored in f32 and in bf16 (loaded with
 //! `Model::load_for_inference`, so the bf16 matrices stay bf16): prefill tokens/s on a
-//! 256-token prompt, and greedy decode tokens/s at batch 1 and batch 8. The PyTorch side
+//! 256-token prompt, and greedy decode tokens/s at batch 1, 8 and 32 (issue 5's sampling
+//! throughput). The PyTorch side
 //! is tools/bench_torch_generate.py, run in the same sitting; the README's table holds
 //! both.
 
@@ -57,7 +58,7 @@ fn bench_model(c: &mut Criterion, name: &str, dir: &str) {
     // measures transformers' generate: the prompts' prefill and the setup cancel out,
     // leaving 63 decode steps.
     group.sampling_mode(SamplingMode::Flat);
-    for batch in [1usize, 8] {
+    for batch in [1usize, 8, 32] {
         let prompts: Vec<Vec<u32>> = (0..batch).map(|s| prompt(s, 32)).collect();
         group.throughput(Throughput::Elements((batch * (NEW_TOKENS - 1)) as u64));
         group.bench_function(format!("greedy_decode_batch{batch}"), |b| {

@@ -13,7 +13,7 @@ Runs, each a checkpoint loaded with a torch dtype:
 Each run measures, on this machine's CPU (torch.set_num_threads(nproc) unless --threads):
   prefill   one forward over a ~256-token prompt (GSM8K text), use_cache=True: tokens/s
   decode    greedy model.generate, 64 new tokens (min_new_tokens=64, so EOS cannot cut it
-            short), at batch 1 and batch 8 (left-padded chat prompts). Decode time is
+            short), at batch 1, 8 and 32 (left-padded chat prompts, cycled past the list). Decode time is
             t(64 new tokens) - t(1 new token), so prefill and setup cancel out:
             tokens/s = batch * 63 / that
   loop      the batch-1 decode again as a hand-written forward + argmax loop over the
@@ -90,7 +90,7 @@ PROMPTS = [
 
 
 def bench_run(folder, dtype, args, gsm8k_text, bandwidth):
-    """Prefill, generate at batch 1 and 8, and the hand-written batch-1 loop."""
+    """Prefill, generate at batch 1, 8 and 32, and the hand-written batch-1 loop."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(folder)
@@ -114,9 +114,10 @@ def bench_run(folder, dtype, args, gsm8k_text, bandwidth):
 
     tok.padding_side = "left"
     res["decode"] = {}
-    for batch in (1, 8):
+    for batch in (1, 8, 32):
+        prompts = [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
         texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-                 for p in PROMPTS[:batch]]
+                 for p in prompts]
         enc = tok(texts, add_special_tokens=False, padding=True, return_tensors="pt")
 
         def gen(n):
