@@ -75,3 +75,11 @@ impl Rng {
             .collect()
     }
 }
+
+/// FNV-1a over `bytes`: a stable 64-bit hash for seeds and cache names (the same on
+/// every platform and run, unlike std's randomised hasher).
+pub fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}

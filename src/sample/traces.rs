@@ -172,12 +172,7 @@ fn prompt_ids(
 /// The seed of one trace's random stream, from the run's seed, the question id and the
 /// sample index (FNV-1a over the id, mixed through the generator's seeding).
 pub(crate) fn trace_seed(seed: u64, id: &TraceId, sample: u64) -> u64 {
-    let id_hash = id
-        .to_string()
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-        });
+    let id_hash = crate::rng::fnv1a(id.to_string().bytes());
     Rng::new(seed ^ id_hash.rotate_left(17) ^ sample.wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64()
 }
 

@@ -1,6 +1,7 @@
 //! Launchers of kernels/cast.cu: f32 to bf16 (round to nearest even, as
 //! `half::bf16::from_f32`) and bf16 to f32 (exact).
 
+use bytemuck::Pod;
 use half::bf16;
 
 use super::{Gpu, GpuBuffer, KernelArg, LaunchConfig};
@@ -11,39 +12,26 @@ const PER_THREAD: usize = 8;
 
 /// `x` rounded to bf16.
 pub fn cast_f32_to_bf16(gpu: &Gpu, x: &GpuBuffer<f32>) -> Result<GpuBuffer<bf16>> {
-    let mut y = gpu.zeros::<bf16>(x.len())?;
-    let args = [
-        KernelArg::output(&mut y),
-        KernelArg::input(x),
-        KernelArg::int(x.len())?,
-    ];
-    // SAFETY: the arguments match cast_f32_to_bf16's parameters; y and x hold n elements.
-    unsafe {
-        gpu.launch(
-            "cast_f32_to_bf16",
-            LaunchConfig::elementwise(x.len(), PER_THREAD),
-            &args,
-        )?
-    };
-    Ok(y)
+    cast(gpu, x, "cast_f32_to_bf16")
 }
 
 /// `x` widened to f32.
 pub fn cast_bf16_to_f32(gpu: &Gpu, x: &GpuBuffer<bf16>) -> Result<GpuBuffer<f32>> {
-    let mut y = gpu.zeros::<f32>(x.len())?;
+    cast(gpu, x, "cast_bf16_to_f32")
+}
+
+/// `x` converted by `kernel`, one of cast.cu's (y, x, n) kernels from `From` to `To`.
+fn cast<From: Pod, To: Pod>(gpu: &Gpu, x: &GpuBuffer<From>, kernel: &str) -> Result<GpuBuffer<To>> {
+    let mut y = gpu.zeros::<To>(x.len())?;
     let args = [
         KernelArg::output(&mut y),
         KernelArg::input(x),
         KernelArg::int(x.len())?,
     ];
-    // SAFETY: the arguments match cast_bf16_to_f32's parameters; y and x hold n elements.
-    unsafe {
-        gpu.launch(
-            "cast_bf16_to_f32",
-            LaunchConfig::elementwise(x.len(), PER_THREAD),
-            &args,
-        )?
-    };
+    let cfg = LaunchConfig::elementwise(x.len(), PER_THREAD);
+    // SAFETY: both callers name the kernel whose (To*, const From*, int n) parameters
+    // these are; y and x hold n elements.
+    unsafe { gpu.launch(kernel, cfg, &args)? };
     Ok(y)
 }
 

@@ -51,13 +51,10 @@ pub fn kernel_files() -> impl Iterator<Item = (&'static str, &'static str)> {
 
 /// A stable fingerprint of every source, naming the compiled cache entry.
 pub fn fingerprint(extra: &str) -> String {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
     let bytes = SOURCES
         .iter()
         .flat_map(|(name, text)| name.bytes().chain(text.bytes()))
         .chain(extra.bytes());
-    for b in bytes {
-        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = crate::rng::fnv1a(bytes);
     format!("{h:016x}")
 }
