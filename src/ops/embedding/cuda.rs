@@ -1,32 +1,70 @@
 //! Launchers of kernels/embedding.cu: row gather forward; backward grouped by id on the
 //! host, so each distinct id's gradient row is one deterministic sum.
 
-use crate::backend::cuda::{expect_len, Gpu, GpuBuffer, GpuFloat, KernelArg, LaunchConfig};
+use crate::backend::cuda::{
+    expect_len, Gpu, GpuBuffer, GpuFloat, GpuSlice, GpuView, GpuViewMut, KernelArg, LaunchConfig,
+};
 use crate::{Error, Result};
 
 const THREADS: u32 = 128;
 
-/// Rows `ids` of `weight` ([vocab, dim]).
-pub fn embedding_forward<T: GpuFloat>(
+/// A batch's token ids on the device, with the grouping by id the backward needs: built
+/// once per batch (the grouping is a host sort) and used by the forward and the backward.
+pub struct DeviceTokens {
+    ids: GpuBuffer<i32>,
+    distinct: GpuBuffer<i32>,
+    start: GpuBuffer<i32>,
+    order: GpuBuffer<i32>,
+    distinct_count: usize,
+    vocab: usize,
+}
+
+impl DeviceTokens {
+    /// Fails when an id is not below `vocab`.
+    pub fn new(gpu: &Gpu, ids: &[u32], vocab: usize) -> Result<DeviceTokens> {
+        i32::try_from(ids.len()).map_err(|_| Error::shape("embedding", "too many tokens"))?;
+        let ids = as_i32(ids, vocab)?;
+        let (distinct, start, order) = group_by_id(&ids);
+        Ok(DeviceTokens {
+            ids: gpu.upload(&ids)?,
+            distinct: gpu.upload(&distinct)?,
+            start: gpu.upload(&start)?,
+            order: gpu.upload(&order)?,
+            distinct_count: distinct.len(),
+            vocab,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// Rows `tokens` of `weight` ([vocab, dim]).
+pub fn embedding_forward<'w, T: GpuFloat + 'w>(
     gpu: &Gpu,
-    weight: &GpuBuffer<T>,
+    weight: impl Into<GpuView<'w, T>>,
     dim: usize,
-    ids: &[u32],
+    tokens: &DeviceTokens,
 ) -> Result<GpuBuffer<T>> {
-    let vocab = check(weight, dim, ids)?;
-    let mut out = gpu.zeros::<T>(ids.len() * dim)?;
-    if ids.is_empty() {
+    let weight = weight.into();
+    check(&weight, dim, tokens)?;
+    let mut out = gpu.zeros::<T>(tokens.len() * dim)?;
+    if tokens.is_empty() {
         return Ok(out);
     }
-    let ids_on_gpu = gpu.upload(&as_i32(ids, vocab)?)?;
     let args = [
         KernelArg::output(&mut out),
         KernelArg::input(weight),
-        KernelArg::input(&ids_on_gpu),
+        KernelArg::input(&tokens.ids),
         KernelArg::int(dim)?,
     ];
-    let cfg = LaunchConfig::linear(grid(ids.len())?, THREADS, 0);
-    // SAFETY: out holds ids.len() rows of dim, every id is below vocab (checked).
+    let cfg = LaunchConfig::linear(grid(tokens.len())?, THREADS, 0);
+    // SAFETY: out holds tokens.len() rows of dim, every id is below vocab (checked).
     unsafe { gpu.launch(&format!("embedding_forward_{}", T::SUFFIX), cfg, &args) }?;
     Ok(out)
 }
@@ -34,38 +72,38 @@ pub fn embedding_forward<T: GpuFloat>(
 /// Writes (or, with `accumulate`, adds) the weight gradient into `dweight` ([vocab, dim],
 /// f32); rows of ids that do not occur are left as they are (zeroed first when not
 /// accumulating).
-pub fn embedding_backward<T: GpuFloat>(
+pub fn embedding_backward<'d, T: GpuFloat>(
     gpu: &Gpu,
     grad: &GpuBuffer<T>,
-    ids: &[u32],
+    tokens: &DeviceTokens,
     dim: usize,
-    dweight: &mut GpuBuffer<f32>,
+    dweight: impl Into<GpuViewMut<'d, f32>>,
     accumulate: bool,
 ) -> Result<()> {
-    let vocab = check(dweight, dim, ids)?;
-    expect_len("embedding_backward", "the gradient", grad, ids.len() * dim)?;
+    let mut dweight = dweight.into();
+    check(&dweight, dim, tokens)?;
+    expect_len(
+        "embedding_backward",
+        "the gradient",
+        grad,
+        tokens.len() * dim,
+    )?;
     if !accumulate {
-        *dweight = gpu.zeros(vocab * dim)?;
+        gpu.fill_zero(&mut dweight)?;
     }
-    if ids.is_empty() {
+    if tokens.is_empty() {
         return Ok(());
     }
-    let (distinct, start, order) = group_by_id(&as_i32(ids, vocab)?);
-    let (distinct_gpu, start_gpu, order_gpu) = (
-        gpu.upload(&distinct)?,
-        gpu.upload(&start)?,
-        gpu.upload(&order)?,
-    );
     let args = [
         KernelArg::output(dweight),
         KernelArg::input(grad),
-        KernelArg::input(&distinct_gpu),
-        KernelArg::input(&start_gpu),
-        KernelArg::input(&order_gpu),
+        KernelArg::input(&tokens.distinct),
+        KernelArg::input(&tokens.start),
+        KernelArg::input(&tokens.order),
         KernelArg::int(dim)?,
         KernelArg::I32(1),
     ];
-    let cfg = LaunchConfig::linear(grid(distinct.len())?, THREADS, 0);
+    let cfg = LaunchConfig::linear(grid(tokens.distinct_count)?, THREADS, 0);
     // SAFETY: one block per distinct id, each id below vocab; start has one more entry
     // than distinct and indexes order, whose entries are token indices below ids.len().
     unsafe { gpu.launch(&format!("embedding_backward_{}", T::SUFFIX), cfg, &args) }
@@ -89,19 +127,19 @@ fn group_by_id(ids: &[i32]) -> (Vec<i32>, Vec<i32>, Vec<i32>) {
     (distinct, start, order)
 }
 
-/// The vocabulary size of `table` ([vocab, dim]).
-fn check<T: GpuFloat>(table: &GpuBuffer<T>, dim: usize, ids: &[u32]) -> Result<usize> {
-    if dim == 0 || !table.len().is_multiple_of(dim) {
+/// Fails unless `table` holds `tokens.vocab` rows of `dim`.
+fn check(table: &impl GpuSlice, dim: usize, tokens: &DeviceTokens) -> Result<()> {
+    if dim == 0 || table.len() != tokens.vocab * dim {
         return Err(Error::shape(
             "embedding",
             format!(
-                "a table of {} elements is not rows of width {dim}",
-                table.len()
+                "a table of {} elements is not {} rows of width {dim}",
+                table.len(),
+                tokens.vocab
             ),
         ));
     }
-    i32::try_from(ids.len()).map_err(|_| Error::shape("embedding", "too many tokens"))?;
-    Ok(table.len() / dim)
+    Ok(())
 }
 
 fn as_i32(ids: &[u32], vocab: usize) -> Result<Vec<i32>> {
@@ -142,20 +180,35 @@ mod tests {
         let out_ref = super::super::cpu::embedding_forward(&weight, dim, &ids);
         let dw_ref = super::super::cpu::embedding_weight_grad(&grad, &ids, vocab, dim);
         for gpu in test_gpus() {
+            let tokens = DeviceTokens::new(&gpu, &ids, vocab).unwrap();
             let w = gpu.upload(&weight).unwrap();
-            let out = embedding_forward(&gpu, &w, dim, &ids).unwrap();
+            let out = embedding_forward(&gpu, &w, dim, &tokens).unwrap();
             assert_eq!(gpu.download(&out).unwrap(), out_ref);
             let mut dw = gpu.upload(&vec![9.0f32; vocab * dim]).unwrap();
-            embedding_backward(&gpu, &gpu.upload(&grad).unwrap(), &ids, dim, &mut dw, false)
-                .unwrap();
+            embedding_backward(
+                &gpu,
+                &gpu.upload(&grad).unwrap(),
+                &tokens,
+                dim,
+                &mut dw,
+                false,
+            )
+            .unwrap();
             assert_close_abs(&gpu.download(&dw).unwrap(), &dw_ref, 1e-5);
-            embedding_backward(&gpu, &gpu.upload(&grad).unwrap(), &ids, dim, &mut dw, true)
-                .unwrap();
+            embedding_backward(
+                &gpu,
+                &gpu.upload(&grad).unwrap(),
+                &tokens,
+                dim,
+                &mut dw,
+                true,
+            )
+            .unwrap();
             let twice: Vec<f32> = dw_ref.iter().map(|g| 2.0 * g).collect();
             assert_close_abs(&gpu.download(&dw).unwrap(), &twice, 1e-5);
 
             let w16: Vec<bf16> = weight.iter().map(|&v| bf16::from_f32(v)).collect();
-            let out16 = embedding_forward(&gpu, &gpu.upload(&w16).unwrap(), dim, &ids).unwrap();
+            let out16 = embedding_forward(&gpu, &gpu.upload(&w16).unwrap(), dim, &tokens).unwrap();
             let widened: Vec<f32> = gpu
                 .download(&out16)
                 .unwrap()
@@ -173,8 +226,11 @@ mod tests {
     #[test]
     fn ids_past_the_vocabulary_are_errors() {
         let gpu = Gpu::emulated().unwrap();
-        let w = gpu.zeros::<f32>(4 * 3).unwrap();
-        let err = embedding_forward(&gpu, &w, 3, &[1, 4]).unwrap_err();
+        let err = DeviceTokens::new(&gpu, &[1, 4], 4).err().unwrap();
         assert!(err.to_string().contains("token id 4"), "{err}");
+        let tokens = DeviceTokens::new(&gpu, &[1, 3], 4).unwrap();
+        let w = gpu.zeros::<f32>(5 * 3).unwrap();
+        let err = embedding_forward(&gpu, &w, 3, &tokens).unwrap_err();
+        assert!(err.to_string().contains("not 4 rows"), "{err}");
     }
 }

@@ -3,7 +3,9 @@
 //! its gradient `db = Σ_rows dy` in f32 through per-block partial sums, never one atomic
 //! per element.
 
-use crate::backend::cuda::{expect_len, Gpu, GpuBuffer, GpuFloat, KernelArg, LaunchConfig};
+use crate::backend::cuda::{
+    expect_len, Gpu, GpuBuffer, GpuFloat, GpuView, GpuViewMut, KernelArg, LaunchConfig,
+};
 use crate::{Error, Result};
 
 /// Columns and row lanes of a bias_grad_partial block (kernels/add.cu's BIAS_COLUMNS
@@ -21,16 +23,16 @@ const MIN_ROWS_PER_THREAD: usize = 32;
 const REDUCE_THREADS: u32 = 256;
 
 /// `y = x · Wᵀ (+ b)` for x [rows, k] and W [m, k] (Hugging Face's [out, in]).
-pub fn linear_forward<T: GpuFloat>(
+pub fn linear_forward<'w, T: GpuFloat + 'w>(
     gpu: &Gpu,
     x: &GpuBuffer<T>,
-    weight: &GpuBuffer<T>,
-    bias: Option<&GpuBuffer<T>>,
+    weight: impl Into<GpuView<'w, T>>,
+    bias: Option<GpuView<'_, T>>,
     (rows, k, m): (usize, usize, usize),
 ) -> Result<GpuBuffer<T>> {
     let mut y = gpu.zeros::<T>(rows * m)?;
     if let Some(bias) = bias {
-        expect_len("linear", "the bias", bias, m)?;
+        expect_len("linear", "the bias", &bias, m)?;
         let args = [
             KernelArg::output(&mut y),
             KernelArg::input(bias),
@@ -49,14 +51,14 @@ pub fn linear_forward<T: GpuFloat>(
 /// adds (or writes, unless `accumulate`) the weight gradient into `dweight` and the bias
 /// gradient into `dbias` (both f32).
 #[allow(clippy::too_many_arguments)]
-pub fn linear_backward<T: GpuFloat>(
+pub fn linear_backward<'w, 'd, T: GpuFloat + 'w>(
     gpu: &Gpu,
     dy: &GpuBuffer<T>,
     x: &GpuBuffer<T>,
-    weight: &GpuBuffer<T>,
+    weight: impl Into<GpuView<'w, T>>,
     (rows, k, m): (usize, usize, usize),
-    dweight: &mut GpuBuffer<f32>,
-    dbias: Option<&mut GpuBuffer<f32>>,
+    dweight: impl Into<GpuViewMut<'d, f32>>,
+    dbias: Option<GpuViewMut<'_, f32>>,
     accumulate: bool,
 ) -> Result<GpuBuffer<T>> {
     let mut dx = gpu.zeros::<T>(rows * k)?;
@@ -71,13 +73,14 @@ pub fn linear_backward<T: GpuFloat>(
 /// The bias gradient of a linear layer with `m` outputs: `dy` holds rows of `m`; the
 /// column sums are written to `db` (f32, length `m`), or added to it when `accumulate`
 /// is set (gradient accumulation over micro-batches).
-pub fn bias_grad<T: GpuFloat>(
+pub fn bias_grad<'d, T: GpuFloat>(
     gpu: &Gpu,
     dy: &GpuBuffer<T>,
     m: usize,
-    db: &mut GpuBuffer<f32>,
+    db: impl Into<GpuViewMut<'d, f32>>,
     accumulate: bool,
 ) -> Result<()> {
+    let db = db.into();
     if m == 0 || !dy.len().is_multiple_of(m) {
         return Err(Error::shape(
             "linear bias_grad",
@@ -87,7 +90,7 @@ pub fn bias_grad<T: GpuFloat>(
             ),
         ));
     }
-    expect_len("linear bias_grad", "the bias gradient", db, m)?;
+    expect_len("linear bias_grad", "the bias gradient", &db, m)?;
     let rows = dy.len() / m;
     let column_blocks = m.div_ceil(COLUMNS);
     let row_blocks = (TARGET_BLOCKS / column_blocks)
@@ -154,7 +157,8 @@ mod tests {
                 gpu.upload(&b).unwrap(),
             );
             for bias in [None, Some(&gb)] {
-                let y = linear_forward(&gpu, &gx, &gw, bias, (rows, k, m)).unwrap();
+                let y =
+                    linear_forward(&gpu, &gx, &gw, bias.map(GpuView::from), (rows, k, m)).unwrap();
                 let y_ref = cpu(
                     &x,
                     crate::backend::cpu::WeightRows::F32(&w),
@@ -172,7 +176,7 @@ mod tests {
                 &gw,
                 (rows, k, m),
                 &mut dw,
-                Some(&mut db),
+                Some((&mut db).into()),
                 true,
             )
             .unwrap();

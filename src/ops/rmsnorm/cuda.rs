@@ -1,7 +1,9 @@
 //! Launchers of kernels/rmsnorm.cu: forward (y and the per-row rstd kept for backward) and
 //! backward (dx, and dW accumulated in f32 through per-block partial sums).
 
-use crate::backend::cuda::{expect_len, Gpu, GpuBuffer, GpuFloat, KernelArg, LaunchConfig};
+use crate::backend::cuda::{
+    expect_len, Gpu, GpuBuffer, GpuFloat, GpuView, GpuViewMut, KernelArg, LaunchConfig,
+};
 use crate::Result;
 
 const THREADS: u32 = 256;
@@ -11,14 +13,15 @@ const ROWS_PER_BLOCK: usize = (THREADS / 32) as usize;
 const MAX_BACKWARD_BLOCKS: usize = 264;
 
 /// `(y, rstd)` of RMSNorm over rows of width `dim`.
-pub fn rmsnorm_forward<T: GpuFloat>(
+pub fn rmsnorm_forward<'w, T: GpuFloat + 'w>(
     gpu: &Gpu,
     x: &GpuBuffer<T>,
-    weight: &GpuBuffer<T>,
+    weight: impl Into<GpuView<'w, T>>,
     dim: usize,
     eps: f32,
 ) -> Result<(GpuBuffer<T>, GpuBuffer<f32>)> {
-    let rows = rows_of(x, weight, dim)?;
+    let weight = weight.into();
+    let rows = rows_of(x, &weight, dim)?;
     let mut y = gpu.zeros::<T>(x.len())?;
     let mut rstd = gpu.zeros::<f32>(rows)?;
     let blocks = rows.div_ceil(ROWS_PER_BLOCK).max(1);
@@ -41,20 +44,21 @@ pub fn rmsnorm_forward<T: GpuFloat>(
 /// `dx`; the weight gradient is written to `dweight` (f32, length `dim`), or added to it
 /// when `accumulate` is set.
 #[allow(clippy::too_many_arguments)]
-pub fn rmsnorm_backward<T: GpuFloat>(
+pub fn rmsnorm_backward<'w, 'd, T: GpuFloat + 'w>(
     gpu: &Gpu,
     grad: &GpuBuffer<T>,
     x: &GpuBuffer<T>,
-    weight: &GpuBuffer<T>,
+    weight: impl Into<GpuView<'w, T>>,
     rstd: &GpuBuffer<f32>,
     dim: usize,
-    dweight: &mut GpuBuffer<f32>,
+    dweight: impl Into<GpuViewMut<'d, f32>>,
     accumulate: bool,
 ) -> Result<GpuBuffer<T>> {
-    let rows = rows_of(x, weight, dim)?;
+    let (weight, dweight) = (weight.into(), dweight.into());
+    let rows = rows_of(x, &weight, dim)?;
     expect_len("rmsnorm_backward", "the gradient", grad, x.len())?;
     expect_len("rmsnorm_backward", "rstd", rstd, rows)?;
-    expect_len("rmsnorm_backward", "the weight gradient", dweight, dim)?;
+    expect_len("rmsnorm_backward", "the weight gradient", &dweight, dim)?;
     let blocks = rows.div_ceil(ROWS_PER_BLOCK).clamp(1, MAX_BACKWARD_BLOCKS);
     let mut dx = gpu.zeros::<T>(x.len())?;
     let mut partial = gpu.zeros::<f32>(blocks * dim)?;
@@ -85,7 +89,7 @@ pub fn rmsnorm_backward<T: GpuFloat>(
     Ok(dx)
 }
 
-fn rows_of<T: GpuFloat>(x: &GpuBuffer<T>, weight: &GpuBuffer<T>, dim: usize) -> Result<usize> {
+fn rows_of<T: GpuFloat>(x: &GpuBuffer<T>, weight: &GpuView<T>, dim: usize) -> Result<usize> {
     expect_len("rmsnorm", "the weight", weight, dim)?;
     if dim == 0 || !x.len().is_multiple_of(dim) {
         return Err(crate::Error::shape(
