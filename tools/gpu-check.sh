@@ -14,6 +14,8 @@
 #   kernel-tests.txt every kernel test of the library run on the device (bin/scotd-lib-tests)
 #   kernels.json     our kernels' times (bin/scotd gpu-bench), and kernels.md, the table
 #                    beside PyTorch's times from torch_gpu.json
+#   train-*.json     the Qwen2.5-0.5B training step, scotd (bin/scotd bench train) and
+#                    PyTorch (tools/bench_torch.py) at each shape, and train.md, the table
 #
 # Each section runs in its own subshell: a failing section is recorded and the next one
 # still runs. The script exits 1 if any section failed, 2 on bad usage.
@@ -33,7 +35,7 @@
 
 set -uo pipefail   # no -e: a failing command must not end the run, each section reports its own status
 
-SECTIONS="env torch_bench kernel_tests kernel_bench"
+SECTIONS="env torch_bench kernel_tests kernel_bench train_bench"
 
 usage() { echo "usage: $0 [--smoke] OUT_DIR" >&2; exit 2; }
 SMOKE=0
@@ -143,6 +145,26 @@ section_kernel_bench() {
     [[ -f $OUT/torch_gpu.json ]] && args+=(--torch "$OUT/torch_gpu.json")
     [[ $SMOKE == 1 ]] && args+=(--smoke --emulated)
     bin/scotd "${args[@]}"
+}
+
+# The whole training step at Qwen2.5-0.5B's shape, scotd then PyTorch at each batch x seq
+# (TRAIN_SHAPES, default "16x1024 8x2048"), with the same data; the table in train.md.
+section_train_bench() {
+    [[ -x bin/scotd ]] || { echo "bin/scotd missing: run tools/build-gpu-binaries.sh"; return 1; }
+    local config=benches/configs/qwen2.5-0.5b.json shapes=${TRAIN_SHAPES:-16x1024 8x2048} rc=0
+    local common=()
+    if [[ $SMOKE == 1 ]]; then
+        config=benches/configs/tiny-qwen2.json shapes="2x32" common=(--steps 2 --warmup 1 --peak-gemm 128)
+    fi
+    for shape in $shapes; do
+        local b=${shape%x*} t=${shape#*x} ours=(bench train --model "$config")
+        [[ $SMOKE == 1 ]] && ours+=(--emulated)
+        bin/scotd "${ours[@]}" --batch "$b" --seq "$t" "${common[@]}" --json "$OUT/train-scotd-$shape.json" || rc=1
+        "$PYTHON" tools/bench_torch.py --model "$config" --batch "$b" --seq "$t" "${common[@]}" \
+            --json "$OUT/train-torch-$shape.json" || rc=1
+    done
+    "$PYTHON" tools/train_bench_table.py "$OUT" || rc=1
+    return $rc
 }
 
 # ---------------------------------------------------------------------------- driver

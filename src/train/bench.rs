@@ -54,6 +54,7 @@ pub struct TrainBenchReport {
     pub step_flops: f64,
     pub tflops: f64,
     pub peak_gemm_tflops: f64,
+    pub peak_gemm_size: usize,
     pub mfu: f64,
     /// The device memory pool's high-water mark over the timed steps; None on the emulator.
     pub peak_memory_gib: Option<f64>,
@@ -172,6 +173,7 @@ fn report(
         step_flops: flops,
         tflops,
         peak_gemm_tflops,
+        peak_gemm_size: options.peak_gemm_size,
         mfu: tflops / peak_gemm_tflops,
         peak_memory_gib,
         losses,
@@ -207,4 +209,55 @@ fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     sorted[sorted.len() / 2]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> ModelConfig {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/configs/tiny-qwen2.json");
+        ModelConfig::from_file(std::path::Path::new(path)).unwrap()
+    }
+
+    #[test]
+    fn tokens_are_the_ones_tools_bench_torch_py_builds() {
+        // tools/bench_torch.py's bench_tokens(i, 151936) for these i.
+        let expected = [(0, 12345), (1, 126186), (2, 47643), (1000, 125857), (16383, 138504)];
+        for (i, token) in expected {
+            assert_eq!(bench_token(i, 151_936), token, "token {i}");
+        }
+    }
+
+    #[test]
+    fn flops_are_counted_as_the_pytorch_baseline_counts_them() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/configs/qwen2.5-0.5b.json");
+        let qwen = ModelConfig::from_file(std::path::Path::new(path)).unwrap();
+        // 494.0M parameters (tied embedding once), 16 x 1024 tokens.
+        assert_eq!(qwen.num_parameters(), 494_032_768);
+        let expected = 6.0 * 494_032_768.0 * 16384.0 + 6.0 * 24.0 * 14.0 * 64.0 * 1024.0 * 16384.0;
+        assert_eq!(step_flops(&qwen, 16, 1024), expected);
+    }
+
+    #[test]
+    fn the_benchmark_runs_on_the_emulator() {
+        let gpu = Gpu::emulated().unwrap();
+        let options = TrainBenchOptions {
+            batch: 2,
+            seq: 16,
+            warmup: 1,
+            steps: 2,
+            dtype: BenchDtype::Bf16,
+            recompute: true,
+            peak_gemm_size: 64,
+        };
+        let mut seen = Vec::new();
+        let r = bench_train(&gpu, &tiny(), &options, |done| seen.push(done)).unwrap();
+        assert_eq!(seen, [1, 2, 3]);
+        assert_eq!(r.step_ms_all.len(), 2);
+        assert!(r.tokens_per_s > 0.0 && r.mfu > 0.0 && r.peak_memory_gib.is_none());
+        assert!(r.losses.iter().all(|l| l.is_finite()));
+        let zero_steps = TrainBenchOptions { steps: 0, ..options };
+        assert!(bench_train(&gpu, &tiny(), &zero_steps, |_| {}).is_err());
+    }
 }

@@ -56,7 +56,7 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 #[cfg(feature = "cuda")]
-fn open(emulated: bool) -> Result<Gpu> {
+pub fn open(emulated: bool) -> Result<Gpu> {
     Ok(if emulated {
         Gpu::emulated()?
     } else {
@@ -65,7 +65,7 @@ fn open(emulated: bool) -> Result<Gpu> {
 }
 
 #[cfg(not(feature = "cuda"))]
-fn open(emulated: bool) -> Result<Gpu> {
+pub fn open(emulated: bool) -> Result<Gpu> {
     anyhow::ensure!(
         emulated,
         "this scotd was built without CUDA: rebuild with --features cuda, or pass --emulated"

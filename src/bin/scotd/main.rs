@@ -1,6 +1,7 @@
 //! The scotd command line. Each subcommand lives in its own module; this file only
 //! parses arguments and reports errors.
 
+mod bench;
 mod chat;
 mod demo;
 mod eval;
@@ -35,6 +36,8 @@ enum Command {
     Generate(generate::Args),
     /// Talk to a model interactively; replies stream as they are produced.
     Chat(chat::Args),
+    /// Benchmarks: `bench train` times the GPU training step of a model shape.
+    Bench(bench::Args),
     /// Time our CUDA kernels at Qwen2.5-0.5B shapes, beside PyTorch's numbers for the card.
     GpuBench(gpu_bench::Args),
     /// Print the last-position logits of prompts (top-k and log-sum-exp) as JSON.
@@ -62,6 +65,7 @@ fn main() {
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Chat(args) => chat::run(args),
         Command::GpuBench(args) => gpu_bench::run(args),
         Command::Logits(args) => logits::run(args),
