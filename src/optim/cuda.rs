@@ -178,7 +178,7 @@ pub fn adamw_update(
 pub fn grad_norm(gpu: &Gpu, grads: &GpuBuffer<f32>, max_norm: f32) -> Result<GpuBuffer<f32>> {
     let n = grads.len();
     let blocks = n.div_ceil(NORM_THREADS as usize * 4).clamp(1, NORM_BLOCKS);
-    let mut partial = gpu.zeros::<f64>(blocks)?;
+    let mut partial = gpu.alloc::<f64>(blocks)?;
     let args = [
         KernelArg::output(&mut partial),
         KernelArg::input(grads),
@@ -188,7 +188,7 @@ pub fn grad_norm(gpu: &Gpu, grads: &GpuBuffer<f32>, max_norm: f32) -> Result<Gpu
     // SAFETY: the arguments match grad_norm_partial's parameters; partial holds one
     // double per block, grads n floats.
     unsafe { gpu.launch("grad_norm_partial", cfg, &args)? };
-    let mut out = gpu.zeros::<f32>(2)?;
+    let mut out = gpu.alloc::<f32>(2)?;
     let args = [
         KernelArg::output(&mut out),
         KernelArg::input(&partial),

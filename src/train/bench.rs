@@ -216,14 +216,23 @@ mod tests {
     use super::*;
 
     fn tiny() -> ModelConfig {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/configs/tiny-qwen2.json");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/benches/configs/tiny-qwen2.json"
+        );
         ModelConfig::from_file(std::path::Path::new(path)).unwrap()
     }
 
     #[test]
     fn tokens_are_the_ones_tools_bench_torch_py_builds() {
         // tools/bench_torch.py's bench_tokens(i, 151936) for these i.
-        let expected = [(0, 12345), (1, 126186), (2, 47643), (1000, 125857), (16383, 138504)];
+        let expected = [
+            (0, 12345),
+            (1, 126186),
+            (2, 47643),
+            (1000, 125857),
+            (16383, 138504),
+        ];
         for (i, token) in expected {
             assert_eq!(bench_token(i, 151_936), token, "token {i}");
         }
@@ -231,7 +240,10 @@ mod tests {
 
     #[test]
     fn flops_are_counted_as_the_pytorch_baseline_counts_them() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/configs/qwen2.5-0.5b.json");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/benches/configs/qwen2.5-0.5b.json"
+        );
         let qwen = ModelConfig::from_file(std::path::Path::new(path)).unwrap();
         // 494.0M parameters (tied embedding once), 16 x 1024 tokens.
         assert_eq!(qwen.num_parameters(), 494_032_768);
@@ -257,7 +269,10 @@ mod tests {
         assert_eq!(r.step_ms_all.len(), 2);
         assert!(r.tokens_per_s > 0.0 && r.mfu > 0.0 && r.peak_memory_gib.is_none());
         assert!(r.losses.iter().all(|l| l.is_finite()));
-        let zero_steps = TrainBenchOptions { steps: 0, ..options };
+        let zero_steps = TrainBenchOptions {
+            steps: 0,
+            ..options
+        };
         assert!(bench_train(&gpu, &tiny(), &zero_steps, |_| {}).is_err());
     }
 }

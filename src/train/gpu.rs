@@ -67,7 +67,7 @@ impl GpuTrainer {
         gpu.fill_zero(&mut self.grads)?;
         let mut losses = Vec::with_capacity(batches.len());
         for batch in batches {
-            let mut batch_losses = gpu.zeros::<f32>(batch.tokens())?;
+            let mut batch_losses = gpu.alloc::<f32>(batch.tokens())?;
             let outputs = (&mut self.grads, &mut batch_losses);
             self.model
                 .forward_backward::<T>(gpu, batch, outputs, grad_scale, recompute)?;

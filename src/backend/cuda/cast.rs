@@ -22,7 +22,7 @@ pub fn cast_bf16_to_f32(gpu: &Gpu, x: &GpuBuffer<bf16>) -> Result<GpuBuffer<f32>
 
 /// `x` converted by `kernel`, one of cast.cu's (y, x, n) kernels from `From` to `To`.
 fn cast<From: Pod, To: Pod>(gpu: &Gpu, x: &GpuBuffer<From>, kernel: &str) -> Result<GpuBuffer<To>> {
-    let mut y = gpu.zeros::<To>(x.len())?;
+    let mut y = gpu.alloc::<To>(x.len())?;
     let args = [
         KernelArg::output(&mut y),
         KernelArg::input(x),

@@ -79,6 +79,16 @@ impl CudaGpu {
         Ok((slice, address))
     }
 
+    /// `bytes` bytes whose contents are unspecified (no memset).
+    pub fn alloc(&self, bytes: usize) -> Result<(CudaSlice<u8>, u64)> {
+        // SAFETY: u8 has no invalid bit patterns; callers write before they read (see
+        // `Gpu::alloc`).
+        let slice = unsafe { self.stream.alloc::<u8>(bytes.max(1)) }
+            .map_err(driver_error("allocating device memory"))?;
+        let address = slice.device_ptr(&self.stream).0;
+        Ok((slice, address))
+    }
+
     pub fn upload(&self, bytes: &[u8]) -> Result<(CudaSlice<u8>, u64)> {
         let (mut slice, address) = self.zeros(bytes.len())?;
         if !bytes.is_empty() {

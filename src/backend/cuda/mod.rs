@@ -203,6 +203,30 @@ impl Gpu {
         Ok(GpuBuffer { memory })
     }
 
+    /// `len` elements for a kernel to write every one of before anything reads them: on
+    /// a device, memory as the pool hands it out (no memset pass); on the emulator, every
+    /// byte 0xFF (a NaN in the float types, -1 in the integers), so a test sees an element
+    /// that was never written.
+    pub fn alloc<T: Pod>(&self, len: usize) -> Result<GpuBuffer<T>> {
+        let memory = match &self.backend {
+            Backend::Emulated(_) => {
+                let mut data = vec![T::zeroed(); len];
+                bytemuck::cast_slice_mut::<T, u8>(&mut data).fill(0xFF);
+                Memory::Host(data)
+            }
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(d) => {
+                let (slice, address) = d.alloc(len * std::mem::size_of::<T>())?;
+                Memory::Device {
+                    slice,
+                    address,
+                    len,
+                }
+            }
+        };
+        Ok(GpuBuffer { memory })
+    }
+
     pub fn zeros<T: Pod>(&self, len: usize) -> Result<GpuBuffer<T>> {
         let memory = match &self.backend {
             Backend::Emulated(_) => Memory::Host(vec![T::zeroed(); len]),

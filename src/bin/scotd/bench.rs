@@ -81,7 +81,9 @@ fn train(args: TrainArgs) -> Result<()> {
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps (warm-up first) [{elapsed}]")
             .expect("a valid template"),
     );
-    let report = bench_train(&gpu, &config, &options, |done| bar.set_position(done as u64))?;
+    let report = bench_train(&gpu, &config, &options, |done| {
+        bar.set_position(done as u64)
+    })?;
     bar.finish_and_clear();
     println!("{}", summary(&report));
     if let Some(json) = &args.json {

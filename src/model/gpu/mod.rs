@@ -175,7 +175,7 @@ impl GpuModel {
         }
         let norm = view(w, &self.ranges.norm)?;
         let (hidden, rstd) = rmsnorm_forward(gpu, &x, norm, d, c.rms_norm_eps)?;
-        let mut dhidden = gpu.zeros::<T>(n * d)?;
+        let mut dhidden = gpu.alloc::<T>(n * d)?;
         let chunk_rows = (LOGIT_CHUNK_BYTES / (c.vocab_size * std::mem::size_of::<T>())).max(1);
         output_layer_loss(
             gpu,

@@ -15,7 +15,7 @@ pub fn add_forward<T: GpuFloat>(
     b: &GpuBuffer<T>,
 ) -> Result<GpuBuffer<T>> {
     expect_len("add", "b", b, a.len())?;
-    let mut y = gpu.zeros::<T>(a.len())?;
+    let mut y = gpu.alloc::<T>(a.len())?;
     let args = [
         KernelArg::output(&mut y),
         KernelArg::input(a),

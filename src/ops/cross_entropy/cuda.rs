@@ -111,7 +111,7 @@ pub fn output_layer_loss<T: GpuFloat>(
     expect_len(what, "the weight gradient", &dweight, vocab * dim)?;
     expect_len(what, "the losses", losses, rows)?;
     let chunk_rows = chunk_rows.clamp(1, rows.max(1));
-    let mut logits = gpu.zeros::<T>(chunk_rows * vocab)?;
+    let mut logits = gpu.alloc::<T>(chunk_rows * vocab)?;
     for start in (0..rows).step_by(chunk_rows) {
         let r = chunk_rows.min(rows - start);
         let (row_range, logit_range) = (start * dim..(start + r) * dim, 0..r * vocab);

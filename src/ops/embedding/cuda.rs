@@ -53,7 +53,7 @@ pub fn embedding_forward<'w, T: GpuFloat + 'w>(
 ) -> Result<GpuBuffer<T>> {
     let weight = weight.into();
     check(&weight, dim, tokens)?;
-    let mut out = gpu.zeros::<T>(tokens.len() * dim)?;
+    let mut out = gpu.alloc::<T>(tokens.len() * dim)?;
     if tokens.is_empty() {
         return Ok(out);
     }

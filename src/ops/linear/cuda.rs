@@ -30,7 +30,7 @@ pub fn linear_forward<'w, T: GpuFloat + 'w>(
     bias: Option<GpuView<'_, T>>,
     (rows, k, m): (usize, usize, usize),
 ) -> Result<GpuBuffer<T>> {
-    let mut y = gpu.zeros::<T>(rows * m)?;
+    let mut y = gpu.alloc::<T>(rows * m)?;
     if let Some(bias) = bias {
         expect_len("linear", "the bias", &bias, m)?;
         let args = [
@@ -61,7 +61,7 @@ pub fn linear_backward<'w, 'd, T: GpuFloat + 'w>(
     dbias: Option<GpuViewMut<'_, f32>>,
     accumulate: bool,
 ) -> Result<GpuBuffer<T>> {
-    let mut dx = gpu.zeros::<T>(rows * k)?;
+    let mut dx = gpu.alloc::<T>(rows * k)?;
     gpu.gemm(&mut dx, dy, false, weight, false, (rows, k, m), false)?;
     gpu.gemm(dweight, dy, true, x, false, (m, k, rows), accumulate)?;
     if let Some(db) = dbias {
@@ -96,7 +96,7 @@ pub fn bias_grad<'d, T: GpuFloat>(
     let row_blocks = (TARGET_BLOCKS / column_blocks)
         .min(rows.div_ceil(ROW_LANES * MIN_ROWS_PER_THREAD))
         .max(1);
-    let mut partial = gpu.zeros::<f32>(row_blocks * m)?;
+    let mut partial = gpu.alloc::<f32>(row_blocks * m)?;
     let args = [
         KernelArg::output(&mut partial),
         KernelArg::input(dy),

@@ -22,8 +22,8 @@ pub fn rmsnorm_forward<'w, T: GpuFloat + 'w>(
 ) -> Result<(GpuBuffer<T>, GpuBuffer<f32>)> {
     let weight = weight.into();
     let rows = rows_of(x, &weight, dim)?;
-    let mut y = gpu.zeros::<T>(x.len())?;
-    let mut rstd = gpu.zeros::<f32>(rows)?;
+    let mut y = gpu.alloc::<T>(x.len())?;
+    let mut rstd = gpu.alloc::<f32>(rows)?;
     let blocks = rows.div_ceil(ROWS_PER_BLOCK).max(1);
     let args = [
         KernelArg::output(&mut y),
@@ -60,8 +60,8 @@ pub fn rmsnorm_backward<'w, 'd, T: GpuFloat + 'w>(
     expect_len("rmsnorm_backward", "rstd", rstd, rows)?;
     expect_len("rmsnorm_backward", "the weight gradient", &dweight, dim)?;
     let blocks = rows.div_ceil(ROWS_PER_BLOCK).clamp(1, MAX_BACKWARD_BLOCKS);
-    let mut dx = gpu.zeros::<T>(x.len())?;
-    let mut partial = gpu.zeros::<f32>(blocks * dim)?;
+    let mut dx = gpu.alloc::<T>(x.len())?;
+    let mut partial = gpu.alloc::<f32>(blocks * dim)?;
     let args = [
         KernelArg::output(&mut dx),
         KernelArg::output(&mut partial),

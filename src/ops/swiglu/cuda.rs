@@ -15,7 +15,7 @@ pub fn swiglu_forward<T: GpuFloat>(
 ) -> Result<GpuBuffer<T>> {
     let n = gate.len();
     expect_len("swiglu", "up", up, n)?;
-    let mut y = gpu.zeros::<T>(n)?;
+    let mut y = gpu.alloc::<T>(n)?;
     let args = [
         KernelArg::output(&mut y),
         KernelArg::input(gate),
@@ -38,8 +38,8 @@ pub fn swiglu_backward<T: GpuFloat>(
     let n = gate.len();
     expect_len("swiglu_backward", "up", up, n)?;
     expect_len("swiglu_backward", "the output gradient", grad, n)?;
-    let mut d_gate = gpu.zeros::<T>(n)?;
-    let mut d_up = gpu.zeros::<T>(n)?;
+    let mut d_gate = gpu.alloc::<T>(n)?;
+    let mut d_up = gpu.alloc::<T>(n)?;
     let args = [
         KernelArg::output(&mut d_gate),
         KernelArg::output(&mut d_up),
