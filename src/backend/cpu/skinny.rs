@@ -535,7 +535,14 @@ mod tests {
     fn every_kernel_matches_the_gemm_on_parallel_sizes() {
         let mut rng = Rng::new(6);
         for kernel in Kernel::available() {
-            for (m, n, k) in [(1, 1001, 203), (3, 517, 131), (8, 263, 577), (16, 130, 65)] {
+            for (m, n, k) in [
+                (1, 1001, 203),
+                (3, 517, 131),
+                (8, 263, 577),
+                (16, 130, 65),
+                (33, 70, 100),
+                (64, 41, 96),
+            ] {
                 check(kernel, (m, n, k), &mut rng);
             }
         }

@@ -11,9 +11,15 @@ use crate::backend::cpu::{matmul, skinny_matmuls, SkinnyProduct, Transpose, Weig
 const BIAS_COLUMNS_PER_TASK: usize = 128;
 
 /// Up to this many rows of x (a decode step's tokens), the forward runs straight over
-/// the stored weight (`skinny_matmul`); above, the `gemm` crate's packing of the
-/// weight pays for itself.
-const SKINNY_MAX_ROWS: usize = 16;
+/// the stored f32 weight (`skinny_matmul`); above, the `gemm` crate's packing of the
+/// weight pays for itself (measured on Zen 4 at SmolLM2's shapes: level at 32 rows, the
+/// gemm crate 10-30 % ahead at 64).
+const SKINNY_MAX_ROWS_F32: usize = 32;
+
+/// The same for bf16 weights, which the `gemm` crate needs widened to f32 first: writing
+/// that copy costs more than the skinny kernel's extra passes up to 64 rows (the LM head
+/// at 32 rows: 15 ms skinny, 49 ms widened + gemm).
+const SKINNY_MAX_ROWS_BF16: usize = 64;
 
 /// `y_i = x · W_iᵀ (+ b_i)` for each weight: x is rows×k, W_i is m_i×k (out × in) with
 /// m_i = `out_features[i]`, y_i is rows×m_i.
@@ -24,7 +30,13 @@ pub fn linears_forward(
     out_features: &[usize],
     (rows, k): (usize, usize),
 ) -> Vec<Vec<f32>> {
-    if rows > SKINNY_MAX_ROWS {
+    let all_bf16 = weights.iter().all(|w| matches!(w, WeightRows::Bf16(_)));
+    let skinny_max = if all_bf16 {
+        SKINNY_MAX_ROWS_BF16
+    } else {
+        SKINNY_MAX_ROWS_F32
+    };
+    if rows > skinny_max {
         return weights
             .iter()
             .zip(biases)
