@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use scotd::autograd::no_grad;
 use scotd::model::{Batch, Model, ModelConfig};
 use scotd::ops::{cross_entropy, Reduction};
-use scotd::train::{train, TrainConfig};
+use scotd::train::{train, GpuPrecision, TrainConfig, TrainDevice};
 
 /// A tiny Qwen2 with the fixture tokenizer (ChatML template, 335 tokens), saved as a
 /// Hugging Face folder.
@@ -352,4 +352,31 @@ fn zero_weights_and_missing_templates_are_clear_errors() {
         err.contains("chat template") || err.contains("chat_template"),
         "{err}"
     );
+}
+
+/// The trainer with `device = "emulator"` (the GPU step, f32, on the CPU emulator of CUDA)
+/// follows the CPU trainer, and a run resumes across devices: 4 steps on the emulated GPU
+/// (its checkpoint written from the host mirror), then 4 more on the CPU from it.
+#[test]
+fn the_gpu_step_follows_the_cpu_trainer_and_resumes_across_devices() {
+    let student = tiny_student(32, 2);
+    let out = tempfile::tempdir().unwrap();
+    let cpu = train(config(student.path(), &out.path().join("cpu"), 8), false).unwrap();
+    let mut first = config(student.path(), &out.path().join("mixed"), 4);
+    first.device = TrainDevice::Emulator;
+    first.gpu_precision = GpuPrecision::F32;
+    let gpu_start = train(first.clone(), false).unwrap();
+    let mut second = config(student.path(), &out.path().join("mixed"), 8);
+    second.device = TrainDevice::Cpu;
+    let resumed = train(second, false).unwrap();
+    assert_eq!(resumed.resumed_from, Some(4));
+    let (cpu_losses, mixed) = (losses(&cpu.metrics), losses(&resumed.metrics));
+    assert_eq!(mixed.len(), 8);
+    for ((step, a), (_, b)) in cpu_losses.iter().zip(&mixed) {
+        assert!(
+            (a - b).abs() <= 1e-4 * a.abs(),
+            "step {step}: cpu {a} vs gpu/cpu {b}"
+        );
+    }
+    assert!(gpu_start.final_dir.join("model.safetensors").exists());
 }

@@ -33,6 +33,30 @@ pub enum SaveDtype {
     Bf16,
 }
 
+/// Where the trainer computes. Checkpoints are the same on every device, so a run may
+/// resume on another one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainDevice {
+    /// The CPU engine (autograd tape, f32).
+    Cpu,
+    /// CUDA device 0: the whole step on the GPU (src/train/gpu.rs); needs a build with
+    /// `--features cuda`.
+    Cuda,
+    /// The GPU step on the CPU emulator of CUDA: slow, for checking the GPU path without one.
+    Emulator,
+}
+
+/// The arithmetic of a GPU step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GpuPrecision {
+    /// bf16 weights and activations, f32 accumulation, f32 master weights and moments.
+    Bf16,
+    /// f32 throughout (the CPU's numbers, for checks).
+    F32,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
@@ -79,6 +103,13 @@ pub struct TrainConfig {
     /// Checkpoints kept (the oldest are deleted).
     pub keep_last: usize,
     pub save_dtype: SaveDtype,
+
+    pub device: TrainDevice,
+    /// Arithmetic on a GPU device (ignored on the CPU).
+    pub gpu_precision: GpuPrecision,
+    /// On a GPU: recompute each layer's activations in the backward instead of keeping
+    /// them (less memory, one more forward).
+    pub recompute: bool,
 }
 
 impl Default for TrainConfig {
@@ -112,6 +143,9 @@ impl Default for TrainConfig {
             save_every: 200,
             keep_last: 2,
             save_dtype: SaveDtype::F32,
+            device: TrainDevice::Cpu,
+            gpu_precision: GpuPrecision::Bf16,
+            recompute: false,
         }
     }
 }

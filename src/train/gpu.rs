@@ -8,8 +8,8 @@ use crate::backend::cuda::{Gpu, GpuBuffer};
 use crate::model::gpu::{ComputeType, DeviceBatch, GpuModel};
 use crate::model::Model;
 use crate::optim::cuda::{adamw_update, grad_norm, AdamwBuffers, AdamwPlan};
-use crate::optim::AdamWConfig;
-use crate::Result;
+use crate::optim::{AdamW, AdamWConfig};
+use crate::{Error, Result, Tensor};
 
 /// A model on the GPU with its gradients and AdamW state.
 pub struct GpuTrainer {
@@ -96,6 +96,53 @@ impl GpuTrainer {
             grad_norm,
             skipped,
         })
+    }
+
+    /// Continues from a CPU model and optimizer (a resumed checkpoint): their weights,
+    /// moments and step count replace the device's.
+    pub fn load(&mut self, gpu: &Gpu, model: &Model, optimizer: &AdamW) -> Result<()> {
+        self.model.load(gpu, model)?;
+        let layout = &self.model.layout;
+        let moments = optimizer.state_tensors();
+        let named = |prefix: &str| -> Vec<(String, Tensor)> {
+            moments
+                .iter()
+                .filter_map(|(n, t)| Some((n.strip_prefix(prefix)?.to_string(), t.clone())))
+                .collect()
+        };
+        self.exp_avg = gpu.upload(&layout.flatten(&named("exp_avg."))?)?;
+        self.exp_avg_sq = gpu.upload(&layout.flatten(&named("exp_avg_sq."))?)?;
+        self.steps = optimizer.step_count();
+        Ok(())
+    }
+
+    /// Writes the device's master weights into `model`'s parameters and its moments and
+    /// step count into `optimizer`, for a checkpoint or an evaluation on the CPU.
+    pub fn store(&self, gpu: &Gpu, model: &Model, optimizer: &mut AdamW) -> Result<()> {
+        let layout = &self.model.layout;
+        let master = gpu.download(&self.model.master)?;
+        for (name, p) in model.parameters() {
+            let param = layout.params.iter().find(|q| q.name == name);
+            let param = param.expect("the layout was made from the model's config");
+            p.write_f32()?.copy_from_slice(&master[param.range.clone()]);
+        }
+        let (m, v) = (
+            gpu.download(&self.exp_avg)?,
+            gpu.download(&self.exp_avg_sq)?,
+        );
+        optimizer.load_state(
+            |name, _| {
+                let (flat, param) = match name.strip_prefix("exp_avg_sq.") {
+                    Some(p) => (&v, p),
+                    None => (&m, name.strip_prefix("exp_avg.").unwrap_or(name)),
+                };
+                let slot = layout.params.iter().find(|q| q.name == param);
+                let slot =
+                    slot.ok_or_else(|| Error::shape("GPU optimizer", format!("no {param}")))?;
+                Ok(layout.tensor(flat, slot))
+            },
+            self.steps,
+        )
     }
 
     /// AdamW as step `self.steps + 1`; the kernel itself leaves everything unchanged
@@ -245,6 +292,37 @@ mod tests {
             let recomputed = gpu_losses::<bf16>(&gpu, &model(), &batches, (3, true));
             assert_eq!(recomputed, bf16_run[..3]);
         }
+    }
+
+    #[test]
+    fn store_then_load_continues_the_same_run() {
+        let gpu = Gpu::emulated().unwrap();
+        let config = tiny_config();
+        let batches = micro_batches(config.vocab_size);
+        let device_batches: Vec<DeviceBatch> = batches
+            .iter()
+            .map(|(b, t)| DeviceBatch::new(&gpu, &config, b, t).unwrap())
+            .collect();
+        let model = Model::random(config.clone(), 7);
+        let mut first = GpuTrainer::new(&gpu, &model, AdamWConfig::default()).unwrap();
+        for _ in 0..2 {
+            first
+                .step::<f32>(&gpu, &device_batches, LR, MAX_NORM, false)
+                .unwrap();
+        }
+        let host = Model::random(config, 8);
+        let mut optimizer = AdamW::new(&host.parameters(), AdamWConfig::default(), default_decay);
+        first.store(&gpu, &host, &mut optimizer).unwrap();
+        assert_eq!(optimizer.step_count(), 2);
+        let mut second = GpuTrainer::new(&gpu, &host, AdamWConfig::default()).unwrap();
+        second.load(&gpu, &host, &optimizer).unwrap();
+        let a = first
+            .step::<f32>(&gpu, &device_batches, LR, MAX_NORM, false)
+            .unwrap();
+        let b = second
+            .step::<f32>(&gpu, &device_batches, LR, MAX_NORM, false)
+            .unwrap();
+        assert_eq!(a, b);
     }
 
     #[test]

@@ -9,5 +9,5 @@ mod metrics;
 pub mod plot;
 mod trainer;
 
-pub use config::{DatasetConfig, SaveDtype, TrainConfig};
+pub use config::{DatasetConfig, GpuPrecision, SaveDtype, TrainConfig, TrainDevice};
 pub use trainer::{train, TrainSummary};

@@ -8,13 +8,16 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::checkpoints::{self, TrainerState};
-use super::config::{SaveDtype, TrainConfig};
+use super::config::{GpuPrecision, SaveDtype, TrainConfig, TrainDevice};
+use super::gpu::GpuTrainer;
 use super::metrics::{EvalMetrics, MetricsLog, StepMetrics};
 use crate::autograd::{no_grad, Gradients};
+use crate::backend::cuda::Gpu;
 use crate::data::{
     self, BatchBuilder, BatchStats, DatasetSource, Example, MixedExamples, Mixer, ReasoningFormat,
     Row,
 };
+use crate::model::gpu::DeviceBatch;
 use crate::model::{Batch, Model};
 use crate::ops::Reduction;
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, Schedule};
@@ -22,6 +25,7 @@ use crate::rng::Rng;
 use crate::tokenizer::{ChatTemplate, Tokenizer};
 
 use crate::{DType, Error, Result};
+use half::bf16;
 
 /// What a finished run reports.
 #[derive(Clone, Debug)]
@@ -42,6 +46,16 @@ struct Run<'a> {
     eval_examples: Vec<Example>,
     optimizer: AdamW,
     schedule: Schedule,
+    /// The GPU step's state when the run trains on a GPU; `model` and `optimizer` then
+    /// mirror it on the host for evaluation and checkpoints.
+    gpu: Option<GpuRun>,
+}
+
+struct GpuRun {
+    gpu: Gpu,
+    trainer: GpuTrainer,
+    /// Whether the device has steps the host mirror has not seen yet.
+    host_stale: bool,
 }
 
 /// Runs (or resumes) the training described by `config`.
@@ -59,6 +73,15 @@ pub fn train(config: TrainConfig, show_progress: bool) -> Result<TrainSummary> {
     let mut last_loss = f32::NAN;
     for step in start..run.config.steps {
         let m = run.step(step)?;
+        let done = step + 1;
+        let evaluating = run.config.eval_every > 0
+            && done % run.config.eval_every == 0
+            && !run.eval_examples.is_empty();
+        let saving = done == run.config.steps
+            || (run.config.save_every > 0 && done % run.config.save_every == 0);
+        if evaluating || saving {
+            run.sync_host()?;
+        }
         if !m.skipped {
             optimizer_steps += 1;
         }
@@ -69,16 +92,10 @@ pub fn train(config: TrainConfig, show_progress: bool) -> Result<TrainSummary> {
             m.loss, m.lr, m.tokens_per_s
         ));
         bar.inc(1);
-        let done = step + 1;
-        if run.config.eval_every > 0
-            && done % run.config.eval_every == 0
-            && !run.eval_examples.is_empty()
-        {
+        if evaluating {
             log.write(&run.evaluate(done)?)?;
         }
-        if done == run.config.steps
-            || (run.config.save_every > 0 && done % run.config.save_every == 0)
-        {
+        if saving {
             run.save(done, optimizer_steps)?;
         }
     }
@@ -137,6 +154,7 @@ impl<'a> Run<'a> {
             eps: config.eps,
             weight_decay: config.weight_decay,
         };
+        let gpu = GpuRun::open(config.device, &model, &adamw)?;
         let optimizer = AdamW::new(&params, adamw, crate::optim::default_decay);
         let schedule = Schedule {
             peak_lr: config.lr,
@@ -154,6 +172,7 @@ impl<'a> Run<'a> {
             eval_examples,
             optimizer,
             schedule,
+            gpu,
         })
     }
 
@@ -163,6 +182,9 @@ impl<'a> Run<'a> {
             return Ok(None);
         };
         let state = checkpoints::load(&dir, &self.model, &mut self.optimizer)?;
+        if let Some(g) = &mut self.gpu {
+            g.trainer.load(&g.gpu, &self.model, &self.optimizer)?;
+        }
         if state.config != self.config_json() {
             return Err(Error::format(
                 dir.join(checkpoints::STATE_FILE),
@@ -177,11 +199,14 @@ impl<'a> Run<'a> {
         }))
     }
 
-    /// The settings that must not change across a resume (everything but `steps`,
-    /// which a user may raise to train longer).
+    /// The settings that must not change across a resume: everything but `steps`, which
+    /// a user may raise to train longer, and where and how precisely the steps run.
     fn config_json(&self) -> serde_json::Value {
         let mut c = serde_json::to_value(&self.config).expect("config serialises");
-        c.as_object_mut().expect("an object").remove("steps");
+        let fields = c.as_object_mut().expect("an object");
+        for free in ["steps", "device", "gpu_precision", "recompute"] {
+            fields.remove(free);
+        }
         c
     }
 
@@ -211,24 +236,10 @@ impl<'a> Run<'a> {
         let lr = self.schedule.lr(step);
         let (batches, stats) = self.draw_micro_batches()?;
         let normaliser = stats.supervised_tokens.max(1) as f32;
-        let mut grads = Gradients::default();
-        let mut loss = 0.0f32;
-        for (batch, targets) in &batches {
-            let l = self
-                .model
-                .loss(batch, targets, Reduction::MeanOver(normaliser))?;
-            loss += l.to_scalar()?;
-            grads.add_from(l.backward()?)?;
-        }
-        let grad_norm = if self.config.max_grad_norm > 0.0 {
-            clip_grad_norm(&self.params, &mut grads, self.config.max_grad_norm)?
-        } else {
-            clip_grad_norm(&self.params, &mut grads, f32::INFINITY)?
+        let (loss, grad_norm, skipped) = match &mut self.gpu {
+            Some(g) => g.step(&self.config, &batches, lr)?,
+            None => self.cpu_step(&batches, normaliser, stats.supervised_tokens, lr)?,
         };
-        let skipped = !grad_norm.is_finite() || stats.supervised_tokens == 0;
-        if !skipped {
-            self.optimizer.step(&self.params, &grads, lr)?;
-        }
         let tokens = batches.iter().map(|(b, _)| b.num_tokens()).sum();
         Ok(StepMetrics {
             step: step + 1,
@@ -242,6 +253,48 @@ impl<'a> Run<'a> {
             dropped: stats.dropped,
             skipped,
         })
+    }
+
+    /// The step on the CPU: (loss, gradient norm, skipped).
+    fn cpu_step(
+        &mut self,
+        batches: &[MicroBatch],
+        normaliser: f32,
+        supervised: usize,
+        lr: f32,
+    ) -> Result<(f32, f32, bool)> {
+        let mut grads = Gradients::default();
+        let mut loss = 0.0f32;
+        for (batch, targets) in batches {
+            let l = self
+                .model
+                .loss(batch, targets, Reduction::MeanOver(normaliser))?;
+            loss += l.to_scalar()?;
+            grads.add_from(l.backward()?)?;
+        }
+        let max_norm = if self.config.max_grad_norm > 0.0 {
+            self.config.max_grad_norm
+        } else {
+            f32::INFINITY
+        };
+        let grad_norm = clip_grad_norm(&self.params, &mut grads, max_norm)?;
+        let skipped = !grad_norm.is_finite() || supervised == 0;
+        if !skipped {
+            self.optimizer.step(&self.params, &grads, lr)?;
+        }
+        Ok((loss, grad_norm, skipped))
+    }
+
+    /// Brings the host's model and optimizer up to the GPU's (before an evaluation or a
+    /// checkpoint); nothing to do on the CPU.
+    fn sync_host(&mut self) -> Result<()> {
+        if let Some(g) = &mut self.gpu {
+            if g.host_stale {
+                g.trainer.store(&g.gpu, &self.model, &mut self.optimizer)?;
+                g.host_stale = false;
+            }
+        }
+        Ok(())
     }
 
     /// Mean loss over the supervised tokens of the held-out examples.
@@ -293,6 +346,59 @@ impl<'a> Run<'a> {
         )?;
         Ok(())
     }
+}
+
+impl GpuRun {
+    /// The GPU state of a run on `device`; None on the CPU.
+    fn open(device: TrainDevice, model: &Model, adamw: &AdamWConfig) -> Result<Option<GpuRun>> {
+        let gpu = match device {
+            TrainDevice::Cpu => return Ok(None),
+            TrainDevice::Emulator => Gpu::emulated()?,
+            TrainDevice::Cuda => cuda_device()?,
+        };
+        let trainer = GpuTrainer::new(&gpu, model, adamw.clone())?;
+        Ok(Some(GpuRun {
+            gpu,
+            trainer,
+            host_stale: false,
+        }))
+    }
+
+    /// One step of `batches` on the device: (loss, gradient norm, skipped).
+    fn step(
+        &mut self,
+        config: &TrainConfig,
+        batches: &[MicroBatch],
+        lr: f32,
+    ) -> Result<(f32, f32, bool)> {
+        let model_config = &self.trainer.model.config;
+        let device_batches = batches
+            .iter()
+            .map(|(b, t)| DeviceBatch::new(&self.gpu, model_config, b, t))
+            .collect::<Result<Vec<_>>>()?;
+        let (gpu, trainer) = (&self.gpu, &mut self.trainer);
+        let (max_norm, recompute) = (config.max_grad_norm, config.recompute);
+        let step = match config.gpu_precision {
+            GpuPrecision::Bf16 => {
+                trainer.step::<bf16>(gpu, &device_batches, lr, max_norm, recompute)
+            }
+            GpuPrecision::F32 => trainer.step::<f32>(gpu, &device_batches, lr, max_norm, recompute),
+        }?;
+        self.host_stale = true;
+        Ok((step.loss, step.grad_norm, step.skipped))
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device() -> Result<Gpu> {
+    Gpu::cuda(0)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device() -> Result<Gpu> {
+    Err(Error::Gpu(
+        "device = \"cuda\" needs scotd built with --features cuda (or device = \"emulator\" to check the GPU path on the CPU)".into(),
+    ))
 }
 
 fn pad_id(tokenizer: &Tokenizer) -> u32 {

@@ -6,6 +6,7 @@ use std::ops::Range;
 
 use crate::model::{parameter_layout, ModelConfig};
 use crate::optim::{cuda::FlatSegment, default_decay};
+use crate::{Error, Result, Tensor};
 
 /// Every parameter starts at a multiple of this many elements: 256 bytes in f32, which
 /// keeps cuBLAS's operands and the kernels' vector loads aligned.
@@ -43,6 +44,26 @@ impl FlatLayout {
             })
             .collect();
         FlatLayout { params, len }
+    }
+
+    /// One flat buffer's host image: each named tensor at its parameter's place, zeros in
+    /// the alignment gaps. `tensors` must hold every parameter of the layout.
+    pub fn flatten(&self, tensors: &[(String, Tensor)]) -> Result<Vec<f32>> {
+        let mut flat = vec![0.0f32; self.len];
+        for p in &self.params {
+            let (_, t) = tensors
+                .iter()
+                .find(|(name, _)| *name == p.name)
+                .ok_or_else(|| Error::shape("flat layout", format!("{} is missing", p.name)))?;
+            flat[p.range.clone()].copy_from_slice(&t.read_f32()?);
+        }
+        Ok(flat)
+    }
+
+    /// Parameter `param`'s elements of a flat buffer's host image, as a tensor.
+    pub fn tensor(&self, flat: &[f32], param: &FlatParam) -> Tensor {
+        Tensor::from_vec(flat[param.range.clone()].to_vec(), param.shape.clone())
+            .expect("a parameter's range holds its shape's elements")
     }
 
     /// The range of parameter `name`; every name the model code asks for is in the layout.

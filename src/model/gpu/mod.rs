@@ -22,7 +22,7 @@ use crate::ops::embedding::cuda::{embedding_backward, embedding_forward, DeviceT
 use crate::ops::rmsnorm::cuda::{rmsnorm_backward, rmsnorm_forward};
 use crate::ops::rope::cuda::DeviceRopeTable;
 use crate::ops::{rope_table, IGNORE_INDEX};
-use crate::{Error, Result, Tensor};
+use crate::{Error, Result};
 pub use layer::Saved;
 use layout::{FlatLayout, ModelRanges};
 
@@ -121,12 +121,7 @@ impl GpuModel {
     /// `model`'s parameters, uploaded.
     pub fn upload(gpu: &Gpu, model: &Model) -> Result<GpuModel> {
         let layout = FlatLayout::new(&model.config);
-        let mut flat = vec![0.0f32; layout.len];
-        for ((name, tensor), slot) in model.parameters().iter().zip(&layout.params) {
-            debug_assert_eq!(name, &slot.name, "parameters() follows the layout's order");
-            flat[slot.range.clone()].copy_from_slice(&tensor.read_f32()?);
-        }
-        let master = gpu.upload(&flat)?;
+        let master = gpu.upload(&layout.flatten(&model.parameters())?)?;
         Ok(GpuModel {
             copy: cast_f32_to_bf16(gpu, &master)?,
             ranges: ModelRanges::new(&layout, &model.config),
@@ -139,15 +134,19 @@ impl GpuModel {
     /// The master weights, downloaded as a CPU model (for checkpoints and checks).
     pub fn download(&self, gpu: &Gpu) -> Result<Model> {
         let flat = gpu.download(&self.master)?;
-        let layout = &self.layout;
-        Model::from_named(self.config.clone(), |name, shape| {
-            let slot = layout
-                .params
-                .iter()
-                .find(|p| p.name == name)
-                .expect("the layout was made from the same config");
-            Tensor::from_vec(flat[slot.range.clone()].to_vec(), shape.to_vec())
+        Model::from_named(self.config.clone(), |name, _| {
+            let param = self.layout.params.iter().find(|p| p.name == name);
+            Ok(self
+                .layout
+                .tensor(&flat, param.expect("the layout has every parameter")))
         })
+    }
+
+    /// Replaces the weights by `model`'s (same config), and rewrites the bf16 copy.
+    pub fn load(&mut self, gpu: &Gpu, model: &Model) -> Result<()> {
+        self.master = gpu.upload(&self.layout.flatten(&model.parameters())?)?;
+        self.copy = cast_f32_to_bf16(gpu, &self.master)?;
+        Ok(())
     }
 
     /// Forward and backward of one batch: adds the gradients of `sum(losses) * grad_scale`
