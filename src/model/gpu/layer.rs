@@ -174,18 +174,7 @@ impl GpuLayer<'_> {
         let dh2_up = weight_backward(gpu, (&dup, &a.h2), w, grads, &r.up_proj, mlp_in)?;
         add_assign(gpu, &mut dh2, &dh2_up)?;
         let ln = &r.post_attention_layernorm;
-        let mut dx1 = rmsnorm_backward(
-            gpu,
-            &dh2,
-            &a.x1,
-            view(w, ln)?,
-            &a.rstd2,
-            wd.hidden,
-            view_mut(grads, ln)?,
-            true,
-        )?;
-        add_assign(gpu, &mut dx1, &dout)?;
-        Ok(dx1)
+        self.norm_backward(gpu, (w, grads), (&dh2, &a.x1, &a.rstd2), ln, &dout)
     }
 
     /// The gradient of the layer's input x from x1's.
@@ -217,17 +206,24 @@ impl GpuLayer<'_> {
             add_assign(gpu, &mut dh1, &part)?;
         }
         let ln = &r.input_layernorm;
-        let mut dx = rmsnorm_backward(
-            gpu,
-            &dh1,
-            &a.x,
-            view(w, ln)?,
-            &a.rstd1,
-            wd.hidden,
-            view_mut(grads, ln)?,
-            true,
-        )?;
-        add_assign(gpu, &mut dx, &dx1)?;
+        self.norm_backward(gpu, (w, grads), (&dh1, &a.x, &a.rstd1), ln, &dx1)
+    }
+
+    /// The gradient of a residual stream x from that of its norm h (with the norm's
+    /// saved 1/rms) plus `skip`, the gradient reaching x past the block; adds the norm
+    /// weight's gradient into `grads`.
+    fn norm_backward<T: ComputeType>(
+        &self,
+        gpu: &Gpu,
+        (w, grads): (&GpuBuffer<T>, &mut GpuBuffer<f32>),
+        (dh, x, rstd): (&GpuBuffer<T>, &GpuBuffer<T>, &GpuBuffer<f32>),
+        norm: &std::ops::Range<usize>,
+        skip: &GpuBuffer<T>,
+    ) -> Result<GpuBuffer<T>> {
+        let (weight, dweight) = (view(w, norm)?, view_mut(grads, norm)?);
+        let hidden = self.config.hidden_size;
+        let mut dx = rmsnorm_backward(gpu, dh, x, weight, rstd, hidden, dweight, true)?;
+        add_assign(gpu, &mut dx, skip)?;
         Ok(dx)
     }
 }

@@ -184,28 +184,14 @@ mod tests {
             let w = gpu.upload(&weight).unwrap();
             let out = embedding_forward(&gpu, &w, dim, &tokens).unwrap();
             assert_eq!(gpu.download(&out).unwrap(), out_ref);
+            // Written over the 9s first, then added to.
             let mut dw = gpu.upload(&vec![9.0f32; vocab * dim]).unwrap();
-            embedding_backward(
-                &gpu,
-                &gpu.upload(&grad).unwrap(),
-                &tokens,
-                dim,
-                &mut dw,
-                false,
-            )
-            .unwrap();
-            assert_close_abs(&gpu.download(&dw).unwrap(), &dw_ref, 1e-5);
-            embedding_backward(
-                &gpu,
-                &gpu.upload(&grad).unwrap(),
-                &tokens,
-                dim,
-                &mut dw,
-                true,
-            )
-            .unwrap();
-            let twice: Vec<f32> = dw_ref.iter().map(|g| 2.0 * g).collect();
-            assert_close_abs(&gpu.download(&dw).unwrap(), &twice, 1e-5);
+            let grad_gpu = gpu.upload(&grad).unwrap();
+            for (accumulate, times) in [(false, 1.0), (true, 2.0)] {
+                embedding_backward(&gpu, &grad_gpu, &tokens, dim, &mut dw, accumulate).unwrap();
+                let want: Vec<f32> = dw_ref.iter().map(|g| times * g).collect();
+                assert_close_abs(&gpu.download(&dw).unwrap(), &want, 1e-5);
+            }
 
             let w16: Vec<bf16> = weight.iter().map(|&v| bf16::from_f32(v)).collect();
             let out16 = embedding_forward(&gpu, &gpu.upload(&w16).unwrap(), dim, &tokens).unwrap();
