@@ -242,6 +242,14 @@ fn stopping_and_resuming_gives_bit_identical_losses() {
     assert_eq!(second.resumed_from, Some(8));
     assert_eq!(losses(&straight.metrics), losses(&second.metrics));
     assert_eq!(losses(&second.metrics).len(), 12, "no step logged twice");
+    // A run that had already finished resumes into nothing, and still reports its loss.
+    let again = train(
+        config(student.path(), &out.path().join("resumed"), 12),
+        false,
+    )
+    .unwrap();
+    assert_eq!(again.resumed_from, Some(12));
+    assert_eq!(again.final_loss, second.final_loss);
 }
 
 fn scotd_train(config_path: &Path) -> Command {

@@ -36,14 +36,22 @@ pub struct EvalMetrics {
 pub struct MetricsLog {
     path: PathBuf,
     file: File,
+    /// The training loss of the last step kept from an earlier run, if any.
+    pub last_loss: Option<f32>,
 }
 
 impl MetricsLog {
     /// Opens `path` for appending, first dropping any line past `keep_through_step`
     /// (what a resumed run will log again).
     pub fn open(path: &Path, keep_through_step: u64) -> Result<Self> {
+        let mut last_loss = None;
         if path.exists() {
             let kept = lines_through(path, keep_through_step)?;
+            last_loss = kept
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["loss"].as_f64())
+                .last()
+                .map(|loss| loss as f32);
             crate::io::write_atomic(path, kept.as_bytes())?;
         }
         let file = OpenOptions::new()
@@ -54,6 +62,7 @@ impl MetricsLog {
         Ok(MetricsLog {
             path: path.to_path_buf(),
             file,
+            last_loss,
         })
     }
 

@@ -62,7 +62,7 @@ struct GpuRun {
 pub fn train(config: TrainConfig, show_progress: bool) -> Result<TrainSummary> {
     let tokenizer = Tokenizer::from_dir(&config.model)?;
     let template = tokenizer.resolve_chat_template(config.template.as_deref())?;
-    let mut run = Run::prepare(config, &tokenizer, &template)?;
+    let mut run = Run::prepare(config, &tokenizer, &template, show_progress)?;
     let resumed = run.resume()?;
     let start = resumed.map_or(0, |s| s.step);
     let mut optimizer_steps = resumed.map_or(0, |s| s.optimizer_steps);
@@ -70,7 +70,7 @@ pub fn train(config: TrainConfig, show_progress: bool) -> Result<TrainSummary> {
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     let mut log = MetricsLog::open(&out.join("metrics.jsonl"), start)?;
     let bar = progress_bar(show_progress, start, run.config.steps);
-    let mut last_loss = f32::NAN;
+    let mut last_loss = log.last_loss.unwrap_or(f32::NAN);
     for step in start..run.config.steps {
         let m = run.step(step)?;
         let done = step + 1;
@@ -138,9 +138,10 @@ impl<'a> Run<'a> {
         config: TrainConfig,
         tokenizer: &'a Tokenizer,
         template: &'a ChatTemplate,
+        verbose: bool,
     ) -> Result<Run<'a>> {
         let model = Model::load(&config.model)?;
-        let (sources, eval_rows) = read_datasets(&config)?;
+        let (sources, eval_rows) = read_datasets(&config, verbose)?;
         let mixer = Mixer::new(sources, config.seed)?;
         let eval_examples = eval_rows
             .iter()
@@ -410,7 +411,9 @@ fn pad_id(tokenizer: &Tokenizer) -> u32 {
 
 /// Every dataset's rows, each split into training rows and `eval_rows` held-out rows
 /// (chosen by a seeded shuffle, so the split is the same on every run).
-fn read_datasets(config: &TrainConfig) -> Result<(Vec<DatasetSource>, Vec<Row>)> {
+/// Every dataset's rows, split into training and held-out; with `verbose`, what each
+/// file held (and the lines skipped) on stderr.
+fn read_datasets(config: &TrainConfig, verbose: bool) -> Result<(Vec<DatasetSource>, Vec<Row>)> {
     let reasoning = ReasoningFormat {
         template: config.reasoning_format.clone(),
     };
@@ -428,9 +431,11 @@ fn read_datasets(config: &TrainConfig) -> Result<(Vec<DatasetSource>, Vec<Row>)>
             config.system_prompt.as_deref(),
             config.bad_lines,
         )?;
-        eprintln!("{}: {report}", d.name);
-        for skipped in &report.skipped {
-            eprintln!("  skipped {}", skipped.error);
+        if verbose {
+            eprintln!("{}: {report}", d.name);
+            for skipped in &report.skipped {
+                eprintln!("  skipped {}", skipped.error);
+            }
         }
         let (train_rows, held_out) =
             split_eval(rows, config.eval_rows, config.seed ^ i as u64, &d.path)?;
