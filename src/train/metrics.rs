@@ -49,8 +49,8 @@ impl MetricsLog {
             let kept = lines_through(path, keep_through_step)?;
             last_loss = kept
                 .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["loss"].as_f64())
-                .last()
+                .rev()
+                .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["loss"].as_f64())
                 .map(|loss| loss as f32);
             crate::io::write_atomic(path, kept.as_bytes())?;
         }
