@@ -1,6 +1,7 @@
-// Causal grouped-query attention, forward and backward: the simple, correct kernels
-// (issue 7). The fast tiled ones are issue 8; these are the reference the fast ones are
-// checked against on the device, and what runs until then.
+// Causal grouped-query attention, forward and backward: the simple, correct kernels.
+// The fast ones are flash_attention.cu (bf16, head dims 64 and 128, tensor cores); these
+// run every other case (f32, other head dims) and are the reference the fast ones are
+// checked against on the device.
 //
 // Layout: q, out [B, T, Hq, D]; k, v [B, T, Hkv, D]; query head h reads kv head
 // h / (Hq / Hkv). Position i sees key j iff j <= i and, with packed sequences, both carry

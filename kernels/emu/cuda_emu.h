@@ -12,6 +12,7 @@
 #include <ucontext.h>
 
 #include <algorithm>
+#include <cassert>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -53,12 +54,15 @@ struct Fiber {
 
 constexpr size_t kStackBytes = 64 * 1024;
 constexpr unsigned kWarp = 32;
+// Bytes each lane may contribute to a warp_gather (a tensor-core fragment set is 24).
+constexpr size_t kGatherBytes = 32;
 
 // What one OS thread needs to run blocks: its fibers, their stacks, the block's state.
 struct BlockRunner {
   std::vector<Fiber> fibers;
   std::vector<char> stacks;
   std::vector<uint64_t> warp_slots;
+  std::vector<char> gather_slots;
   std::vector<char> dynamic_shared;
   ucontext_t scheduler;
   Fiber* current = nullptr;
@@ -147,6 +151,7 @@ inline void prepare(BlockRunner& r, dim3 block, size_t shared_bytes) {
   r.fibers.resize(n);
   r.stacks.resize(n * kStackBytes);
   r.warp_slots.assign((n + kWarp - 1) / kWarp * kWarp, 0);
+  r.gather_slots.assign((n + kWarp - 1) / kWarp * kWarp * kGatherBytes, 0);
   r.dynamic_shared.assign(shared_bytes, 0);
   for (size_t i = 0; i < n; ++i) {
     unsigned x = i % block.x, y = (i / block.x) % block.y, z = i / (size_t(block.x) * block.y);
@@ -193,6 +198,19 @@ T exchange(T value, Source source) {
   std::memcpy(&out, &runner->warp_slots[base + source(lane)], sizeof(T));
   wait(State::WaitWarp);
   return out;
+}
+
+// Every lane's `bytes` bytes at `mine`, gathered in lane order into `all` (32 * bytes):
+// what a warp-wide instruction (a tensor-core mma) sees of its warp's registers.
+inline void warp_gather(const void* mine, size_t bytes, void* all) {
+  assert(bytes <= kGatherBytes);
+  unsigned linear = self().linear, base = linear / kWarp * kWarp;
+  std::memcpy(&runner->gather_slots[linear * kGatherBytes], mine, bytes);
+  wait(State::WaitWarp);
+  for (unsigned lane = 0; lane < kWarp; ++lane)
+    std::memcpy(static_cast<char*>(all) + lane * bytes,
+                &runner->gather_slots[(base + lane) * kGatherBytes], bytes);
+  wait(State::WaitWarp);
 }
 
 // Kernel registry: each .cu file registers its kernels by name (SCOTD_EXPORT).
@@ -276,6 +294,8 @@ T atomicAdd(T* address, T value) {
   return std::atomic_ref<T>(*address).fetch_add(value);
 }
 
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline float __expf(float x) { return std::exp(x); }
 inline float __logf(float x) { return std::log(x); }

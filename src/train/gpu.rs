@@ -183,6 +183,15 @@ mod tests {
         ModelConfig::from_json(json, std::path::Path::new("tiny")).unwrap()
     }
 
+    /// The same with head_dim 64, where bf16 attention runs on the flash kernels.
+    fn flash_config() -> ModelConfig {
+        let json = r#"{"model_type": "qwen2", "hidden_size": 128, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 64,
+            "intermediate_size": 64, "vocab_size": 61, "rope_theta": 10000.0,
+            "rms_norm_eps": 1e-6, "tie_word_embeddings": true}"#;
+        ModelConfig::from_json(json, std::path::Path::new("tiny-flash")).unwrap()
+    }
+
     /// Two micro-batches: one of two plain rows, one packed row of three sequences, with
     /// ignored targets (prompt tokens and the ends of sequences).
     fn micro_batches(vocab: usize) -> Vec<(Batch, Vec<i64>)> {
@@ -216,14 +225,14 @@ mod tests {
     }
 
     /// The CPU trainer's step, as src/train/trainer.rs takes it; the loss per step.
-    fn cpu_losses(model: &Model, batches: &[(Batch, Vec<i64>)]) -> Vec<f32> {
+    fn cpu_losses(model: &Model, batches: &[(Batch, Vec<i64>)], steps: usize) -> Vec<f32> {
         let params = model.parameters();
         let mut optimizer = AdamW::new(&params, AdamWConfig::default(), default_decay);
         let supervised: usize = batches
             .iter()
             .map(|(_, t)| t.iter().filter(|&&x| x != IGNORE_INDEX).count())
             .sum();
-        (0..STEPS)
+        (0..steps)
             .map(|_| {
                 let mut grads = crate::autograd::Gradients::default();
                 let mut loss = 0.0;
@@ -269,7 +278,7 @@ mod tests {
         let batches = micro_batches(config.vocab_size);
         // A fresh model for every run: the CPU optimizer updates the parameters in place.
         let model = || Model::random(config.clone(), 5);
-        let cpu = cpu_losses(&model(), &batches);
+        let cpu = cpu_losses(&model(), &batches, STEPS);
         assert!(cpu[STEPS - 1] < 0.8 * cpu[0], "the run learns: {cpu:?}");
         for gpu in test_gpus() {
             let f32_run = gpu_losses::<f32>(&gpu, &model(), &batches, (STEPS, false));
@@ -291,6 +300,20 @@ mod tests {
             // Recomputing activations runs the same kernels on the same inputs.
             let recomputed = gpu_losses::<bf16>(&gpu, &model(), &batches, (3, true));
             assert_eq!(recomputed, bf16_run[..3]);
+        }
+    }
+
+    #[test]
+    fn bf16_steps_on_the_flash_kernels_follow_the_cpu_trainer() {
+        let config = flash_config();
+        let batches = micro_batches(config.vocab_size);
+        let model = || Model::random(config.clone(), 9);
+        let cpu = cpu_losses(&model(), &batches, 10);
+        for gpu in test_gpus() {
+            let run = gpu_losses::<bf16>(&gpu, &model(), &batches, (10, false));
+            for (step, (g, c)) in run.iter().zip(&cpu).enumerate() {
+                assert!((g - c).abs() <= 3e-2 * c.abs(), "step {step}: {g} vs {c}");
+            }
         }
     }
 

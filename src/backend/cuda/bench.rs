@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{Gpu, GpuBuffer, GpuFloat};
 use crate::ops::add::cuda::add_forward;
-use crate::ops::attention::cuda::{attention_backward, attention_forward};
+use crate::ops::attention::cuda::{
+    attention_backward, attention_forward, simple_attention_backward, simple_attention_forward,
+};
 use crate::ops::attention::AttentionDims;
 use crate::ops::cross_entropy::cuda::{cross_entropy_fused, device_targets};
 use crate::ops::embedding::cuda::{embedding_backward, embedding_forward, DeviceTokens};
@@ -325,9 +327,46 @@ fn optimizer(gpu: &Gpu, s: &Shapes) -> Result<Vec<KernelTiming>> {
     ])
 }
 
-/// The simple exact attention kernels on a step's 16 rows of 1024 tokens (fewer runs:
-/// they are slow by design, until the fast kernels of issue 8).
+/// Causal GQA attention on a step's 16 rows of 1024 tokens, the flash kernels and the
+/// simple ones (fewer runs: the simple ones are slow by design), beside PyTorch's SDPA.
+/// The two attention implementations' launchers, at bf16.
+type Bf16 = GpuBuffer<half::bf16>;
+type AttentionForward = fn(
+    &Gpu,
+    (&Bf16, &Bf16, &Bf16),
+    Option<&GpuBuffer<i32>>,
+    AttentionDims,
+) -> Result<(Bf16, GpuBuffer<f32>)>;
+type AttentionBackward = fn(
+    &Gpu,
+    (&Bf16, &Bf16, &Bf16),
+    (&Bf16, &GpuBuffer<f32>, &Bf16),
+    Option<&GpuBuffer<i32>>,
+    AttentionDims,
+) -> Result<(Bf16, Bf16, Bf16)>;
+
 fn attention(gpu: &Gpu, s: &Shapes) -> Result<Vec<KernelTiming>> {
+    let kernels: [(&str, AttentionForward, AttentionBackward); 2] = [
+        ("flash", attention_forward, attention_backward),
+        (
+            "simple",
+            simple_attention_forward,
+            simple_attention_backward,
+        ),
+    ];
+    let mut out = Vec::new();
+    for (name, forward, backward) in kernels {
+        out.extend(attention_kernels(gpu, s, name, (forward, backward))?);
+    }
+    Ok(out)
+}
+
+fn attention_kernels(
+    gpu: &Gpu,
+    s: &Shapes,
+    name: &str,
+    (forward_fn, backward_fn): (AttentionForward, AttentionBackward),
+) -> Result<Vec<KernelTiming>> {
     let mut rng = Rng::new(6);
     let seq = s.attention_seq;
     let dims = AttentionDims {
@@ -342,12 +381,10 @@ fn attention(gpu: &Gpu, s: &Shapes) -> Result<Vec<KernelTiming>> {
     let k = random_bf16(gpu, &mut rng, tokens * dims.kv_heads * dims.head_dim)?;
     let v = random_bf16(gpu, &mut rng, tokens * dims.kv_heads * dims.head_dim)?;
     let dout = random_bf16(gpu, &mut rng, q.len())?;
-    let (out, lse) = attention_forward(gpu, (&q, &k, &v), None, dims)?;
-    let forward = gpu.time_ms(runs, || {
-        attention_forward(gpu, (&q, &k, &v), None, dims).map(drop)
-    })?;
+    let (out, lse) = forward_fn(gpu, (&q, &k, &v), None, dims)?;
+    let forward = gpu.time_ms(runs, || forward_fn(gpu, (&q, &k, &v), None, dims).map(drop))?;
     let backward = gpu.time_ms(runs, || {
-        attention_backward(gpu, (&q, &k, &v), (&out, &lse, &dout), None, dims).map(drop)
+        backward_fn(gpu, (&q, &k, &v), (&out, &lse, &dout), None, dims).map(drop)
     })?;
     // Causal: half the score matrix. Backward does 2.5 times the forward's FLOPs.
     let flops = 4.0 * (dims.batch * dims.q_heads * seq * seq * dims.head_dim) as f64 / 2.0;
@@ -357,7 +394,7 @@ fn attention(gpu: &Gpu, s: &Shapes) -> Result<Vec<KernelTiming>> {
     );
     Ok(vec![
         timing(
-            "attention_forward (simple)",
+            &format!("attention_forward ({name})"),
             ("sdpa default enable_gqa", "fwd"),
             shape.clone(),
             None,
@@ -365,7 +402,7 @@ fn attention(gpu: &Gpu, s: &Shapes) -> Result<Vec<KernelTiming>> {
             forward,
         ),
         timing(
-            "attention_backward (simple)",
+            &format!("attention_backward ({name})"),
             ("sdpa default enable_gqa", "bwd"),
             shape,
             None,

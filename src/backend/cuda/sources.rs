@@ -17,9 +17,14 @@ pub const SOURCES: &[(&str, &str)] = &[
         "emu/runtime.cpp",
         include_str!("../../../kernels/emu/runtime.cpp"),
     ),
+    ("mma.cuh", include_str!("../../../kernels/mma.cuh")),
     (
         "attention.cu",
         include_str!("../../../kernels/attention.cu"),
+    ),
+    (
+        "flash_attention.cu",
+        include_str!("../../../kernels/flash_attention.cu"),
     ),
     (
         "cross_entropy.cu",

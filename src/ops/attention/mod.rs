@@ -4,6 +4,7 @@
 mod cached;
 mod cpu;
 pub mod cuda;
+mod flash;
 
 pub use cached::{attention_with_caches, CachedDims, CachedQueries};
 
