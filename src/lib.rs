@@ -11,6 +11,7 @@ pub mod io;
 pub mod model;
 pub mod ops;
 pub mod optim;
+pub mod probe;
 pub mod rng;
 pub mod sample;
 pub mod tensor;

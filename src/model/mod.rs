@@ -19,6 +19,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::ops::{self, Reduction, RopeTable};
+use crate::probe::{self, Probes, Site, SiteKind};
 use crate::rng::Rng;
 use crate::{Result, Tensor};
 
@@ -247,12 +248,39 @@ impl Model {
 
     /// Hidden states after the final norm, [B*T, hidden].
     pub fn hidden_states(&self, batch: &Batch) -> Result<Tensor> {
+        self.hidden_states_probed(batch, &mut None)
+    }
+
+    /// Logits [B, T, vocab] of a forward that passes every probe site through `probes`
+    /// (recording and modifying what they ask for; see [`crate::probe`]).
+    pub fn forward_with_probes(&self, batch: &Batch, probes: &mut Probes) -> Result<Tensor> {
+        probes.head_dim = self.config.head_dim;
+        let mut probes = Some(probes);
+        let h = self.hidden_states_probed(batch, &mut probes)?;
+        let logits = ops::linear(&h, self.output_weight(), None)?;
+        let logits = probe::visit(&mut probes, Site::last(SiteKind::Logits), logits)?;
+        logits.reshape([batch.batch_size, batch.seq_len, self.config.vocab_size])
+    }
+
+    fn hidden_states_probed(
+        &self,
+        batch: &Batch,
+        probes: &mut Option<&mut Probes>,
+    ) -> Result<Tensor> {
         let mut x = ops::embedding(&self.embed_tokens, &batch.input_ids)?;
         let rope = self.rope_table(&batch.positions)?;
-        for layer in &self.layers {
-            x = self.layer_forward(layer, &x, batch, &rope)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            x = self.layer_forward((l, layer), &x, batch, &rope, probes)?;
         }
-        ops::rmsnorm(&x, &self.norm, self.config.rms_norm_eps)
+        let h = ops::rmsnorm(&x, &self.norm, self.config.rms_norm_eps)?;
+        probe::visit(probes, Site::last(SiteKind::FinalNorm), h)
+    }
+
+    /// The logits [n, vocab] the model would give residual-stream rows [n, hidden]: the
+    /// final norm and the output projection (the logit lens' reading of a layer).
+    pub fn unembed(&self, residual: &Tensor) -> Result<Tensor> {
+        let h = ops::rmsnorm(residual, &self.norm, self.config.rms_norm_eps)?;
+        ops::linear(&h, self.output_weight(), None)
     }
 
     /// The output projection: lm_head, or the embedding when tied.
@@ -283,25 +311,40 @@ impl Model {
 
     fn layer_forward(
         &self,
-        layer: &Layer,
+        (l, layer): (usize, &Layer),
         x: &Tensor,
         batch: &Batch,
         rope: &Arc<RopeTable>,
+        probes: &mut Option<&mut Probes>,
     ) -> Result<Tensor> {
         let c = &self.config;
         let (b, t, dh) = (batch.batch_size, batch.seq_len, c.head_dim);
-        let (q, k, v) = self.rotated_qkv(layer, x, rope)?;
-        let q = q.reshape([b, t, c.num_attention_heads, dh])?;
-        let k = k.reshape([b, t, c.num_key_value_heads, dh])?;
-        let v = v.reshape([b, t, c.num_key_value_heads, dh])?;
-        let attn = ops::attention(&q, &k, &v, batch.segments.as_deref())?;
-        let x = ops::add(
-            x,
-            &layer
-                .o_proj
-                .forward(&attn.reshape([b * t, c.num_attention_heads * dh])?)?,
+        let (n, hq, hkv) = (b * t, c.num_attention_heads, c.num_key_value_heads);
+        let site = |kind| Site::layer(kind, l);
+        let x = probe::visit(probes, site(SiteKind::ResidPre), x.clone())?;
+        let (q, k, v) = self.rotated_qkv(layer, &x, rope)?;
+        let q = probe::visit_rows(probes, site(SiteKind::Queries), q, [n, hq * dh])?;
+        let k = probe::visit_rows(probes, site(SiteKind::Keys), k, [n, hkv * dh])?;
+        let q = q.reshape([b, t, hq, dh])?;
+        let k = k.reshape([b, t, hkv, dh])?;
+        let v = v.reshape([b, t, hkv, dh])?;
+        if let Some(p) = probes
+            .as_deref_mut()
+            .filter(|p| p.wants(site(SiteKind::AttnProbs)))
+        {
+            let probs = probe::attention::probabilities(&q, &k, batch.segments.as_deref())?;
+            p.visit(site(SiteKind::AttnProbs), probs)?;
+        }
+        let attn = ops::attention(&q, &k, &v, batch.segments.as_deref())?.reshape([n, hq * dh])?;
+        let attn = probe::visit(probes, site(SiteKind::AttnHeads), attn)?;
+        let out = probe::visit(
+            probes,
+            site(SiteKind::AttnOut),
+            layer.o_proj.forward(&attn)?,
         )?;
-        self.mlp_block(layer, &x)
+        let x = probe::visit(probes, site(SiteKind::ResidMid), ops::add(&x, &out)?)?;
+        let mlp = probe::visit(probes, site(SiteKind::MlpOut), self.mlp_output(layer, &x)?)?;
+        probe::visit(probes, site(SiteKind::ResidPost), ops::add(&x, &mlp)?)
     }
 
     /// The attention block's projections for tokens x [n, hidden] at the positions of
@@ -325,9 +368,14 @@ impl Model {
 
     /// The residual MLP half of a layer: x + down(swiglu(gate(norm x), up(norm x))).
     fn mlp_block(&self, layer: &Layer, x: &Tensor) -> Result<Tensor> {
+        ops::add(x, &self.mlp_output(layer, x)?)
+    }
+
+    /// The MLP's output, before the residual add.
+    fn mlp_output(&self, layer: &Layer, x: &Tensor) -> Result<Tensor> {
         let h = ops::rmsnorm(x, &layer.post_attention_layernorm, self.config.rms_norm_eps)?;
         let [gate, up] = Linear::forward_all([&layer.gate_proj, &layer.up_proj], &h)?;
         let act = ops::swiglu(&gate, &up)?;
-        ops::add(x, &layer.down_proj.forward(&act)?)
+        layer.down_proj.forward(&act)
     }
 }

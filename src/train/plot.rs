@@ -88,6 +88,16 @@ fn number(obj: &Map<String, Value>, field: &str, at: &Path) -> Result<Option<f64
 /// Draws `metrics` into the PNG file `out`, `size` = (width, height) in pixels, written
 /// through a temporary file renamed into place.
 pub fn plot_metrics(metrics: &Metrics, out: &Path, size: (u32, u32)) -> Result<()> {
+    write_png(out, size, |tmp| draw(metrics, tmp, size))
+}
+
+/// A PNG drawn by `draw` into a temporary file (its path given) and renamed to `out`;
+/// `size` in pixels, 200 to 10000 each way. The embedded font is registered first.
+pub(crate) fn write_png(
+    out: &Path,
+    size: (u32, u32),
+    draw: impl FnOnce(&Path) -> std::result::Result<(), String>,
+) -> Result<()> {
     let is_png = out
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("png"));
@@ -107,7 +117,7 @@ pub fn plot_metrics(metrics: &Metrics, out: &Path, size: (u32, u32)) -> Result<(
         name.unwrap_or_default(),
         std::process::id()
     ));
-    let drawn = draw(metrics, &tmp, size).map_err(|e| Error::format(out, "(drawing)", e));
+    let drawn = draw(&tmp).map_err(|e| Error::format(out, "(drawing)", e));
     let result = drawn.and_then(|()| std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e)));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);

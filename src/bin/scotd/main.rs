@@ -9,6 +9,7 @@ mod generate;
 mod gpu_bench;
 mod logits;
 mod plot;
+mod probe;
 mod prompts;
 mod sample;
 mod train;
@@ -45,6 +46,9 @@ enum Command {
     /// For comparing the engine with another implementation:
     /// tools/check_checkpoint_with_transformers.py compares it with transformers.
     Logits(logits::Args),
+    /// Look inside a model: record sites, attention maps, logit lens, linear probes,
+    /// activation patching.
+    Probe(probe::Args),
     /// Draw the loss, eval loss and learning rate of a metrics JSONL file into a PNG.
     Plot(plot::Args),
     /// Sample a teacher's step-by-step traces of every question, verify each against the
@@ -70,6 +74,7 @@ fn main() {
         Command::GpuBench(args) => gpu_bench::run(args),
         Command::Logits(args) => logits::run(args),
         Command::Plot(args) => plot::run(args),
+        Command::Probe(args) => probe::run(args),
         Command::Sample(args) => sample::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Train(args) => train::run(args),
