@@ -275,7 +275,8 @@ fn every_probe_command_runs_end_to_end_on_a_tiny_model() {
     ]);
     let probes: Vec<serde_json::Value> =
         serde_json::from_slice(&std::fs::read(at("linear/linear.json")).unwrap()).unwrap();
-    assert_eq!(probes.len(), 2);
+    assert_eq!(probes.len(), 3);
+    assert_eq!(probes[0]["site"], "resid_pre.0");
     assert!(png_size(&at("linear/linear.png")).0 >= 200);
 
     let patch = scotd(&[
@@ -412,8 +413,15 @@ fn a_linear_probe_separates_math_from_chat_in_smollm2() {
             labels.push(label);
         }
     }
-    let probes = scotd::probe::linear::probe_layers(&features, &labels, 0).unwrap();
-    assert_eq!(probes.len(), 30);
+    let sites: Vec<String> = scotd::probe::linear::probed_sites(30)
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let probes = scotd::probe::linear::probe_layers(&features, &labels, &sites, 0).unwrap();
+    assert_eq!(probes.len(), 31);
+    // The control: every prompt ends with the same template token, so its embedding
+    // cannot separate the sets (the held-out third's majority at best).
+    assert!(probes[0].held_out_accuracy < 0.7, "{probes:?}");
     let best = probes
         .iter()
         .map(|p| p.held_out_accuracy)

@@ -3,10 +3,11 @@
 //! prompt sets, and its accuracy on prompts held out of its training. A layer where a
 //! linear probe separates the sets holds the distinction in a linearly readable form.
 //!
-//! The last position is where the reply starts; with a chat template it is the same
-//! token in every prompt (`assistant\n`), so at layer 0 it cannot tell the sets apart and
-//! whatever the probe finds later was carried there by attention. The mean over positions
-//! separates sets by their words from layer 0 on.
+//! The first probe reads the embeddings (`resid_pre.0`), a control: at the last position,
+//! which with a chat template is the same token in every prompt (`assistant\n`), it
+//! cannot tell the sets apart, so whatever the later probes find there was carried to the
+//! reply's position by attention. The mean over positions separates sets by their words
+//! from the embeddings on.
 
 use serde::Serialize;
 
@@ -22,10 +23,11 @@ const EPOCHS: usize = 300;
 const LEARNING_RATE: f64 = 0.5;
 const L2: f64 = 1e-3;
 
-/// One layer's probe.
+/// One site's probe.
 #[derive(Clone, Debug, Serialize)]
 pub struct LayerProbe {
-    pub layer: usize,
+    /// `resid_pre.0` (the embeddings, the control) or `resid_post.L`.
+    pub site: String,
     pub train_accuracy: f64,
     pub held_out_accuracy: f64,
 }
@@ -40,12 +42,18 @@ pub enum Pooling {
     Mean,
 }
 
-/// The residual stream after each layer of one prompt, pooled: `[layer][hidden]`.
+/// The sites the probes read: the embeddings, then the residual stream after each layer.
+pub fn probed_sites(layers: usize) -> Vec<Site> {
+    let after = (0..layers).map(|l| Site::layer(SiteKind::ResidPost, l));
+    std::iter::once(Site::layer(SiteKind::ResidPre, 0))
+        .chain(after)
+        .collect()
+}
+
+/// The residual stream of one prompt at [`probed_sites`], pooled: `[site][hidden]`.
 pub fn residual_features(model: &Model, ids: &[u32], pooling: Pooling) -> Result<Vec<Vec<f32>>> {
     let (layers, hidden) = (model.config.num_hidden_layers, model.config.hidden_size);
-    let sites: Vec<Site> = (0..layers)
-        .map(|l| Site::layer(SiteKind::ResidPost, l))
-        .collect();
+    let sites = probed_sites(layers);
     let recorded = record(model, ids, &sites)?;
     sites
         .iter()
@@ -65,11 +73,12 @@ pub fn residual_features(model: &Model, ids: &[u32], pooling: Pooling) -> Result
         .collect()
 }
 
-/// Trains and scores a probe per layer. `features[i][layer]` is example i's vector,
-/// `labels[i]` its set; the split is seeded, the same for every layer.
+/// Trains and scores a probe per site. `features[i][s]` is example i's vector at site s
+/// (named `sites[s]`), `labels[i]` its set; the split is seeded, the same for every site.
 pub fn probe_layers(
     features: &[Vec<Vec<f32>>],
     labels: &[bool],
+    sites: &[String],
     seed: u64,
 ) -> Result<Vec<LayerProbe>> {
     let n = features.len();
@@ -99,8 +108,7 @@ pub fn probe_layers(
             train.push(i);
         }
     }
-    let layers = features[0].len();
-    Ok((0..layers)
+    Ok((0..sites.len())
         .map(|layer| {
             let x = |i: usize| &features[i][layer][..];
             let model =
@@ -112,7 +120,7 @@ pub fn probe_layers(
                     / set.len() as f64
             };
             LayerProbe {
-                layer,
+                site: sites[layer].clone(),
                 train_accuracy: accuracy(&train),
                 held_out_accuracy: accuracy(&held),
             }
@@ -211,7 +219,7 @@ pub fn markdown(probes: &[LayerProbe], (a, b): (&str, &str), pooling: Pooling) -
         Pooling::Last => "at the last position",
         Pooling::Mean => "averaged over positions",
     };
-    let mut out = format!("Linear probe per layer: {a} vs {b} (residual stream after the layer, {read})\n\n| layer | train accuracy | held-out accuracy |\n|--:|--:|--:|\n");
+    let mut out = format!("Linear probe per site: {a} vs {b} (residual stream {read}; resid_pre.0 is the embeddings, the control)\n\n| site | train accuracy | held-out accuracy |\n|---|--:|--:|\n");
     for p in probes {
         let mark = if p.held_out_accuracy == best {
             " **best**"
@@ -220,7 +228,7 @@ pub fn markdown(probes: &[LayerProbe], (a, b): (&str, &str), pooling: Pooling) -
         };
         out.push_str(&format!(
             "| {} | {:.3} | {:.3}{mark} |\n",
-            p.layer, p.train_accuracy, p.held_out_accuracy
+            p.site, p.train_accuracy, p.held_out_accuracy
         ));
     }
     out
@@ -245,9 +253,10 @@ mod tests {
                 vec![noise, signal]
             })
             .collect();
-        let probes = probe_layers(&features, &labels, 1).unwrap();
+        let sites = ["noise".to_string(), "signal".to_string()];
+        let probes = probe_layers(&features, &labels, &sites, 1).unwrap();
         assert!(probes[1].held_out_accuracy > 0.9, "{probes:?}");
         assert!(probes[0].held_out_accuracy < 0.8, "{probes:?}");
-        assert!(probe_layers(&features[..4], &labels[..4], 1).is_err());
+        assert!(probe_layers(&features[..4], &labels[..4], &sites, 1).is_err());
     }
 }

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use scotd::model::Model;
 use scotd::probe::lens::logit_lens;
-use scotd::probe::linear::{markdown, probe_layers, residual_features, Pooling};
+use scotd::probe::linear::{markdown, probe_layers, probed_sites, residual_features, Pooling};
 use scotd::probe::patch::{patch, PATCHED_KINDS};
 use scotd::probe::plot::{heatmap, line, Heatmap};
 use scotd::probe::record::{read_prompts, record, write_recordings, Recorded};
@@ -346,7 +346,11 @@ fn run_linear(args: LinearArgs) -> Result<()> {
         }
     }
     progress.finish_and_clear();
-    let probes = probe_layers(&features, &labels, args.seed)?;
+    let sites: Vec<String> = probed_sites(m.model.config.num_hidden_layers)
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let probes = probe_layers(&features, &labels, &sites, args.seed)?;
     let name = |p: &Path| {
         p.file_stem()
             .map_or(String::new(), |s| s.to_string_lossy().into_owned())
@@ -358,14 +362,17 @@ fn run_linear(args: LinearArgs) -> Result<()> {
         &args.out.join("linear.json"),
         &serde_json::to_string_pretty(&probes)?,
     )?;
+    // x = 0 is the embeddings (the control), x = L + 1 the output of layer L.
     let points: Vec<(f64, f64)> = probes
         .iter()
-        .map(|p| (p.layer as f64, p.held_out_accuracy))
+        .enumerate()
+        .map(|(i, p)| (i as f64, p.held_out_accuracy))
         .collect();
+    let axes = ("layers applied (0: the embeddings)", "held-out accuracy");
     line(
         &args.out.join("linear.png"),
-        "linear probe: held-out accuracy per layer",
-        ("layer", "accuracy"),
+        "linear probe per layer",
+        axes,
         &points,
     )?;
     println!("{} + {} prompts\n\n{table}", a.len(), b.len());
