@@ -11,7 +11,8 @@
 #   gpu-check.log    the output of every section, as it ran
 #   summary.txt      one line per section: ok / FAILED (exit status), seconds
 #   torch_gpu.json   PyTorch reference numbers (tools/bench_torch_gpu.py), and torch_gpu.md, its tables
-#   kernel-tests.txt every kernel test of the library run on the device (bin/scotd-lib-tests)
+#   kernel-tests.txt every kernel test of the library and the GPU training step's tests, run
+#                    on the device (bin/scotd-lib-tests)
 #   kernels.json     our kernels' times (bin/scotd gpu-bench), and kernels.md, the table
 #                    beside PyTorch's times from torch_gpu.json
 #   train-*.json     the Qwen2.5-0.5B training step, scotd (bin/scotd bench train) and
@@ -129,12 +130,13 @@ for dir in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
     [[ -d $dir ]] && export LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 done
 
-# Every kernel test of the library, run on the device as well as on the emulator.
+# Every kernel test of the library and the GPU training step's (its runs against the CPU
+# trainer), on the device as well as on the emulator.
 section_kernel_tests() {
     [[ -x bin/scotd-lib-tests ]] || { echo "bin/scotd-lib-tests missing: run tools/build-gpu-binaries.sh"; return 1; }
     local device=1
     [[ $SMOKE == 1 ]] && device=0
-    SCOTD_TEST_CUDA=$device bin/scotd-lib-tests --test-threads=1 cuda:: 2>&1 | tee "$OUT/kernel-tests.txt"
+    SCOTD_TEST_CUDA=$device bin/scotd-lib-tests --test-threads=1 cuda:: train::gpu:: 2>&1 | tee "$OUT/kernel-tests.txt"
     return "${PIPESTATUS[0]}"
 }
 
