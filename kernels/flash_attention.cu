@@ -179,6 +179,18 @@ __device__ void flash_delta(float* delta, const bf16* out, const bf16* dout, Fla
 
 constexpr int kBackwardWarps = 2, kBackwardRows = 16 * kBackwardWarps;
 
+// The lse (stats[0]) and delta (stats[1]) of the lane's two query rows of the warp's 16
+// from `first`; rows past the end read the last row's (their probabilities are masked).
+__device__ __forceinline__ void load_row_stats(float (&stats)[2][2], const float* lse, const float* delta,
+                                               int b, int h, int first, const FlashDims& d) {
+  for (int r = 0; r < 2; ++r) {
+    int row = min(first + c_row(2 * r), d.seq - 1);
+    size_t at = ((size_t)b * d.q_heads + h) * d.seq + row;
+    stats[0][r] = lse[at];
+    stats[1][r] = delta[at];
+  }
+}
+
 // The tiles one backward step reads: 32 queries with their output gradients, 32 keys
 // with their values, each [row][D] padded.
 struct BackwardTiles {
@@ -216,12 +228,7 @@ __device__ void flash_dq(bf16* dq, const bf16* q, const bf16* k, const bf16* v, 
   load_rows<D, kBackwardRows, 32 * kBackwardWarps>(q_tile, q, d, b, q0, d.q_heads, h);
   load_rows<D, kBackwardRows, 32 * kBackwardWarps>(do_tile, dout, d, b, q0, d.q_heads, h);
   float stats[2][2];
-  for (int r = 0; r < 2; ++r) {
-    int row = min(first + c_row(2 * r), d.seq - 1);
-    size_t at = ((size_t)b * d.q_heads + h) * d.seq + row;
-    stats[0][r] = lse[at];
-    stats[1][r] = delta[at];
-  }
+  load_row_stats(stats, lse, delta, b, h, first, d);
   FragC acc[D / 8];
   for (int n = 0; n < D / 8; ++n) acc[n] = FragC{{0.0f, 0.0f, 0.0f, 0.0f}};
   int end = min(d.seq, q0 + kBackwardRows);
@@ -279,12 +286,7 @@ __device__ void flash_dkv(bf16* dk, bf16* dv, const bf16* q, const bf16* k, cons
       // Each warp takes 16 of the tile's queries against all 32 keys of the block ...
       int first = q0 + 16 * warp;
       float stats[2][2];
-      for (int r = 0; r < 2; ++r) {
-        int row = min(first + c_row(2 * r), d.seq - 1);
-        size_t at = ((size_t)b * d.q_heads + h) * d.seq + row;
-        stats[0][r] = lse[at];
-        stats[1][r] = delta[at];
-      }
+      load_row_stats(stats, lse, delta, b, h, first, d);
       FragC p[4], ds[4];
       BackwardTiles tiles{q_tile, do_tile, k_tile, v_tile};
       probabilities_and_ds<D>(p, ds, tiles, 16 * warp, stats, segments, b, first, k0, d);
