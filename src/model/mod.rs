@@ -255,10 +255,13 @@ impl Model {
     /// (recording and modifying what they ask for; see [`crate::probe`]).
     pub fn forward_with_probes(&self, batch: &Batch, probes: &mut Probes) -> Result<Tensor> {
         probes.head_dim = self.config.head_dim;
-        let mut probes = Some(probes);
-        let h = self.hidden_states_probed(batch, &mut probes)?;
+        self.forward_probed(batch, &mut Some(probes))
+    }
+
+    fn forward_probed(&self, batch: &Batch, probes: &mut Option<&mut Probes>) -> Result<Tensor> {
+        let h = self.hidden_states_probed(batch, probes)?;
         let logits = ops::linear(&h, self.output_weight(), None)?;
-        let logits = probe::visit(&mut probes, Site::last(SiteKind::Logits), logits)?;
+        let logits = probe::visit(probes, Site::last(SiteKind::Logits), logits)?;
         logits.reshape([batch.batch_size, batch.seq_len, self.config.vocab_size])
     }
 
@@ -290,12 +293,7 @@ impl Model {
 
     /// Logits [B, T, vocab].
     pub fn forward(&self, batch: &Batch) -> Result<Tensor> {
-        let h = self.hidden_states(batch)?;
-        ops::linear(&h, self.output_weight(), None)?.reshape([
-            batch.batch_size,
-            batch.seq_len,
-            self.config.vocab_size,
-        ])
+        self.forward_probed(batch, &mut None)
     }
 
     /// Cross-entropy of the logits against `targets` (one per token, -100 = ignored).

@@ -43,10 +43,17 @@ pub fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
     let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    // Ties in token order, as a stable sort of the whole vocabulary would leave them.
+    let best_first = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));
+    // Only the k best are sorted: a full sort of the vocabulary per position and layer
+    // was most of the lens' time.
+    if k < order.len() {
+        order.select_nth_unstable_by(k, best_first);
+        order.truncate(k);
+    }
+    order.sort_by(best_first);
     order
         .into_iter()
-        .take(k)
         .map(|i| (i as u32, (((logits[i] - max) as f64).exp() / sum) as f32))
         .collect()
 }

@@ -9,6 +9,7 @@ use half::bf16;
 use serde::Serialize;
 
 use super::gpu::GpuTrainer;
+use crate::backend::cuda::bench::median;
 use crate::backend::cuda::Gpu;
 use crate::model::gpu::{ComputeType, DeviceBatch};
 use crate::model::{Batch, Model, ModelConfig};
@@ -157,7 +158,7 @@ fn report(
     peak_gemm_tflops: f64,
     peak_memory_gib: Option<f64>,
 ) -> TrainBenchReport {
-    let step_ms = median(&times);
+    let step_ms = median(times.clone());
     let flops = step_flops(config, options.batch, options.seq);
     let tflops = flops / (step_ms / 1e3) / 1e12;
     TrainBenchReport {
@@ -202,13 +203,7 @@ fn gemm_tflops(gpu: &Gpu, n: usize) -> Result<f64> {
     let mut run = || gpu.gemm(&mut c, &a, false, &b, true, (n, n, n), false);
     run()?;
     let times = gpu.time_ms(10, run)?;
-    Ok(2.0 * (n as f64).powi(3) / (median(&times) / 1e3) / 1e12)
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted[sorted.len() / 2]
+    Ok(2.0 * (n as f64).powi(3) / (median(times) / 1e3) / 1e12)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use crate::model::gpu::{ComputeType, DeviceBatch, GpuModel};
 use crate::model::Model;
 use crate::optim::cuda::{adamw_update, grad_norm, AdamwBuffers, AdamwPlan};
 use crate::optim::{AdamW, AdamWConfig};
-use crate::{Error, Result, Tensor};
+use crate::{Result, Tensor};
 
 /// A model on the GPU with its gradients and AdamW state.
 pub struct GpuTrainer {
@@ -122,9 +122,8 @@ impl GpuTrainer {
         let layout = &self.model.layout;
         let master = gpu.download(&self.model.master)?;
         for (name, p) in model.parameters() {
-            let param = layout.params.iter().find(|q| q.name == name);
-            let param = param.expect("the layout was made from the model's config");
-            p.write_f32()?.copy_from_slice(&master[param.range.clone()]);
+            let range = layout.param(&name)?.range.clone();
+            p.write_f32()?.copy_from_slice(&master[range]);
         }
         let (m, v) = (
             gpu.download(&self.exp_avg)?,
@@ -136,10 +135,7 @@ impl GpuTrainer {
                     Some(p) => (&v, p),
                     None => (&m, name.strip_prefix("exp_avg.").unwrap_or(name)),
                 };
-                let slot = layout.params.iter().find(|q| q.name == param);
-                let slot =
-                    slot.ok_or_else(|| Error::shape("GPU optimizer", format!("no {param}")))?;
-                Ok(layout.tensor(flat, slot))
+                layout.tensor(flat, param)
             },
             self.steps,
         )

@@ -104,7 +104,8 @@ fn random_bf16(gpu: &Gpu, rng: &mut Rng, len: usize) -> Result<GpuBuffer<half::b
     gpu.upload(&data)
 }
 
-fn median(mut times: Vec<f64>) -> f64 {
+/// The median of `times` (the upper one of an even count).
+pub(crate) fn median(mut times: Vec<f64>) -> f64 {
     times.sort_by(f64::total_cmp);
     times[times.len() / 2]
 }

@@ -60,19 +60,27 @@ impl FlatLayout {
         Ok(flat)
     }
 
-    /// Parameter `param`'s elements of a flat buffer's host image, as a tensor.
-    pub fn tensor(&self, flat: &[f32], param: &FlatParam) -> Tensor {
+    /// Parameter `name`; an error naming it when the model has no such parameter.
+    pub fn param(&self, name: &str) -> Result<&FlatParam> {
+        self.params
+            .iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| Error::shape("flat layout", format!("{name} is not a parameter")))
+    }
+
+    /// Parameter `name`'s elements of a flat buffer's host image, as a tensor.
+    pub fn tensor(&self, flat: &[f32], name: &str) -> Result<Tensor> {
+        let param = self.param(name)?;
         Tensor::from_vec(flat[param.range.clone()].to_vec(), param.shape.clone())
-            .expect("a parameter's range holds its shape's elements")
     }
 
     /// The range of parameter `name`; every name the model code asks for is in the layout.
     fn range(&self, name: &str) -> Range<usize> {
-        self.params
-            .iter()
-            .find(|p| p.name == name)
-            .map(|p| p.range.clone())
-            .unwrap_or_else(|| panic!("{name} is not a parameter of this model"))
+        let param = self.param(name);
+        param
+            .expect("the model asks only for its own parameters")
+            .range
+            .clone()
     }
 
     /// The segments AdamW updates, with the CPU optimizer's weight-decay rule.

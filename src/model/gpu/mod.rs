@@ -135,10 +135,7 @@ impl GpuModel {
     pub fn download(&self, gpu: &Gpu) -> Result<Model> {
         let flat = gpu.download(&self.master)?;
         Model::from_named(self.config.clone(), |name, _| {
-            let param = self.layout.params.iter().find(|p| p.name == name);
-            Ok(self
-                .layout
-                .tensor(&flat, param.expect("the layout has every parameter")))
+            self.layout.tensor(&flat, name)
         })
     }
 
