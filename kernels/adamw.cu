@@ -67,7 +67,8 @@ static __device__ __forceinline__ void adamw_element(float& w, float& m, float& 
   w = w + s.neg_step_size * m / denom;
 }
 
-// `clip` is grad_norm_finalize's output ([norm, factor]) or null for no clipping.
+// `clip` is grad_norm_finalize's output ([norm, factor]) or null for no clipping;
+// `params_bf16` is null when the model computes in f32 (no copy to keep).
 extern "C" __global__ void adamw_update(float* params, bf16* params_bf16, float* exp_avg,
                                         float* exp_avg_sq, const float* grads,
                                         const AdamwChunk* chunks, const float* clip,
@@ -82,11 +83,25 @@ extern "C" __global__ void adamw_update(float* params, bf16* params_bf16, float*
     s.grad_scale = clip[1];
   }
   float* w = params + chunk.offset;
-  bf16* wb = params_bf16 + chunk.offset;
+  bf16* wb = params_bf16 == nullptr ? nullptr : params_bf16 + chunk.offset;
   float* m = exp_avg + chunk.offset;
   float* v = exp_avg_sq + chunk.offset;
   const float* g = grads + chunk.offset;
   unsigned packs = all_aligned(16, w, m, v, g) && all_aligned(8, wb) ? chunk.len / 4 : 0;
+  // Two copies of the loops, so the f32-only case has no branch inside them.
+  if (wb == nullptr) {
+    for (unsigned p = threadIdx.x; p < packs; p += blockDim.x) {
+      Pack<float> pw = load_pack<4>(w + p * 4), pm = load_pack<4>(m + p * 4);
+      Pack<float> pv = load_pack<4>(v + p * 4), pg = load_pack<4>(g + p * 4);
+      for (int k = 0; k < 4; ++k) adamw_element(pw.v[k], pm.v[k], pv.v[k], pg.v[k], s);
+      store_pack(w + p * 4, pw);
+      store_pack(m + p * 4, pm);
+      store_pack(v + p * 4, pv);
+    }
+    for (unsigned i = packs * 4 + threadIdx.x; i < chunk.len; i += blockDim.x)
+      adamw_element(w[i], m[i], v[i], g[i], s);
+    return;
+  }
   for (unsigned p = threadIdx.x; p < packs; p += blockDim.x) {
     Pack<float> pw = load_pack<4>(w + p * 4), pm = load_pack<4>(m + p * 4);
     Pack<float> pv = load_pack<4>(v + p * 4), pg = load_pack<4>(g + p * 4);

@@ -72,3 +72,20 @@ __device__ __forceinline__ float block_sum(float v) {
   v = lane < warps ? partial[lane] : 0.0f;
   return warp_sum(v);
 }
+
+__device__ __forceinline__ double warp_sum_f64(double v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// The f64 sum of `v` over the block, returned to every thread (blockDim.x a multiple of 32).
+__device__ __forceinline__ double block_sum_f64(double v) {
+  __shared__ double warp_sums[32];
+  unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  v = warp_sum_f64(v);
+  __syncthreads();
+  if (lane == 0) warp_sums[warp] = v;
+  __syncthreads();
+  v = lane < warps ? warp_sums[lane] : 0.0;
+  return warp_sum_f64(v);
+}

@@ -21,8 +21,9 @@
 //   flash_attention_dkv       2 warps = 32 keys a block, over the query heads of the group
 //                             and the query tiles of 32 at or after the keys: dK and dV
 //                             are summed in registers, so no atomics, deterministic
-// Shared memory: rows padded to D + 8 elements; forward 2·64 rows, backward 4·32 rows:
-// 34.8 KB at D = 128, under the 48 KB every architecture gives without opting in.
+// Shared memory: rows padded to D + 8 elements; forward 2·64 rows, backward 4·32 rows
+// (34.8 KB at D = 128), and dK/dV's P and dS tiles (5 KB): under the 48 KB every
+// architecture gives without opting in.
 #include "mma.cuh"
 
 constexpr int kPad = 8;
@@ -38,7 +39,8 @@ __device__ __forceinline__ size_t row_at(const FlashDims& d, int b, int pos, int
   return (((size_t)b * d.seq + pos) * heads + h) * D;
 }
 
-// Copies rows first .. first + ROWS of head h into a padded shared tile, zeros past the end.
+// Copies rows first .. first + ROWS of head h into a padded shared tile, zeros past the end,
+// as bf16 pairs in 32-bit words (so src must be 4-byte aligned: the launchers check).
 template <int D, int ROWS, int THREADS>
 __device__ void load_rows(bf16* tile, const bf16* src, const FlashDims& d, int b, int first, int heads,
                           int h) {

@@ -25,23 +25,6 @@
 // when the buffer is aligned, then the tail; grad_norm_finalize one block of 256 threads.
 #include "elementwise.cuh"
 
-static __device__ __forceinline__ double warp_sum_f64(double v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-
-// The sum of `v` over the block, returned to every thread (blockDim.x a multiple of 32).
-static __device__ __forceinline__ double block_sum_f64(double v) {
-  __shared__ double warp_sums[32];
-  unsigned lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-  v = warp_sum_f64(v);
-  __syncthreads();
-  if (lane == 0) warp_sums[warp] = v;
-  __syncthreads();
-  v = lane < warps ? warp_sums[lane] : 0.0;
-  return warp_sum_f64(v);
-}
-
 extern "C" __global__ void grad_norm_partial(double* partial, const float* grads, int n) {
   size_t packs = all_aligned(16, grads) ? size_t(n) / 4 : 0;
   double sum = 0.0;

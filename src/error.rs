@@ -18,8 +18,12 @@ pub enum Error {
     },
 
     /// The requested device is not available in this build or on this machine.
-    #[error("device {0:?} is not available: {1}")]
+    #[error("device {0} is not available: {1}")]
     Device(crate::Device, String),
+
+    /// An op got tensors on different devices (or a host tensor where a GPU one belongs).
+    #[error("{op}: {msg}")]
+    DeviceMismatch { op: &'static str, msg: String },
 
     /// A file could not be read or written. The OS error is part of the message (not a
     /// `source`), so a report of the error chain does not print it twice.

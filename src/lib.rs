@@ -15,6 +15,8 @@ pub mod probe;
 pub mod rng;
 pub mod sample;
 pub mod tensor;
+#[doc(hidden)]
+pub mod testing;
 pub mod tokenizer;
 pub mod train;
 pub mod verify;

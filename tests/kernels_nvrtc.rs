@@ -1,5 +1,5 @@
 //! Every kernel file compiles with NVRTC for every architecture we ship, with no warning
-//! and no register spill; prints each kernel's registers. Needs the `cuda` feature and
+//! and no register spill; prints each kernel's registers and static shared memory. Needs the `cuda` feature and
 //! libnvrtc on the library path (tools/fetch-nvrtc.sh; tools/test.sh sets it up and sets
 //! SCOTD_REQUIRE_NVRTC=1, so CI fails rather than skips when it is missing).
 #![cfg(feature = "cuda")]
@@ -18,8 +18,8 @@ fn every_kernel_compiles_for_every_architecture_without_warnings_or_spills() {
         return;
     }
     let mut problems = Vec::new();
-    println!("| file | arch | kernel | registers | spill stores | spill loads |");
-    println!("|---|---|---|--:|--:|--:|");
+    println!("| file | arch | kernel | registers | static shared | spill stores | spill loads |");
+    println!("|---|---|---|--:|--:|--:|--:|");
     for (file, _) in kernel_files() {
         for arch in ARCHITECTURES {
             let compiled = match nvrtc::compile(file, arch) {
@@ -42,8 +42,8 @@ fn every_kernel_compiles_for_every_architecture_without_warnings_or_spills() {
             }
             for k in kernels {
                 println!(
-                    "| {file} | {arch} | {} | {} | {} | {} |",
-                    k.kernel, k.registers, k.spill_stores, k.spill_loads
+                    "| {file} | {arch} | {} | {} | {} | {} | {} |",
+                    k.kernel, k.registers, k.static_shared, k.spill_stores, k.spill_loads
                 );
                 if k.spill_stores + k.spill_loads > 0 {
                     problems.push(format!("{file} {arch} {} spills registers", k.kernel));

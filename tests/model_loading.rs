@@ -25,7 +25,7 @@ fn saved_model(tied: bool) -> (tempfile::TempDir, Model) {
 fn logits(model: &Model) -> Vec<f32> {
     let _g = scotd::autograd::no_grad();
     let batch = Batch::new((0..10).map(|i| (i * 5) % 37).collect(), 2, 5).unwrap();
-    model.forward(&batch).unwrap().to_vec_f32()
+    model.forward(&batch).unwrap().to_vec_f32().unwrap()
 }
 
 fn load_err(dir: &Path) -> String {
@@ -170,7 +170,7 @@ fn bf16_and_f16_checkpoints_are_upcast() {
         let params: Vec<_> = model
             .parameters()
             .into_iter()
-            .map(|(n, t)| (n, t.to_dtype(dtype)))
+            .map(|(n, t)| (n, t.to_dtype(dtype).unwrap()))
             .collect();
         scotd::model::save_safetensors(&dir.path().join("model.safetensors"), &params).unwrap();
         let loaded = Model::load(dir.path()).unwrap();

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use scotd::autograd::no_grad;
 use scotd::model::{Batch, Model, ModelConfig};
 use scotd::ops::{cross_entropy, Reduction};
-use scotd::train::{train, GpuPrecision, TrainConfig, TrainDevice};
+use scotd::train::{train, GpuPrecision, TrainConfig};
+use scotd::Device;
 
 /// A tiny Qwen2 with the fixture tokenizer (ChatML template, 335 tokens), saved as a
 /// Hugging Face folder.
@@ -149,7 +150,7 @@ fn prompt_positions_get_no_gradient_and_packing_keeps_per_sequence_losses() {
     let expected = alone(&a) + alone(&b);
     assert!((loss.to_scalar().unwrap() - expected).abs() < 1e-4 * expected.abs());
 
-    let grad = loss.backward().unwrap().get(&logits).unwrap().to_vec_f32();
+    let grad = loss.backward().unwrap().get(&logits).unwrap().to_vec_f32().unwrap();
     let vocab = 50;
     for (t, &target) in packed_targets.iter().enumerate() {
         let row = &grad[t * vocab..(t + 1) * vocab];
@@ -205,8 +206,8 @@ fn one_micro_batch_of_eight_equals_four_of_two() {
     }
     for (name, p) in &params {
         let (a, b) = (
-            g_whole.get(p).unwrap().to_vec_f32(),
-            g_parts.get(p).unwrap().to_vec_f32(),
+            g_whole.get(p).unwrap().to_vec_f32().unwrap(),
+            g_parts.get(p).unwrap().to_vec_f32().unwrap(),
         );
         let scale = a.iter().fold(1e-12f32, |m, x| m.max(x.abs()));
         let err = a
@@ -362,20 +363,20 @@ fn zero_weights_and_missing_templates_are_clear_errors() {
     );
 }
 
-/// The trainer with `device = "emulator"` (the GPU step, f32, on the CPU emulator of CUDA)
-/// follows the CPU trainer, and a run resumes across devices: 4 steps on the emulated GPU
-/// (its checkpoint written from the host mirror), then 4 more on the CPU from it.
+/// The trainer with `device = "emulator"` (the same step, f32, on the CPU emulator of
+/// CUDA) follows the CPU trainer, and a run resumes across devices: 4 steps on the
+/// emulated GPU (its checkpoint read from the device), then 4 more on the CPU from it.
 #[test]
 fn the_gpu_step_follows_the_cpu_trainer_and_resumes_across_devices() {
     let student = tiny_student(32, 2);
     let out = tempfile::tempdir().unwrap();
     let cpu = train(config(student.path(), &out.path().join("cpu"), 8), false).unwrap();
     let mut first = config(student.path(), &out.path().join("mixed"), 4);
-    first.device = TrainDevice::Emulator;
+    first.device = Device::Emulator;
     first.gpu_precision = GpuPrecision::F32;
     let gpu_start = train(first.clone(), false).unwrap();
     let mut second = config(student.path(), &out.path().join("mixed"), 8);
-    second.device = TrainDevice::Cpu;
+    second.device = Device::Cpu;
     let resumed = train(second, false).unwrap();
     assert_eq!(resumed.resumed_from, Some(4));
     let (cpu_losses, mixed) = (losses(&cpu.metrics), losses(&resumed.metrics));

@@ -145,7 +145,7 @@ section_kernel_bench() {
     [[ -x bin/scotd ]] || { echo "bin/scotd missing: run tools/build-gpu-binaries.sh"; return 1; }
     local args=(gpu-bench --out "$OUT")
     [[ -f $OUT/torch_gpu.json ]] && args+=(--torch "$OUT/torch_gpu.json")
-    [[ $SMOKE == 1 ]] && args+=(--smoke --emulated)
+    [[ $SMOKE == 1 ]] && args+=(--smoke --device emulator)
     bin/scotd "${args[@]}"
 }
 
@@ -160,7 +160,7 @@ section_train_bench() {
     fi
     for shape in $shapes; do
         local b=${shape%x*} t=${shape#*x} ours=(bench train --model "$config")
-        [[ $SMOKE == 1 ]] && ours+=(--emulated)
+        [[ $SMOKE == 1 ]] && ours+=(--device emulator)
         bin/scotd "${ours[@]}" --batch "$b" --seq "$t" "${common[@]}" --json "$OUT/train-scotd-$shape.json" || rc=1
         "$PYTHON" tools/bench_torch.py --model "$config" --batch "$b" --seq "$t" "${common[@]}" \
             --json "$OUT/train-torch-$shape.json" || rc=1

@@ -7,6 +7,10 @@
 // over a few OS threads; __shared__ is thread_local, so the block an OS thread runs has
 // its own. Atomics are real atomics. A wait the block cannot leave (threads of one warp waiting at
 // different barriers) aborts with a message instead of hanging.
+//
+// Ready threads run in thread order, or, given a nonzero schedule seed, in an order drawn
+// afresh at every step: CUDA promises no order between barriers, and a kernel whose result
+// depends on it (float atomics racing) shows it under different seeds.
 #pragma once
 
 #include <ucontext.h>
@@ -70,6 +74,9 @@ struct BlockRunner {
   dim3 block_dim, grid_dim;
   void (*body)(void*) = nullptr;
   void* body_arg = nullptr;
+  // 0: thread order; otherwise the seed of the order ready threads run in.
+  uint64_t schedule = 0;
+  std::vector<unsigned> order;
 };
 
 inline thread_local BlockRunner* runner = nullptr;
@@ -126,8 +133,19 @@ inline bool release_waiters(BlockRunner& r) {
   return true;
 }
 
+// splitmix64: a well-mixed 64-bit sequence from any seed.
+inline uint64_t next_random(uint64_t& state) {
+  uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
 inline void run_block(BlockRunner& r) {
   size_t n = r.fibers.size();
+  // Each block draws its own orders, the same ones on every run with this seed.
+  uint64_t random = r.schedule ^ (uint64_t(r.block_idx.x) << 40) ^
+                    (uint64_t(r.block_idx.y) << 20) ^ r.block_idx.z;
   for (size_t i = 0; i < n; ++i) {
     Fiber& f = r.fibers[i];
     getcontext(&f.context);
@@ -137,8 +155,12 @@ inline void run_block(BlockRunner& r) {
     makecontext(&f.context, fiber_main, 0);
     f.state = State::Ready;
   }
+  for (size_t i = 0; i < n; ++i) r.order[i] = unsigned(i);
   do {
-    for (Fiber& f : r.fibers) {
+    if (r.schedule != 0)
+      for (size_t i = n; i > 1; --i) std::swap(r.order[i - 1], r.order[next_random(random) % i]);
+    for (unsigned i : r.order) {
+      Fiber& f = r.fibers[i];
       if (f.state != State::Ready) continue;
       r.current = &f;
       swapcontext(&r.scheduler, &f.context);
@@ -149,6 +171,7 @@ inline void run_block(BlockRunner& r) {
 inline void prepare(BlockRunner& r, dim3 block, size_t shared_bytes) {
   size_t n = size_t(block.x) * block.y * block.z;
   r.fibers.resize(n);
+  r.order.resize(n);
   r.stacks.resize(n * kStackBytes);
   r.warp_slots.assign((n + kWarp - 1) / kWarp * kWarp, 0);
   r.gather_slots.assign((n + kWarp - 1) / kWarp * kWarp * kGatherBytes, 0);
@@ -161,7 +184,8 @@ inline void prepare(BlockRunner& r, dim3 block, size_t shared_bytes) {
 }
 
 // Runs `body(arg)` as every thread of every block of the grid.
-inline void launch(dim3 grid, dim3 block, size_t shared_bytes, void (*body)(void*), void* arg) {
+inline void launch(dim3 grid, dim3 block, size_t shared_bytes, uint64_t schedule,
+                   void (*body)(void*), void* arg) {
   size_t blocks = size_t(grid.x) * grid.y * grid.z;
   std::atomic<size_t> next{0};
   auto worker = [&] {
@@ -171,6 +195,7 @@ inline void launch(dim3 grid, dim3 block, size_t shared_bytes, void (*body)(void
     r.grid_dim = grid;
     r.body = body;
     r.body_arg = arg;
+    r.schedule = schedule;
     runner = &r;
     for (size_t b; (b = next.fetch_add(1)) < blocks;) {
       r.block_idx = {unsigned(b % grid.x), unsigned((b / grid.x) % grid.y),
@@ -214,7 +239,7 @@ inline void warp_gather(const void* mine, size_t bytes, void* all) {
 }
 
 // Kernel registry: each .cu file registers its kernels by name (SCOTD_EXPORT).
-using Trampoline = void (*)(dim3, dim3, size_t, void**);
+using Trampoline = void (*)(dim3, dim3, size_t, uint64_t, void**);
 inline std::map<std::string, Trampoline>& registry() {
   static std::map<std::string, Trampoline> kernels;
   return kernels;
@@ -239,9 +264,10 @@ void invoke(void* call) {
 }
 
 template <class... A>
-void run_kernel(void (*kernel)(A...), dim3 grid, dim3 block, size_t shared_bytes, void** args) {
+void run_kernel(void (*kernel)(A...), dim3 grid, dim3 block, size_t shared_bytes,
+                uint64_t schedule, void** args) {
   Call<A...> call{kernel, args};
-  launch(grid, block, shared_bytes, &invoke<A...>, &call);
+  launch(grid, block, shared_bytes, schedule, &invoke<A...>, &call);
 }
 
 struct Register {
@@ -261,7 +287,9 @@ struct Register {
 // Registers a kernel under its name for scotd_emu_launch.
 #define SCOTD_EXPORT(kernel)                                                               \
   static scotd_emu::Register scotd_register_##kernel(                                      \
-      #kernel, [](dim3 g, dim3 b, size_t s, void** a) { scotd_emu::run_kernel(kernel, g, b, s, a); })
+      #kernel, [](dim3 g, dim3 b, size_t s, uint64_t schedule, void** a) {                   \
+        scotd_emu::run_kernel(kernel, g, b, s, schedule, a);                                \
+      })
 
 inline void __syncthreads() { scotd_emu::wait(scotd_emu::State::WaitBlock); }
 inline void __syncwarp(unsigned = 0xffffffffu) { scotd_emu::wait(scotd_emu::State::WaitWarp); }
@@ -314,4 +342,4 @@ inline float __uint_as_float(unsigned u) {
 
 extern "C" int scotd_emu_launch(const char* name, unsigned gx, unsigned gy, unsigned gz,
                                 unsigned bx, unsigned by, unsigned bz, size_t shared_bytes,
-                                void** args);
+                                uint64_t schedule, void** args);

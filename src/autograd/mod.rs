@@ -1,9 +1,14 @@
-//! The tape. Every recorded op leaves a `Node` on its output tensor (the op's backward
-//! and its inputs), so the tensors reachable from a loss form the tape; `backward`
-//! walks it in reverse topological order and accumulates gradients.
+//! The tape. Every recorded op leaves a `Node` on its output tensor: the op's backward
+//! (holding what it saved of the forward) and, for each input, only what the tape needs
+//! to route gradients (its identity, shape and producing node), never its data. The nodes
+//! reachable from a loss form the tape; `backward` walks them in reverse topological
+//! order, runs each op's backward once and drops what it saved as it goes, and adds each
+//! parameter's gradient into the parameter's gradient buffer (or returns it).
 //!
-//! Ops are coarse (one RMSNorm, one attention, one fused cross-entropy), so the tape of
-//! a whole Qwen2 forward is a few hundred nodes.
+//! Ops are coarse (one RMSNorm, one attention, one fused LM head + cross-entropy), so the
+//! tape of a whole Qwen2 forward is a few hundred nodes. [`checkpoint`] trades compute for
+//! memory: a checkpointed block keeps only its inputs and re-runs its forward inside the
+//! backward.
 
 mod gradcheck;
 
@@ -11,24 +16,89 @@ pub use gradcheck::{gradcheck, GradcheckConfig};
 
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use crate::tensor::TensorId;
-use crate::{Error, Result, Tensor};
+use crate::{Error, Result, Shape, Tensor};
 
-/// The backward half of an op. Ops save whatever they need from the forward in the
-/// struct that implements this.
+/// The backward half of an op. Ops save whatever they need from the forward (inputs
+/// included) in the struct that implements this; the tape keeps nothing else alive.
 pub trait Backward: Send + Sync {
     fn name(&self) -> &'static str;
 
-    /// Gradients with respect to each input, in input order; `None` where an input
-    /// gets none (integer-like inputs, inputs that do not require grad).
-    fn backward(&self, inputs: &[Tensor], grad_output: &Tensor) -> Result<Vec<Option<Tensor>>>;
+    /// Gradients with respect to each input, in input order; `None` where an input gets
+    /// none (it does not require one: [`Input::requires_grad`]). An op may add a
+    /// parameter's gradient straight into the parameter's gradient buffer
+    /// ([`Input::grad_buffer`]) and return `None` for it.
+    fn backward(&self, grad_output: &Tensor, inputs: &[Input]) -> Result<Vec<Option<Tensor>>>;
+}
+
+/// What the tape knows of an op's input.
+pub struct Input {
+    id: TensorId,
+    shape: Shape,
+    node: Option<Arc<Node>>,
+    is_param: bool,
+    grad_buffer: Option<Tensor>,
+}
+
+impl Input {
+    fn of(t: &Tensor) -> Input {
+        Input {
+            id: t.id(),
+            shape: t.shape().clone(),
+            node: t.node().cloned(),
+            is_param: t.is_param(),
+            grad_buffer: t.grad_buffer().cloned(),
+        }
+    }
+
+    pub fn requires_grad(&self) -> bool {
+        self.is_param || self.node.is_some()
+    }
+
+    /// The buffer this parameter's gradient is added into, when it has one.
+    pub fn grad_buffer(&self) -> Option<&Tensor> {
+        self.grad_buffer.as_ref()
+    }
+
+    pub fn shape(&self) -> &Shape {
+        &self.shape
+    }
 }
 
 /// One recorded op: how to differentiate it, and what it was applied to.
 pub struct Node {
-    pub op: Box<dyn Backward>,
-    pub inputs: Vec<Tensor>,
+    output: TensorId,
+    name: &'static str,
+    /// Taken when the backward runs, so that what the op saved is freed right after.
+    op: Mutex<Option<Box<dyn Backward>>>,
+    inputs: Vec<Input>,
+}
+
+impl Node {
+    /// The identity of the tensor this node made.
+    pub(crate) fn output(&self) -> TensorId {
+        self.output
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+/// The node of an op applied to `inputs`, when gradients are being recorded and an input
+/// needs one.
+pub(crate) fn record(inputs: &[&Tensor], op: impl Backward + 'static) -> Option<Arc<Node>> {
+    if !is_grad_enabled() || !inputs.iter().any(|t| t.requires_grad()) {
+        return None;
+    }
+    Some(Arc::new(Node {
+        output: TensorId::next(),
+        name: op.name(),
+        op: Mutex::new(Some(Box::new(op))),
+        inputs: inputs.iter().map(|t| Input::of(t)).collect(),
+    }))
 }
 
 thread_local! {
@@ -40,23 +110,34 @@ pub fn is_grad_enabled() -> bool {
     GRAD_ENABLED.with(|g| g.get())
 }
 
-/// Turns recording off until dropped (inference, and the backward pass itself).
-pub struct NoGradGuard {
+/// Restores the previous recording state when dropped.
+pub struct GradModeGuard {
     previous: bool,
 }
 
-pub fn no_grad() -> NoGradGuard {
-    let previous = GRAD_ENABLED.with(|g| g.replace(false));
-    NoGradGuard { previous }
+/// Turns recording off until dropped (inference, and the backward pass itself).
+pub fn no_grad() -> GradModeGuard {
+    set_grad_enabled(false)
 }
 
-impl Drop for NoGradGuard {
+/// Turns recording on until dropped (a checkpointed block re-running its forward inside
+/// the backward).
+pub fn enable_grad() -> GradModeGuard {
+    set_grad_enabled(true)
+}
+
+fn set_grad_enabled(on: bool) -> GradModeGuard {
+    let previous = GRAD_ENABLED.with(|g| g.replace(on));
+    GradModeGuard { previous }
+}
+
+impl Drop for GradModeGuard {
     fn drop(&mut self) {
         GRAD_ENABLED.with(|g| g.set(self.previous));
     }
 }
 
-/// Gradients of the parameters, keyed by tensor identity.
+/// Gradients of the parameters without a gradient buffer, keyed by tensor identity.
 #[derive(Default)]
 pub struct Gradients(HashMap<TensorId, Tensor>);
 
@@ -79,15 +160,11 @@ impl Gradients {
 
     /// Adds `grad` to the gradient held for `id` (or stores it).
     fn accumulate(&mut self, id: TensorId, grad: Tensor) -> Result<()> {
-        match self.0.remove(&id) {
-            None => {
-                self.0.insert(id, grad);
-            }
-            Some(existing) => {
-                let sum = add_f32(&existing, &grad)?;
-                self.0.insert(id, sum);
-            }
-        }
+        let sum = match self.0.remove(&id) {
+            None => grad,
+            Some(existing) => crate::ops::add::sum(&existing, &grad)?,
+        };
+        self.0.insert(id, sum);
         Ok(())
     }
 
@@ -112,42 +189,25 @@ impl Gradients {
     }
 }
 
-fn add_f32(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if a.shape() != b.shape() {
-        return Err(Error::Autograd(format!(
-            "gradient shapes disagree: {} vs {}",
-            a.shape(),
-            b.shape()
-        )));
-    }
-    let sum: Vec<f32> = a
-        .read_f32()?
-        .iter()
-        .zip(b.read_f32()?.iter())
-        .map(|(x, y)| x + y)
-        .collect();
-    Tensor::from_vec(sum, a.shape().clone())
-}
-
-/// Tensors reachable from `root` through recorded nodes, each after all its inputs.
-fn topological_order(root: &Tensor) -> Vec<Tensor> {
+/// The nodes reachable from `root`, each after every node it reads.
+fn topological_order(root: &Arc<Node>) -> Vec<Arc<Node>> {
     let mut order = Vec::new();
     let mut visited = HashSet::new();
-    // Iterative post-order DFS: (tensor, inputs already pushed?)
+    // Iterative post-order DFS: (node, inputs already pushed?)
     let mut stack = vec![(root.clone(), false)];
-    while let Some((t, expanded)) = stack.pop() {
+    while let Some((node, expanded)) = stack.pop() {
         if expanded {
-            order.push(t);
+            order.push(node);
             continue;
         }
-        if !visited.insert(t.id()) {
+        if !visited.insert(node.output) {
             continue;
         }
-        stack.push((t.clone(), true));
-        if let Some(node) = t.node() {
-            for input in &node.inputs {
-                if input.requires_grad() && !visited.contains(&input.id()) {
-                    stack.push((input.clone(), false));
+        stack.push((node.clone(), true));
+        for input in &node.inputs {
+            if let Some(n) = &input.node {
+                if !visited.contains(&n.output) {
+                    stack.push((n.clone(), false));
                 }
             }
         }
@@ -156,11 +216,9 @@ fn topological_order(root: &Tensor) -> Vec<Tensor> {
 }
 
 pub(crate) fn backward(root: &Tensor, seed: Tensor) -> Result<Gradients> {
-    if seed.shape() != root.shape() {
+    if seed.shape() != root.shape() || seed.device() != root.device() {
         return Err(Error::Autograd(format!(
-            "seed gradient has shape {}, output has {}",
-            seed.shape(),
-            root.shape()
+            "the seed gradient {seed:?} does not match the output {root:?} in shape and device"
         )));
     }
     if !root.requires_grad() {
@@ -171,18 +229,34 @@ pub(crate) fn backward(root: &Tensor, seed: Tensor) -> Result<Gradients> {
     }
     let _guard = no_grad();
     let mut grads = Gradients::default();
-    grads.accumulate(root.id(), seed)?;
-    for t in topological_order(root).iter().rev() {
-        let Some(node) = t.node() else { continue };
+    let Some(root_node) = root.node() else {
+        // The loss is a parameter itself.
+        deliver(&mut grads, &Input::of(root), seed)?;
+        return Ok(grads);
+    };
+    grads.0.insert(root.id(), seed);
+    for node in topological_order(root_node).iter().rev() {
         // Interior gradients are dropped as soon as they are consumed.
-        let Some(grad) = grads.0.remove(&t.id()) else {
+        let Some(grad) = grads.0.remove(&node.output) else {
             continue;
         };
-        let input_grads = node.op.backward(&node.inputs, &grad)?;
+        let op = node
+            .op
+            .lock()
+            .expect("a node's lock is never poisoned")
+            .take()
+            .ok_or_else(|| {
+                Error::Autograd(format!(
+                    "{}: this graph was differentiated already (backward frees what the forward saved as it goes): run the forward again",
+                    node.name
+                ))
+            })?;
+        let input_grads = op.backward(&grad, &node.inputs)?;
+        drop(op);
         if input_grads.len() != node.inputs.len() {
             return Err(Error::Autograd(format!(
                 "{} returned {} gradients for {} inputs",
-                node.op.name(),
+                node.name,
                 input_grads.len(),
                 node.inputs.len()
             )));
@@ -195,13 +269,74 @@ pub(crate) fn backward(root: &Tensor, seed: Tensor) -> Result<Gradients> {
             if g.shape() != input.shape() {
                 return Err(Error::Autograd(format!(
                     "{} produced a gradient of shape {} for an input of shape {}",
-                    node.op.name(),
+                    node.name,
                     g.shape(),
                     input.shape()
                 )));
             }
-            grads.accumulate(input.id(), g)?;
+            deliver(&mut grads, input, g)?;
         }
     }
     Ok(grads)
+}
+
+/// Adds an input's gradient where it goes: its gradient buffer, or the map.
+fn deliver(grads: &mut Gradients, input: &Input, g: Tensor) -> Result<()> {
+    match &input.grad_buffer {
+        Some(buffer) => crate::ops::add::add_into(buffer, &g),
+        None => grads.accumulate(input.id, g),
+    }
+}
+
+/// The block `f` applied to `inputs` with its activations recomputed in the backward
+/// instead of kept: the forward runs without recording (only `inputs` are saved), and
+/// the backward re-runs `f` with recording on and differentiates through that second
+/// run. `f` must compute the same thing each time (our kernels are deterministic), and
+/// every tensor it differentiates must be among `inputs` (a layer's activations and its
+/// parameters): parameters with a gradient buffer get their gradient there.
+pub fn checkpoint<F>(inputs: &[Tensor], f: F) -> Result<Tensor>
+where
+    F: Fn(&[Tensor]) -> Result<Tensor> + Send + Sync + 'static,
+{
+    let out = {
+        let _off = no_grad();
+        f(inputs)?
+    };
+    let refs: Vec<&Tensor> = inputs.iter().collect();
+    let backward = CheckpointBackward {
+        inputs: inputs.to_vec(),
+        f: Box::new(f),
+    };
+    Ok(out.with_node(record(&refs, backward)))
+}
+
+struct CheckpointBackward {
+    inputs: Vec<Tensor>,
+    #[allow(clippy::type_complexity)]
+    f: Box<dyn Fn(&[Tensor]) -> Result<Tensor> + Send + Sync>,
+}
+
+impl Backward for CheckpointBackward {
+    fn name(&self) -> &'static str {
+        "checkpoint"
+    }
+
+    fn backward(&self, grad_output: &Tensor, inputs: &[Input]) -> Result<Vec<Option<Tensor>>> {
+        let leaves = self
+            .inputs
+            .iter()
+            .zip(inputs)
+            .map(|(t, meta)| match (meta.requires_grad(), meta.grad_buffer()) {
+                (false, _) => Ok(t.detach()),
+                (true, Some(buffer)) => t.detach().into_param_with_grad(buffer.clone()),
+                (true, None) => Ok(t.detach().into_param()),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let out = {
+            let _on = enable_grad();
+            (self.f)(&leaves)?
+        };
+        let mut grads = out.backward_with(grad_output.clone())?;
+        Ok(leaves.iter().map(|l| grads.remove(l)).collect())
+    }
 }

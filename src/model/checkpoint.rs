@@ -43,7 +43,7 @@ pub fn save_checkpoint(
     };
     let config = model_config_json(model, dtype, &ids);
     let generation = generation_config_json(tokenizer_dir, &ids)?;
-    let tensors: Vec<(String, Tensor)> = model
+    let tensors = model
         .parameters()
         .into_iter()
         .map(|(name, t)| {
@@ -51,11 +51,11 @@ pub fn save_checkpoint(
             let stored = if t.dtype() == dtype {
                 t
             } else {
-                t.to_dtype(dtype)
+                t.to_dtype(dtype)?
             };
-            (name, stored)
+            Ok((name, stored))
         })
-        .collect();
+        .collect::<Result<Vec<(String, Tensor)>>>()?;
     write_dir_atomic(dir, |staging| {
         write_json(&staging.join("config.json"), &config)?;
         write_json(&staging.join("generation_config.json"), &generation)?;

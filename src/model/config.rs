@@ -247,18 +247,7 @@ impl ModelConfig {
 
     /// Number of parameters (tied embeddings counted once).
     pub fn num_parameters(&self) -> usize {
-        let (d, dh) = (self.hidden_size, self.head_dim);
-        let q = self.num_attention_heads * dh;
-        let kv = self.num_key_value_heads * dh;
-        let attn = d * (q + 2 * kv)
-            + q * d
-            + if self.qkv_bias { q + 2 * kv } else { 0 }
-            + if self.o_bias { d } else { 0 };
-        let mlp = 3 * d * self.intermediate_size;
-        let layer = attn + mlp + 2 * d;
-        let embed = self.vocab_size * d;
-        let head = if self.tie_word_embeddings { 0 } else { embed };
-        embed + head + d + self.num_hidden_layers * layer
+        super::parameter_specs(self).iter().map(|s| s.numel()).sum()
     }
 }
 

@@ -1,14 +1,15 @@
 //! Incremental forward for generation: new tokens of several sequences at once, each
 //! continuing its own KV cache. Prefill (a whole prompt) and decode (one token) are the
 //! same call with chunks of different lengths, so a batch can mix both, and sequences
-//! of different lengths need no padding.
+//! of different lengths need no padding. Runs on the model's device: the caches live
+//! there too.
 
 use std::sync::Arc;
 
 use super::{KvCache, Layer, Model};
 use crate::autograd::no_grad;
 use crate::ops::{self, attention_with_caches, CachedDims, CachedQueries, RopeTable};
-use crate::{Error, Result, Tensor};
+use crate::{Device, Error, Result, Tensor};
 
 /// Where each sequence's new tokens sit in the concatenated step.
 struct StepLayout {
@@ -20,7 +21,8 @@ struct StepLayout {
 
 impl Model {
     /// Feeds `chunks[s]` (new tokens of sequence s) through the model, appending to
-    /// `caches[s]`; returns the logits at each chunk's last token, [chunks.len(), vocab].
+    /// `caches[s]`; returns the logits at each chunk's last token, [chunks.len(), vocab],
+    /// on the model's device.
     pub fn forward_step(&self, chunks: &[&[u32]], caches: &mut [KvCache]) -> Result<Tensor> {
         // A decode step is hundreds of small parallel ops. Run on a pool thread, each one
         // forks inside the pool instead of handing its work over from this thread and
@@ -41,17 +43,13 @@ impl Model {
         let mut x = ops::embedding(&self.embed_tokens, &ids)?;
         let rope = self.rope_table(&positions)?;
         for (l, layer) in self.layers.iter().enumerate() {
-            x = self.layer_step(l, layer, &x, &rope, &layout, caches)?;
+            x = self.layer_step((l, layer), &x, &rope, &layout, caches)?;
         }
-        let d = self.config.hidden_size;
-        let xs = x.read_f32()?;
-        let last: Vec<f32> = layout
-            .rows
-            .iter()
-            .flat_map(|r| &xs[(r.end - 1) * d..r.end * d])
-            .copied()
-            .collect();
-        let last = Tensor::from_vec(last, [chunks.len(), d])?;
+        for (cache, rows) in caches.iter_mut().zip(&layout.rows) {
+            cache.advance(rows.len());
+        }
+        let last: Vec<u32> = layout.rows.iter().map(|r| r.end as u32 - 1).collect();
+        let last = ops::embedding(&x, &last)?;
         let h = ops::rmsnorm(&last, &self.norm, self.config.rms_norm_eps)?;
         ops::linear(&h, self.output_weight(), None)
     }
@@ -90,54 +88,97 @@ impl Model {
 
     fn layer_step(
         &self,
-        l: usize,
-        layer: &Layer,
+        (l, layer): (usize, &Layer),
         x: &Tensor,
         rope: &Arc<RopeTable>,
         layout: &StepLayout,
         caches: &mut [KvCache],
     ) -> Result<Tensor> {
         let c = &self.config;
-        let (q, k, v) = self.rotated_qkv(layer, x, rope)?;
-        let (q, k, v) = (q.read_f32()?, k.read_f32()?, v.read_f32()?);
+        let (q, k, v) = layer.rotated_qkv(c, x, rope)?;
         let kv_width = c.num_key_value_heads * c.head_dim;
         for (rows, cache) in layout.rows.iter().zip(caches.iter_mut()) {
-            let kv_rows = rows.start * kv_width..rows.end * kv_width;
-            cache.append(l, &k[kv_rows.clone()], &v[kv_rows]);
+            let n = rows.len() * kv_width;
+            let (k, v) = (
+                k.view_of_flat(rows.start * kv_width, [n])?,
+                v.view_of_flat(rows.start * kv_width, [n])?,
+            );
+            cache.write(l, &k, &v)?;
         }
         let attn = self.cached_attention(l, &q, layout, caches)?;
-        let q_width = c.num_attention_heads * c.head_dim;
-        let attn = Tensor::from_vec(attn, [x.shape().rows(), q_width])?;
         let x = ops::add(x, &layer.o_proj.forward(&attn)?)?;
-        self.mlp_block(layer, &x)
+        layer.mlp_block(c, &x)
+    }
+
+    fn cached_dims(&self) -> CachedDims {
+        let c = &self.config;
+        CachedDims {
+            q_heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+        }
     }
 
     /// Attention of each sequence's new queries (rows of q, [n, Hq, Dh]) over its cache
-    /// of layer l, which already holds the new keys.
+    /// of layer l, which already holds the new keys: [n, Hq·Dh].
     fn cached_attention(
+        &self,
+        l: usize,
+        q: &Tensor,
+        layout: &StepLayout,
+        caches: &[KvCache],
+    ) -> Result<Tensor> {
+        let dims = self.cached_dims();
+        let q_width = dims.q_heads * dims.head_dim;
+        let rows = q.elem_count() / q_width;
+        if q.device() == Device::Cpu {
+            let out = self.cached_attention_on_cpu(l, &q.read_f32()?, layout, caches)?;
+            return Tensor::from_vec(out, [rows, q_width]);
+        }
+        let out = Tensor::zeros_on([rows, q_width], q.dtype(), q.device())?;
+        for ((range, &start), cache) in layout.rows.iter().zip(&layout.starts).zip(caches) {
+            let n = range.len();
+            let q_rows = q.view_of_flat(range.start * q_width, [n, dims.q_heads, dims.head_dim])?;
+            let (k, v) = cache.layer(l, start + n)?;
+            let attended = if start == 0 && n > 1 {
+                let as_batch = |t: &Tensor, heads| t.reshape([1, n, heads, dims.head_dim]);
+                let kv = dims.kv_heads;
+                ops::attention(&as_batch(&q_rows, dims.q_heads)?, &as_batch(&k, kv)?, &as_batch(&v, kv)?, None)?
+            } else {
+                ops::attention_cached(&q_rows, &k, &v, start)?
+            };
+            out.view_of_flat(range.start * q_width, [n * q_width])?
+                .copy_from(&attended)?;
+        }
+        Ok(out)
+    }
+
+    /// [`Model::cached_attention`] on the CPU: decoding sequences in one parallel pass,
+    /// fresh prompts through the blockwise attention of training (much faster than
+    /// row-by-row dots).
+    fn cached_attention_on_cpu(
         &self,
         l: usize,
         q: &[f32],
         layout: &StepLayout,
         caches: &[KvCache],
     ) -> Result<Vec<f32>> {
-        let c = &self.config;
-        let dims = CachedDims {
-            q_heads: c.num_attention_heads,
-            kv_heads: c.num_key_value_heads,
-            head_dim: c.head_dim,
-        };
-        let q_width = c.num_attention_heads * c.head_dim;
+        let dims = self.cached_dims();
+        let q_width = dims.q_heads * dims.head_dim;
         let mut out = vec![0.0f32; q.len()];
-        // Decoding sequences go through one parallel pass together.
+        let mut layers = Vec::with_capacity(caches.len());
+        for ((rows, &start), cache) in layout.rows.iter().zip(&layout.starts).zip(caches) {
+            layers.push(cache.layer(l, start + rows.len())?);
+        }
+        let reads = layers
+            .iter()
+            .map(|(k, v)| Ok((k.read_f32()?, v.read_f32()?)))
+            .collect::<Result<Vec<_>>>()?;
         let mut decoding = Vec::new();
         let mut decoding_rows = Vec::new();
-        for ((rows, &start), cache) in layout.rows.iter().zip(&layout.starts).zip(caches) {
-            let (k_cache, v_cache) = cache.layer(l);
+        for ((rows, &start), (k_cache, v_cache)) in layout.rows.iter().zip(&layout.starts).zip(&reads) {
             let q_rows = rows.start * q_width..rows.end * q_width;
             if start == 0 && rows.len() > 1 {
-                // A fresh prompt: the cache holds exactly its keys, so the blockwise-GEMM
-                // attention of training applies and is much faster than row-by-row dots.
                 out[q_rows.clone()]
                     .copy_from_slice(&prefill_attention(&q[q_rows], k_cache, v_cache, dims)?);
             } else {
@@ -171,5 +212,5 @@ fn prefill_attention(q: &[f32], k: &[f32], v: &[f32], dims: CachedDims) -> Resul
         &as_tensor(v, dims.kv_heads)?,
         None,
     )?;
-    Ok(out.to_vec_f32())
+    out.to_vec_f32()
 }

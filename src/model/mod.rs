@@ -1,18 +1,23 @@
-//! Qwen2 / Llama decoder-only models: config, weights, forward. The forward is written
-//! once in terms of ops, so it runs with or without the tape (training or inference).
+//! Qwen2 / Llama decoder-only models: config, weights, forward, loss, KV-cache step. The
+//! model is written once in terms of ops, so it runs with or without the tape (training
+//! or inference) and on every device its parameters are on.
 
 mod batch;
 mod checkpoint;
 mod config;
-pub mod gpu;
 mod inference;
 mod kv_cache;
+mod params;
 mod weights;
 
 pub use batch::Batch;
 pub use checkpoint::save_checkpoint;
 pub use config::{Architecture, ModelConfig};
 pub use kv_cache::KvCache;
+pub use params::{
+    parameter_specs, FlatLayout, FlatParam, FlatParams, Init, LayerParam, ParamKind, ParamSpec,
+    ParamStore, Projection,
+};
 pub use weights::{save_safetensors, Weights};
 
 use std::path::Path;
@@ -21,7 +26,7 @@ use std::sync::Arc;
 use crate::ops::{self, Reduction, RopeTable};
 use crate::probe::{self, Probes, Site, SiteKind};
 use crate::rng::Rng;
-use crate::{Result, Tensor};
+use crate::{autograd, Result, Tensor};
 
 /// A linear layer's parameters, in Hugging Face layout (weight [out, in]).
 #[derive(Clone)]
@@ -68,66 +73,14 @@ pub struct Model {
     pub lm_head: Option<Tensor>,
 }
 
-/// Where each parameter lives under its Hugging Face name, with its shape. The one
-/// place that knows the checkpoint layout: loading, random init and saving all use it.
-pub(crate) fn parameter_layout(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
-    let (d, dh, i) = (c.hidden_size, c.head_dim, c.intermediate_size);
-    let q = c.num_attention_heads * dh;
-    let kv = c.num_key_value_heads * dh;
-    let mut out = vec![(
-        "model.embed_tokens.weight".to_string(),
-        vec![c.vocab_size, d],
-    )];
-    for l in 0..c.num_hidden_layers {
-        let p = format!("model.layers.{l}");
-        out.push((format!("{p}.input_layernorm.weight"), vec![d]));
-        for (name, rows) in [("q_proj", q), ("k_proj", kv), ("v_proj", kv)] {
-            out.push((format!("{p}.self_attn.{name}.weight"), vec![rows, d]));
-            if c.qkv_bias {
-                out.push((format!("{p}.self_attn.{name}.bias"), vec![rows]));
-            }
-        }
-        out.push((format!("{p}.self_attn.o_proj.weight"), vec![d, q]));
-        if c.o_bias {
-            out.push((format!("{p}.self_attn.o_proj.bias"), vec![d]));
-        }
-        out.push((format!("{p}.post_attention_layernorm.weight"), vec![d]));
-        out.push((format!("{p}.mlp.gate_proj.weight"), vec![i, d]));
-        out.push((format!("{p}.mlp.up_proj.weight"), vec![i, d]));
-        out.push((format!("{p}.mlp.down_proj.weight"), vec![d, i]));
-    }
-    out.push(("model.norm.weight".to_string(), vec![d]));
-    if !c.tie_word_embeddings {
-        out.push(("lm_head.weight".to_string(), vec![c.vocab_size, d]));
-    }
-    out
-}
-
-/// Parameters by name while a model is assembled from them.
-#[derive(Default)]
-struct NamedParams(std::collections::HashMap<String, Tensor>);
-
-impl NamedParams {
-    fn take(&mut self, name: &str) -> Tensor {
-        self.0
-            .remove(name)
-            .expect("every name asked for comes from parameter_layout")
-    }
-
-    fn linear(&mut self, prefix: &str, bias: bool) -> Linear {
-        Linear {
-            weight: self.take(&format!("{prefix}.weight")),
-            bias: bias.then(|| self.take(&format!("{prefix}.bias"))),
-        }
-    }
-}
-
 impl Model {
     /// Loads `dir/config.json` and the safetensors weights beside it, as f32 parameters.
     pub fn load(dir: &Path) -> Result<Model> {
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let weights = Weights::open(dir)?;
-        Self::from_named(config, |name, shape| weights.read(name, shape))
+        Self::build(config, |spec| {
+            Ok(weights.read(&spec.name, &spec.shape)?.into_param())
+        })
     }
 
     /// Loads a model for generation only: weight matrices stored in bf16 stay bf16 (half
@@ -138,102 +91,35 @@ impl Model {
     pub fn load_for_inference(dir: &Path) -> Result<Model> {
         let config = ModelConfig::from_file(&dir.join("config.json"))?;
         let weights = Weights::open(dir)?;
-        Self::from_named(config, |name, shape| {
-            if shape.len() == 2 {
-                weights.read_for_inference(name, shape)
+        Self::build(config, |spec| {
+            let t = if spec.shape.len() == 2 {
+                weights.read_for_inference(&spec.name, &spec.shape)?
             } else {
-                weights.read(name, shape)
-            }
+                weights.read(&spec.name, &spec.shape)?
+            };
+            Ok(t.into_param())
         })
     }
 
-    /// A model with random weights (normal, std 0.02; norms at 1), for tests and benchmarks.
+    /// A model with random weights (each spec's init: normal with std 0.02, norms at 1,
+    /// biases at 0), for tests and benchmarks.
     pub fn random(config: ModelConfig, seed: u64) -> Model {
         let mut rng = Rng::new(seed);
-        Self::from_named(config, |name, shape| {
-            let n: usize = shape.iter().product();
-            let data = if name.ends_with("norm.weight") {
-                vec![1.0; n]
-            } else if name.ends_with(".bias") {
-                vec![0.0; n]
-            } else {
-                rng.normal_vec(n, 0.02)
+        Self::build(config, |spec| {
+            let n = spec.numel();
+            let data = match spec.init {
+                Init::Ones => vec![1.0; n],
+                Init::Zeros => vec![0.0; n],
+                Init::Normal(std) => rng.normal_vec(n, std),
             };
-            Tensor::from_vec(data, shape.to_vec())
+            Ok(Tensor::from_vec(data, spec.shape.clone())?.into_param())
         })
-        .expect("random init builds tensors of exactly the layout's shapes")
+        .expect("random init builds tensors of exactly the specs' shapes")
     }
 
-    pub(crate) fn from_named(
-        config: ModelConfig,
-        mut get: impl FnMut(&str, &[usize]) -> Result<Tensor>,
-    ) -> Result<Model> {
-        let mut params = NamedParams::default();
-        for (name, shape) in parameter_layout(&config) {
-            let t = get(&name, &shape)?.into_param();
-            params.0.insert(name, t);
-        }
-        let layers = (0..config.num_hidden_layers)
-            .map(|l| {
-                let p = format!("model.layers.{l}");
-                Layer {
-                    input_layernorm: params.take(&format!("{p}.input_layernorm.weight")),
-                    q_proj: params.linear(&format!("{p}.self_attn.q_proj"), config.qkv_bias),
-                    k_proj: params.linear(&format!("{p}.self_attn.k_proj"), config.qkv_bias),
-                    v_proj: params.linear(&format!("{p}.self_attn.v_proj"), config.qkv_bias),
-                    o_proj: params.linear(&format!("{p}.self_attn.o_proj"), config.o_bias),
-                    post_attention_layernorm: params
-                        .take(&format!("{p}.post_attention_layernorm.weight")),
-                    gate_proj: params.linear(&format!("{p}.mlp.gate_proj"), false),
-                    up_proj: params.linear(&format!("{p}.mlp.up_proj"), false),
-                    down_proj: params.linear(&format!("{p}.mlp.down_proj"), false),
-                }
-            })
-            .collect();
-        Ok(Model {
-            embed_tokens: params.take("model.embed_tokens.weight"),
-            layers,
-            norm: params.take("model.norm.weight"),
-            lm_head: (!config.tie_word_embeddings).then(|| params.take("lm_head.weight")),
-            config,
-        })
-    }
-
-    /// Every parameter under its Hugging Face name, in checkpoint order.
-    pub fn parameters(&self) -> Vec<(String, Tensor)> {
-        let mut out = vec![(
-            "model.embed_tokens.weight".to_string(),
-            self.embed_tokens.clone(),
-        )];
-        let push_linear = |out: &mut Vec<(String, Tensor)>, name: String, lin: &Linear| {
-            out.push((format!("{name}.weight"), lin.weight.clone()));
-            if let Some(b) = &lin.bias {
-                out.push((format!("{name}.bias"), b.clone()));
-            }
-        };
-        for (l, layer) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{l}");
-            out.push((
-                format!("{p}.input_layernorm.weight"),
-                layer.input_layernorm.clone(),
-            ));
-            push_linear(&mut out, format!("{p}.self_attn.q_proj"), &layer.q_proj);
-            push_linear(&mut out, format!("{p}.self_attn.k_proj"), &layer.k_proj);
-            push_linear(&mut out, format!("{p}.self_attn.v_proj"), &layer.v_proj);
-            push_linear(&mut out, format!("{p}.self_attn.o_proj"), &layer.o_proj);
-            out.push((
-                format!("{p}.post_attention_layernorm.weight"),
-                layer.post_attention_layernorm.clone(),
-            ));
-            push_linear(&mut out, format!("{p}.mlp.gate_proj"), &layer.gate_proj);
-            push_linear(&mut out, format!("{p}.mlp.up_proj"), &layer.up_proj);
-            push_linear(&mut out, format!("{p}.mlp.down_proj"), &layer.down_proj);
-        }
-        out.push(("model.norm.weight".to_string(), self.norm.clone()));
-        if let Some(h) = &self.lm_head {
-            out.push(("lm_head.weight".to_string(), h.clone()));
-        }
-        out
+    /// The device the parameters are on.
+    pub fn device(&self) -> crate::Device {
+        self.embed_tokens.device()
     }
 
     /// Writes `config.json` and `model.safetensors` (f32) into `dir`, each atomically.
@@ -273,10 +159,38 @@ impl Model {
         let mut x = ops::embedding(&self.embed_tokens, &batch.input_ids)?;
         let rope = self.rope_table(&batch.positions)?;
         for (l, layer) in self.layers.iter().enumerate() {
-            x = self.layer_forward((l, layer), &x, batch, &rope, probes)?;
+            x = layer.forward((&self.config, l), &x, batch, &rope, probes)?;
         }
-        let h = ops::rmsnorm(&x, &self.norm, self.config.rms_norm_eps)?;
+        self.final_norm(&x, probes)
+    }
+
+    fn final_norm(&self, x: &Tensor, probes: &mut Option<&mut Probes>) -> Result<Tensor> {
+        let h = ops::rmsnorm(x, &self.norm, self.config.rms_norm_eps)?;
         probe::visit(probes, Site::last(SiteKind::FinalNorm), h)
+    }
+
+    /// Hidden states after the final norm with every layer checkpointed
+    /// ([`autograd::checkpoint`]): a layer keeps only its input for the backward, which
+    /// re-runs its forward.
+    fn hidden_states_recomputing_layers(&self, batch: &Batch) -> Result<Tensor> {
+        let mut x = ops::embedding(&self.embed_tokens, &batch.input_ids)?;
+        let rope = self.rope_table(&batch.positions)?;
+        let shared = Arc::new(batch.clone());
+        for (l, layer) in self.layers.iter().enumerate() {
+            let mut inputs = vec![x];
+            inputs.extend(layer.params().into_iter().cloned());
+            let (config, layer, batch, rope) = (
+                self.config.clone(),
+                layer.clone(),
+                shared.clone(),
+                rope.clone(),
+            );
+            x = autograd::checkpoint(&inputs, move |t| {
+                let layer = layer.with_params(&t[1..]);
+                layer.forward((&config, l), &t[0], &batch, &rope, &mut None)
+            })?;
+        }
+        self.final_norm(&x, &mut None)
     }
 
     /// The logits [n, vocab] the model would give residual-stream rows [n, hidden]: the
@@ -296,31 +210,88 @@ impl Model {
         self.forward_probed(batch, &mut None)
     }
 
-    /// Cross-entropy of the logits against `targets` (one per token, -100 = ignored).
+    /// Cross-entropy of the next-token logits against `targets` (one per token, -100 =
+    /// ignored), through the chunked LM head + loss op: the full logits never exist.
     pub fn loss(&self, batch: &Batch, targets: &[i64], reduction: Reduction) -> Result<Tensor> {
-        let logits = self.forward(batch)?;
-        ops::cross_entropy(&logits, targets, reduction)
+        let h = self.hidden_states(batch)?;
+        ops::lm_head_loss(&h, self.output_weight(), targets, reduction)
+    }
+
+    /// [`Model::loss`] with every layer's activations recomputed in the backward instead
+    /// of kept (less memory, one more forward of the layers).
+    pub fn loss_recomputing_layers(
+        &self,
+        batch: &Batch,
+        targets: &[i64],
+        reduction: Reduction,
+    ) -> Result<Tensor> {
+        let h = self.hidden_states_recomputing_layers(batch)?;
+        ops::lm_head_loss(&h, self.output_weight(), targets, reduction)
     }
 
     /// RoPE's cos/sin at `positions`, shared by every layer's q and k.
     fn rope_table(&self, positions: &[u32]) -> Result<Arc<RopeTable>> {
         ops::rope_table(positions, self.config.head_dim, self.config.rope_theta)
     }
+}
 
-    fn layer_forward(
+impl Layer {
+    /// The layer's parameters in a fixed order (the order [`Layer::with_params`] takes).
+    fn params(&self) -> Vec<&Tensor> {
+        let mut out = vec![&self.input_layernorm, &self.post_attention_layernorm];
+        for lin in [
+            &self.q_proj,
+            &self.k_proj,
+            &self.v_proj,
+            &self.o_proj,
+            &self.gate_proj,
+            &self.up_proj,
+            &self.down_proj,
+        ] {
+            out.push(&lin.weight);
+            out.extend(&lin.bias);
+        }
+        out
+    }
+
+    /// This layer with its parameters replaced by `params`, in [`Layer::params`]' order.
+    fn with_params(&self, params: &[Tensor]) -> Layer {
+        let mut layer = self.clone();
+        let mut next = params.iter().cloned();
+        let mut take = || next.next().expect("one tensor per parameter of the layer");
+        layer.input_layernorm = take();
+        layer.post_attention_layernorm = take();
+        for lin in [
+            &mut layer.q_proj,
+            &mut layer.k_proj,
+            &mut layer.v_proj,
+            &mut layer.o_proj,
+            &mut layer.gate_proj,
+            &mut layer.up_proj,
+            &mut layer.down_proj,
+        ] {
+            lin.weight = take();
+            if lin.bias.is_some() {
+                lin.bias = Some(take());
+            }
+        }
+        layer
+    }
+
+    /// Layer `l` of a model of config `c` on the residual stream x [B*T, hidden].
+    fn forward(
         &self,
-        (l, layer): (usize, &Layer),
+        (c, l): (&ModelConfig, usize),
         x: &Tensor,
         batch: &Batch,
         rope: &Arc<RopeTable>,
         probes: &mut Option<&mut Probes>,
     ) -> Result<Tensor> {
-        let c = &self.config;
         let (b, t, dh) = (batch.batch_size, batch.seq_len, c.head_dim);
         let (n, hq, hkv) = (b * t, c.num_attention_heads, c.num_key_value_heads);
         let site = |kind| Site::layer(kind, l);
         let x = probe::visit(probes, site(SiteKind::ResidPre), x.clone())?;
-        let (q, k, v) = self.rotated_qkv(layer, &x, rope)?;
+        let (q, k, v) = self.rotated_qkv(c, &x, rope)?;
         let q = probe::visit_rows(probes, site(SiteKind::Queries), q, [n, hq * dh])?;
         let k = probe::visit_rows(probes, site(SiteKind::Keys), k, [n, hkv * dh])?;
         let q = q.reshape([b, t, hq, dh])?;
@@ -335,13 +306,9 @@ impl Model {
         }
         let attn = ops::attention(&q, &k, &v, batch.segments.as_deref())?.reshape([n, hq * dh])?;
         let attn = probe::visit(probes, site(SiteKind::AttnHeads), attn)?;
-        let out = probe::visit(
-            probes,
-            site(SiteKind::AttnOut),
-            layer.o_proj.forward(&attn)?,
-        )?;
+        let out = probe::visit(probes, site(SiteKind::AttnOut), self.o_proj.forward(&attn)?)?;
         let x = probe::visit(probes, site(SiteKind::ResidMid), ops::add(&x, &out)?)?;
-        let mlp = probe::visit(probes, site(SiteKind::MlpOut), self.mlp_output(layer, &x)?)?;
+        let mlp = probe::visit(probes, site(SiteKind::MlpOut), self.mlp_output(c, &x)?)?;
         probe::visit(probes, site(SiteKind::ResidPost), ops::add(&x, &mlp)?)
     }
 
@@ -349,14 +316,13 @@ impl Model {
     /// `rope`: q [n, Hq, Dh] and k [n, Hkv, Dh] rotated, v [n, Hkv, Dh].
     fn rotated_qkv(
         &self,
-        layer: &Layer,
+        c: &ModelConfig,
         x: &Tensor,
         rope: &Arc<RopeTable>,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        let c = &self.config;
         let n = x.shape().rows();
-        let h = ops::rmsnorm(x, &layer.input_layernorm, c.rms_norm_eps)?;
-        let [q, k, v] = Linear::forward_all([&layer.q_proj, &layer.k_proj, &layer.v_proj], &h)?;
+        let h = ops::rmsnorm(x, &self.input_layernorm, c.rms_norm_eps)?;
+        let [q, k, v] = Linear::forward_all([&self.q_proj, &self.k_proj, &self.v_proj], &h)?;
         let heads = |t: Tensor, n_heads: usize| t.reshape([n, n_heads, c.head_dim]);
         let q = ops::rope_with_table(&heads(q, c.num_attention_heads)?, rope)?;
         let k = ops::rope_with_table(&heads(k, c.num_key_value_heads)?, rope)?;
@@ -365,15 +331,15 @@ impl Model {
     }
 
     /// The residual MLP half of a layer: x + down(swiglu(gate(norm x), up(norm x))).
-    fn mlp_block(&self, layer: &Layer, x: &Tensor) -> Result<Tensor> {
-        ops::add(x, &self.mlp_output(layer, x)?)
+    fn mlp_block(&self, c: &ModelConfig, x: &Tensor) -> Result<Tensor> {
+        ops::add(x, &self.mlp_output(c, x)?)
     }
 
     /// The MLP's output, before the residual add.
-    fn mlp_output(&self, layer: &Layer, x: &Tensor) -> Result<Tensor> {
-        let h = ops::rmsnorm(x, &layer.post_attention_layernorm, self.config.rms_norm_eps)?;
-        let [gate, up] = Linear::forward_all([&layer.gate_proj, &layer.up_proj], &h)?;
+    fn mlp_output(&self, c: &ModelConfig, x: &Tensor) -> Result<Tensor> {
+        let h = ops::rmsnorm(x, &self.post_attention_layernorm, c.rms_norm_eps)?;
+        let [gate, up] = Linear::forward_all([&self.gate_proj, &self.up_proj], &h)?;
         let act = ops::swiglu(&gate, &up)?;
-        layer.down_proj.forward(&act)
+        self.down_proj.forward(&act)
     }
 }

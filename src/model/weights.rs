@@ -262,10 +262,10 @@ fn shard_paths(index: &Path) -> Result<Vec<PathBuf>> {
 
 /// Writes tensors to a safetensors file atomically (a temporary file renamed into place).
 pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()> {
-    let data: Vec<(String, Storage, Vec<usize>)> = tensors
+    let data = tensors
         .iter()
-        .map(|(n, t)| (n.clone(), t.storage_clone(), t.dims().to_vec()))
-        .collect();
+        .map(|(n, t)| Ok((n.clone(), t.host_storage()?, t.dims().to_vec())))
+        .collect::<Result<Vec<(String, Storage, Vec<usize>)>>>()?;
     let bytes: Vec<Vec<u8>> = data.iter().map(|(_, s, _)| s.to_le_bytes()).collect();
     let views = data
         .iter()

@@ -1,15 +1,16 @@
 //! AdamW (Loshchilov & Hutter): Adam with decoupled weight decay, computed as
 //! `torch.optim.AdamW` computes it, so the two agree to float rounding.
 
-use std::collections::HashMap;
-
 use rayon::prelude::*;
 
+use super::cuda::{adamw_update, grad_norm, AdamwBuffers, AdamwPlan, FlatSegment};
 use super::widen_as_written;
-use crate::autograd::Gradients;
-use crate::{DType, Error, Result, Tensor};
+use crate::model::FlatParams;
+use crate::{DType, Device, Error, Result, Tensor};
 
-/// Elements per parallel chunk of an update.
+/// Elements per parallel chunk of an update, and of the gradient norm's sum of squares:
+/// fixed, so the sums are always added up in the same order (a resumed run reproduces
+/// the norm bit for bit).
 const CHUNK: usize = 1 << 14;
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -38,7 +39,8 @@ impl Default for AdamWConfig {
 
 /// Whether a parameter gets weight decay, by its Hugging Face name: not the norms (a
 /// name part ending in "norm"), the biases (last part "bias") or the embeddings (a part
-/// "embed_tokens"); every other weight does, lm_head included when it is untied.
+/// "embed_tokens"); every other weight does, lm_head included when it is untied. The
+/// model's parameter specs (`model::parameter_specs`) carry the same rule as `decay`.
 ///
 /// Hugging Face's Trainer (`get_decay_parameter_names`) excludes only biases and norms,
 /// so it decays the embeddings (and, in a tied model, the shared embedding/lm_head
@@ -49,15 +51,6 @@ pub fn default_decay(name: &str) -> bool {
     let mut parts = name.split('.');
     let is_bias = name.rsplit('.').next() == Some("bias");
     !(is_bias || parts.any(|part| part.ends_with("norm") || part == "embed_tokens"))
-}
-
-/// One parameter's moments, in f32 like the parameters.
-struct Moments {
-    name: String,
-    dims: Vec<usize>,
-    weight_decay: f32,
-    exp_avg: Vec<f32>,
-    exp_avg_sq: Vec<f32>,
 }
 
 /// The f32 coefficients of one step, rounded where torch rounds them: torch works them
@@ -99,82 +92,163 @@ pub(crate) fn decay_factor(lr: f32, weight_decay: f32) -> f32 {
     (1.0 - lr as f64 * widen_as_written(weight_decay)) as f32
 }
 
+/// What one optimizer step did.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepOutcome {
+    /// The global gradient norm before clipping.
+    pub grad_norm: f32,
+    /// True when the norm was not finite: nothing was updated.
+    pub skipped: bool,
+}
+
+/// AdamW over [`FlatParams`]: its moments are flat buffers on the parameters' device,
+/// laid out as they are, so that the gradient norm and the update are each one pass on
+/// every device (on a GPU, one launch each, which also rewrites the bf16 compute copy).
 pub struct AdamW {
     config: AdamWConfig,
-    moments: Vec<Moments>,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    segments: Vec<FlatSegment>,
+    /// The segments' chunk table on a GPU.
+    plan: Option<AdamwPlan>,
+    names: Vec<(String, Vec<usize>, usize)>,
     step: u64,
 }
 
 impl AdamW {
-    /// Zero moments for `params`; `decay` picks the parameters that get weight decay
-    /// (`default_decay` in the usual case).
-    pub fn new(
-        params: &[(String, Tensor)],
-        config: AdamWConfig,
-        decay: impl Fn(&str) -> bool,
-    ) -> Self {
-        let moments = params
+    /// Zero moments for `store`'s parameters, each decayed as its layout says.
+    pub fn new(store: &FlatParams, config: AdamWConfig) -> Result<AdamW> {
+        let device = store.device();
+        let len = store.layout.len;
+        let segments: Vec<FlatSegment> = store
+            .layout
+            .params
             .iter()
-            .map(|(name, p)| Moments {
-                name: name.clone(),
-                dims: p.dims().to_vec(),
-                weight_decay: if decay(name) {
-                    config.weight_decay
-                } else {
-                    0.0
-                },
-                exp_avg: vec![0.0; p.elem_count()],
-                exp_avg_sq: vec![0.0; p.elem_count()],
+            .map(|p| FlatSegment {
+                offset: p.range.start,
+                len: p.range.len(),
+                decay: p.decay,
             })
             .collect();
-        AdamW {
+        let plan = match device {
+            Device::Cpu => None,
+            _ => Some(AdamwPlan::new(&*crate::tensor::gpu_of(device)?, &segments, len)?),
+        };
+        let names = store
+            .layout
+            .params
+            .iter()
+            .map(|p| (p.name.clone(), p.shape.clone(), p.range.start))
+            .collect();
+        Ok(AdamW {
             config,
-            moments,
+            exp_avg: Tensor::zeros_on([len], DType::F32, device)?,
+            exp_avg_sq: Tensor::zeros_on([len], DType::F32, device)?,
+            segments,
+            plan,
+            names,
             step: 0,
-        }
+        })
     }
 
-    /// Updates in place every parameter that has a gradient, with learning rate `lr`
-    /// (already scheduled). `params` must be the list given to `new`, in its order.
-    /// Parameters without a gradient are left alone, moments and all; unlike torch,
-    /// which counts steps per parameter, the bias correction uses the one step count.
-    pub fn step(&mut self, params: &[(String, Tensor)], grads: &Gradients, lr: f32) -> Result<()> {
-        self.check_step_inputs(params, grads)?;
-        self.step += 1;
-        let coefficients = Coefficients::new(&self.config, self.step, lr);
-        for (moments, (_, p)) in self.moments.iter_mut().zip(params) {
-            let Some(g) = grads.get(p) else { continue };
-            let decay_factor = decay_factor(lr, moments.weight_decay);
-            let g = g.read_f32()?;
-            let mut w = p.write_f32()?;
-            update(&mut w, &g, moments, decay_factor, coefficients);
-        }
-        Ok(())
+    pub fn config(&self) -> &AdamWConfig {
+        &self.config
     }
 
+    /// One step at learning rate `lr` (already scheduled): the global norm of the store's
+    /// gradients, their clipping to `max_grad_norm` (0: no clipping), and the update of
+    /// every parameter, as torch's `clip_grad_norm_` then `AdamW.step` compute them.
+    /// A non-finite norm updates nothing (torch would multiply every gradient by NaN):
+    /// the step is skipped and not counted. Unlike torch, which counts steps per
+    /// parameter, the bias correction uses the one step count.
+    pub fn step(&mut self, store: &FlatParams, lr: f32, max_grad_norm: f32) -> Result<StepOutcome> {
+        let max_norm = if max_grad_norm > 0.0 {
+            max_grad_norm
+        } else {
+            f32::INFINITY
+        };
+        if store.layout.len != self.exp_avg.elem_count() || store.device() != self.exp_avg.device() {
+            return Err(Error::shape(
+                "AdamW::step",
+                "the store is not the one the optimizer was built for",
+            ));
+        }
+        let coefficients = Coefficients::new(&self.config, self.step + 1, lr);
+        let grad_norm = match &self.plan {
+            None => self.cpu_step(store, max_norm, lr, coefficients)?,
+            Some(plan) => self.gpu_step(plan, store, max_norm, lr)?,
+        };
+        let skipped = !grad_norm.is_finite();
+        if !skipped {
+            self.step += 1;
+        }
+        Ok(StepOutcome { grad_norm, skipped })
+    }
+
+    fn cpu_step(
+        &self,
+        store: &FlatParams,
+        max_norm: f32,
+        lr: f32,
+        c: Coefficients,
+    ) -> Result<f32> {
+        let g = store.grads.read_f32()?;
+        let norm = sum_of_squares(&g).sqrt() as f32;
+        if !norm.is_finite() {
+            return Ok(norm);
+        }
+        let clip = clip_factor(norm, max_norm);
+        let (mut w, mut m, mut v) = (
+            store.master.write_f32()?,
+            self.exp_avg.write_f32()?,
+            self.exp_avg_sq.write_f32()?,
+        );
+        for s in &self.segments {
+            let r = s.offset..s.offset + s.len;
+            let wd = if s.decay { self.config.weight_decay } else { 0.0 };
+            let moments = (&mut m[r.clone()], &mut v[r.clone()]);
+            update(&mut w[r.clone()], &g[r], moments, (decay_factor(lr, wd), clip), c);
+        }
+        Ok(norm)
+    }
+
+    fn gpu_step(&self, plan: &AdamwPlan, store: &FlatParams, max_norm: f32, lr: f32) -> Result<f32> {
+        const OP: &str = "AdamW";
+        let rg = store.grads.read_gpu(OP)?;
+        let gpu = rg.gpu().clone();
+        let clip = grad_norm(&gpu, rg.view::<f32>(OP)?, max_norm)?;
+        {
+            let mut w = store.master.write_gpu(OP)?;
+            let mut copy = store.compute_copy.as_ref().map(|c| c.write_gpu(OP)).transpose()?;
+            let (mut m, mut v) = (self.exp_avg.write_gpu(OP)?, self.exp_avg_sq.write_gpu(OP)?);
+            let buffers = AdamwBuffers {
+                params: w.view_mut(OP)?,
+                params_bf16: copy.as_mut().map(|c| c.view_mut(OP)).transpose()?,
+                exp_avg: m.view_mut(OP)?,
+                exp_avg_sq: v.view_mut(OP)?,
+                grads: rg.view(OP)?,
+            };
+            adamw_update(&gpu, plan, buffers, &self.config, self.step + 1, lr, Some(&clip))?;
+        }
+        Ok(gpu.download(&clip)?[0])
+    }
+
+    /// Optimizer steps taken (skipped ones not counted).
     pub fn step_count(&self) -> u64 {
         self.step
     }
 
-    /// The moments as named tensors, "exp_avg.<name>" and "exp_avg_sq.<name>", for a
-    /// checkpoint (`scotd::model::save_safetensors`); the step count is kept beside them.
-    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
-        let tensor = |data: &[f32], dims: &[usize]| {
-            Tensor::from_vec(data.to_vec(), dims.to_vec())
-                .expect("moments have their parameter's element count")
-        };
-        self.moments
-            .iter()
-            .flat_map(|m| {
-                [
-                    (format!("exp_avg.{}", m.name), tensor(&m.exp_avg, &m.dims)),
-                    (
-                        format!("exp_avg_sq.{}", m.name),
-                        tensor(&m.exp_avg_sq, &m.dims),
-                    ),
-                ]
-            })
-            .collect()
+    /// The moments as named tensors, "exp_avg.<name>" and "exp_avg_sq.<name>" (views of
+    /// the flat buffers), for a checkpoint (`scotd::model::save_safetensors`); the step
+    /// count is kept beside them.
+    pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::with_capacity(2 * self.names.len());
+        for (name, shape, start) in &self.names {
+            for (prefix, flat) in [("exp_avg", &self.exp_avg), ("exp_avg_sq", &self.exp_avg_sq)] {
+                out.push((format!("{prefix}.{name}"), flat.view_of_flat(*start, shape.clone())?));
+            }
+        }
+        Ok(out)
     }
 
     /// Restores what `state_tensors` and `step_count` saved. `read(name, shape)` fetches
@@ -186,114 +260,68 @@ impl AdamW {
         mut read: impl FnMut(&str, &[usize]) -> Result<Tensor>,
         step: u64,
     ) -> Result<()> {
-        let mut loaded = Vec::with_capacity(self.moments.len());
-        for m in &self.moments {
-            let exp_avg = read_moment(&mut read, &format!("exp_avg.{}", m.name), &m.dims)?;
-            let exp_avg_sq = read_moment(&mut read, &format!("exp_avg_sq.{}", m.name), &m.dims)?;
-            loaded.push((exp_avg, exp_avg_sq));
+        let targets = self.state_tensors()?;
+        let mut loaded = Vec::with_capacity(targets.len());
+        for (name, target) in &targets {
+            let t = read(name, target.dims())?;
+            if t.dims() != target.dims() {
+                return Err(Error::shape(
+                    "AdamW::load_state",
+                    format!("{name} has shape {:?}, its parameter {:?}", t.dims(), target.dims()),
+                ));
+            }
+            loaded.push(t);
         }
-        for (m, (exp_avg, exp_avg_sq)) in self.moments.iter_mut().zip(loaded) {
-            m.exp_avg = exp_avg;
-            m.exp_avg_sq = exp_avg_sq;
+        for ((_, target), t) in targets.iter().zip(loaded) {
+            target.copy_from(&t)?;
         }
         self.step = step;
         Ok(())
     }
+}
 
-    /// `load_state` from tensors in memory, as `state_tensors` returned them.
-    pub fn load_state_tensors(&mut self, tensors: &[(String, Tensor)], step: u64) -> Result<()> {
-        let by_name: HashMap<&str, &Tensor> =
-            tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        self.load_state(
-            |name, _| {
-                by_name
-                    .get(name)
-                    .map(|t| (*t).clone())
-                    .ok_or_else(|| Error::format("(optimizer state)", name, "moment missing"))
-            },
-            step,
-        )
-    }
+/// Σ x² in f64, over chunks of a fixed size summed in order.
+fn sum_of_squares(values: &[f32]) -> f64 {
+    let chunk_sums: Vec<f64> = values
+        .par_chunks(CHUNK)
+        .map(|chunk| chunk.iter().map(|&x| x as f64 * x as f64).sum())
+        .collect();
+    chunk_sums.iter().sum()
+}
 
-    /// Everything that could fail midway, checked before anything is updated.
-    fn check_step_inputs(&self, params: &[(String, Tensor)], grads: &Gradients) -> Result<()> {
-        if params.len() != self.moments.len() {
-            return Err(Error::shape(
-                "AdamW::step",
-                format!(
-                    "{} parameters given, the optimizer was built for {}",
-                    params.len(),
-                    self.moments.len()
-                ),
-            ));
-        }
-        for (m, (name, p)) in self.moments.iter().zip(params) {
-            if *name != m.name || p.dims() != m.dims.as_slice() {
-                return Err(Error::shape(
-                    "AdamW::step",
-                    format!(
-                        "parameter {name} {:?} is where the optimizer has {} {:?}",
-                        p.dims(),
-                        m.name,
-                        m.dims
-                    ),
-                ));
-            }
-            check_parameter_and_gradient(name, p, grads.get(p))?;
-        }
-        Ok(())
+/// What clipping to `max_norm` multiplies every gradient by: torch's coefficient
+/// `max_norm / (norm + 1e-6)` when it is below 1, else 1 (so, like torch, a norm within
+/// 1e-6 above `max_norm` is scaled by a factor a hair under 1).
+pub(crate) fn clip_factor(norm: f32, max_norm: f32) -> f32 {
+    let coefficient = max_norm / (norm + 1e-6);
+    if coefficient < 1.0 {
+        coefficient
+    } else {
+        1.0
     }
 }
 
-/// The parameter and its gradient are f32, and the gradient has storage of its own
-/// (reading it while writing the parameter would otherwise deadlock).
-fn check_parameter_and_gradient(name: &str, p: &Tensor, grad: Option<&Tensor>) -> Result<()> {
-    let Some(g) = grad else { return Ok(()) };
-    for t in [p, g] {
-        if t.dtype() != DType::F32 {
-            return Err(Error::DType {
-                op: "AdamW::step",
-                got: t.dtype(),
-                expected: "F32 parameters and gradients",
-            });
-        }
-    }
-    if g.same_storage(p) {
-        return Err(Error::Autograd(format!(
-            "the gradient of {name} shares the parameter's storage"
-        )));
-    }
-    Ok(())
-}
-
-fn read_moment(
-    read: &mut impl FnMut(&str, &[usize]) -> Result<Tensor>,
-    name: &str,
-    dims: &[usize],
-) -> Result<Vec<f32>> {
-    let t = read(name, dims)?;
-    if t.dims() != dims {
-        return Err(Error::shape(
-            "AdamW::load_state",
-            format!("{name} has shape {:?}, its parameter {:?}", t.dims(), dims),
-        ));
-    }
-    Ok(t.to_vec_f32())
-}
-
-/// One parameter's update, element by element in torch's order of operations:
-/// p ← p·(1 − lr·wd); m ← lerp(m, g, 1 − β1); v ← v·β2 + (1 − β2)·g·g;
-/// p ← p − step_size · m / (√v / √(1 − β2ᵗ) + eps), step_size = lr / (1 − β1ᵗ).
-/// Plain IEEE operations, no fused multiply-add, so every machine gets the same bits;
-/// torch's vectorised lerp and addcmul do fuse, and its AVX-512 sqrt is not correctly
-/// rounded, so a few elements differ from torch's in the last bit.
-fn update(w: &mut [f32], g: &[f32], moments: &mut Moments, decay_factor: f32, c: Coefficients) {
+/// One parameter's update, element by element in torch's order of operations, with the
+/// gradient times the clip factor: g ← g·clip; p ← p·(1 − lr·wd); m ← lerp(m, g, 1 − β1);
+/// v ← v·β2 + (1 − β2)·g·g; p ← p − step_size · m / (√v / √(1 − β2ᵗ) + eps),
+/// step_size = lr / (1 − β1ᵗ). Plain IEEE operations, no fused multiply-add, so every
+/// machine gets the same bits; torch's vectorised lerp and addcmul do fuse, and its
+/// AVX-512 sqrt is not correctly rounded, so a few elements differ from torch's in the
+/// last bit.
+fn update(
+    w: &mut [f32],
+    g: &[f32],
+    (m, v): (&mut [f32], &mut [f32]),
+    (decay_factor, clip): (f32, f32),
+    c: Coefficients,
+) {
     w.par_chunks_mut(CHUNK)
         .zip(g.par_chunks(CHUNK))
-        .zip(moments.exp_avg.par_chunks_mut(CHUNK))
-        .zip(moments.exp_avg_sq.par_chunks_mut(CHUNK))
+        .zip(m.par_chunks_mut(CHUNK))
+        .zip(v.par_chunks_mut(CHUNK))
         .for_each(|(((w, g), m), v)| {
             for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m).zip(v) {
+                let g = g * clip;
                 *w *= decay_factor;
                 *m = lerp(*m, g, c.one_minus_beta1);
                 *v = *v * c.beta2 + c.one_minus_beta2 * g * g;

@@ -1,15 +1,14 @@
 //! Optimizers: AdamW with its learning-rate schedules and gradient clipping for the
-//! trainer (on the CPU, and as GPU kernels in `cuda`), and plain SGD for the engine's own
+//! trainer, over a model's flat parameter buffers on any device (the CPU reference in
+//! adamw.rs, the GPU kernels' launchers in `cuda`), and plain SGD for the engine's own
 //! end-to-end check (memorising a few sequences).
 
 mod adamw;
-mod clip;
 pub mod cuda;
 mod schedule;
 mod sgd;
 
-pub use adamw::{default_decay, AdamW, AdamWConfig};
-pub use clip::clip_grad_norm;
+pub use adamw::{default_decay, AdamW, AdamWConfig, StepOutcome};
 pub use schedule::{Decay, Schedule};
 pub use sgd::sgd_step;
 

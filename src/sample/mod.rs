@@ -165,7 +165,7 @@ pub fn decode(
         }
         let chunks: Vec<&[u32]> = slots.iter().map(|s| s.next_chunk.as_slice()).collect();
         let logits = model.forward_step(&chunks, &mut caches)?;
-        let logits = logits.read_f32()?;
+        let logits = logits.read_f32_on_host()?;
         let vocab = model.config.vocab_size;
         for (i, slot) in slots.iter_mut().enumerate() {
             let token = choose(&logits[i * vocab..(i + 1) * vocab], cfg, &mut slot.rng);

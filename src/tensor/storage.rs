@@ -2,7 +2,7 @@ use half::{bf16, f16};
 
 use super::DType;
 
-/// The bytes behind a tensor. CPU only for now; the CUDA backend adds its variant.
+/// The bytes behind a CPU tensor (a GPU tensor's are a device buffer: `gpu::GpuData`).
 #[derive(Clone, Debug)]
 pub enum Storage {
     F32(Vec<f32>),
@@ -71,6 +71,36 @@ impl Storage {
             Storage::BF16(v) => bytemuck::cast_slice(v).to_vec(),
             Storage::F16(v) => bytemuck::cast_slice(v).to_vec(),
         }
+    }
+
+    /// Elements `range`, copied.
+    pub fn slice(&self, range: std::ops::Range<usize>) -> Storage {
+        match self {
+            Storage::F32(v) => Storage::F32(v[range].to_vec()),
+            Storage::BF16(v) => Storage::BF16(v[range].to_vec()),
+            Storage::F16(v) => Storage::F16(v[range].to_vec()),
+        }
+    }
+
+    /// Overwrites elements `range` with `source` (same dtype and length).
+    pub fn copy_range_from(
+        &mut self,
+        range: std::ops::Range<usize>,
+        source: &Storage,
+    ) -> crate::Result<()> {
+        match (self, source) {
+            (Storage::F32(t), Storage::F32(s)) => t[range].copy_from_slice(s),
+            (Storage::BF16(t), Storage::BF16(s)) => t[range].copy_from_slice(s),
+            (Storage::F16(t), Storage::F16(s)) => t[range].copy_from_slice(s),
+            (t, s) => {
+                return Err(crate::Error::DType {
+                    op: "copy_range_from",
+                    got: s.dtype(),
+                    expected: t.dtype().safetensors_name(),
+                })
+            }
+        }
+        Ok(())
     }
 
     pub fn to_f32_vec(&self) -> Vec<f32> {

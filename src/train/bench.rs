@@ -8,14 +8,14 @@ use std::time::Instant;
 use half::bf16;
 use serde::Serialize;
 
-use super::gpu::GpuTrainer;
+use super::step::train_step;
 use crate::backend::cuda::bench::median;
 use crate::backend::cuda::Gpu;
-use crate::model::gpu::{ComputeType, DeviceBatch};
-use crate::model::{Batch, Model, ModelConfig};
+use crate::model::{Batch, Model, ModelConfig, ParamStore};
 use crate::ops::IGNORE_INDEX;
-use crate::optim::AdamWConfig;
-use crate::{Error, Result};
+use crate::optim::{AdamW, AdamWConfig};
+use crate::tensor::gpu_of;
+use crate::{DType, Device, Error, Result};
 
 /// The arithmetic the benchmark runs in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -101,9 +101,11 @@ pub fn bench_batch(config: &ModelConfig, batch: usize, seq: usize) -> Result<(Ba
     Ok((Batch::new(ids, batch, seq)?, targets))
 }
 
-/// Runs the benchmark; `progress` is told each finished step (warm-up included).
+/// Runs the benchmark on `device` (a GPU or the emulator): the trainer's own step
+/// ([`train_step`]) on a random model of `config`'s shape; `progress` is told each
+/// finished step (warm-up included).
 pub fn bench_train(
-    gpu: &Gpu,
+    device: Device,
     config: &ModelConfig,
     options: &TrainBenchOptions,
     mut progress: impl FnMut(usize),
@@ -114,17 +116,27 @@ pub fn bench_train(
             "batch, seq and steps must be at least 1",
         ));
     }
-    let model = Model::random(config.clone(), 0);
-    let mut trainer = GpuTrainer::new(gpu, &model, AdamWConfig::default())?;
-    drop(model);
-    let (batch, targets) = bench_batch(config, options.batch, options.seq)?;
-    let batches = [DeviceBatch::new(gpu, config, &batch, &targets)?];
-    let step = |trainer: &mut GpuTrainer| match options.dtype {
-        BenchDtype::Bf16 => timed_step::<bf16>(gpu, trainer, &batches, options.recompute),
-        BenchDtype::F32 => timed_step::<f32>(gpu, trainer, &batches, options.recompute),
+    if !device.is_gpu() {
+        return Err(Error::Device(
+            device,
+            "bench train times the GPU step: use --device emulator or cuda (the CPU step's benchmark is `cargo bench --bench cpu_train_step`)".into(),
+        ));
+    }
+    let gpu = gpu_of(device)?;
+    let dtype = match options.dtype {
+        BenchDtype::Bf16 => DType::BF16,
+        BenchDtype::F32 => DType::F32,
+    };
+    let store = ParamStore::new(&Model::random(config.clone(), 0), device, dtype)?;
+    let mut optimizer = AdamW::new(&store.flat, AdamWConfig::default())?;
+    let batches = [bench_batch(config, options.batch, options.seq)?];
+    let mut step = || -> Result<(f64, f32)> {
+        let start = Instant::now();
+        let r = train_step((&store, &mut optimizer), &batches, 1e-5, 1.0, options.recompute)?;
+        Ok((start.elapsed().as_secs_f64() * 1e3, r.loss))
     };
     for i in 0..options.warmup {
-        step(&mut trainer)?;
+        step()?;
         progress(i + 1);
     }
     gpu.synchronize()?;
@@ -132,16 +144,16 @@ pub fn bench_train(
     let mut times = Vec::with_capacity(options.steps);
     let mut losses = Vec::with_capacity(options.steps);
     for i in 0..options.steps {
-        let (ms, loss) = step(&mut trainer)?;
+        let (ms, loss) = step()?;
         times.push(ms);
         losses.push(loss);
         progress(options.warmup + i + 1);
     }
     let peak_memory_gib = gpu.peak_memory().map(|b| b as f64 / (1u64 << 30) as f64);
-    drop(trainer);
-    let peak_gemm_tflops = gemm_tflops(gpu, options.peak_gemm_size)?;
+    drop((store, optimizer));
+    let peak_gemm_tflops = gemm_tflops(&gpu, options.peak_gemm_size)?;
     Ok(report(
-        gpu,
+        &gpu,
         config,
         options,
         (times, losses),
@@ -179,19 +191,6 @@ fn report(
         peak_memory_gib,
         losses,
     }
-}
-
-/// One step's wall time in ms (the step ends by reading its loss back, so the device's
-/// work is included) and its loss.
-fn timed_step<T: ComputeType>(
-    gpu: &Gpu,
-    trainer: &mut GpuTrainer,
-    batches: &[DeviceBatch],
-    recompute: bool,
-) -> Result<(f64, f32)> {
-    let start = Instant::now();
-    let step = trainer.step::<T>(gpu, batches, 1e-5, 1.0, recompute)?;
-    Ok((start.elapsed().as_secs_f64() * 1e3, step.loss))
 }
 
 /// The rate of a square bf16 GEMM of side `n` (cuBLAS on a device), in TFLOP/s: the
@@ -248,7 +247,6 @@ mod tests {
 
     #[test]
     fn the_benchmark_runs_on_the_emulator() {
-        let gpu = Gpu::emulated().unwrap();
         let options = TrainBenchOptions {
             batch: 2,
             seq: 16,
@@ -259,7 +257,7 @@ mod tests {
             peak_gemm_size: 64,
         };
         let mut seen = Vec::new();
-        let r = bench_train(&gpu, &tiny(), &options, |done| seen.push(done)).unwrap();
+        let r = bench_train(Device::Emulator, &tiny(), &options, |done| seen.push(done)).unwrap();
         assert_eq!(seen, [1, 2, 3]);
         assert_eq!(r.step_ms_all.len(), 2);
         assert!(r.tokens_per_s > 0.0 && r.mfu > 0.0 && r.peak_memory_gib.is_none());
@@ -268,6 +266,8 @@ mod tests {
             steps: 0,
             ..options
         };
-        assert!(bench_train(&gpu, &tiny(), &zero_steps, |_| {}).is_err());
+        assert!(bench_train(Device::Emulator, &tiny(), &zero_steps, |_| {}).is_err());
+        let on_cpu = bench_train(Device::Cpu, &tiny(), &options, |_| {});
+        assert!(on_cpu.unwrap_err().to_string().contains("--device emulator"));
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::data::MixerState;
-use crate::model::{save_safetensors, Model, Weights};
+use crate::model::{save_safetensors, ParamStore, Weights};
 use crate::optim::AdamW;
 use crate::{DType, Error, Result};
 
@@ -57,20 +57,21 @@ pub fn completed(output_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
 }
 
 /// Writes checkpoint `state.step`: the HF folder, then master weights and moments, then
-/// the state file that marks it complete; deletes all but the newest `keep_last`.
+/// the state file that marks it complete; deletes all but the newest `keep_last`. The
+/// tensors are read from the store's device: checkpoints are the same on every device.
 pub fn save(
     output_dir: &Path,
-    model: &Model,
-    optimizer: &AdamW,
+    (store, optimizer): (&ParamStore, &AdamW),
     state: &TrainerState,
     tokenizer_dir: &Path,
     export_dtype: DType,
     keep_last: usize,
 ) -> Result<PathBuf> {
     let dir = checkpoint_dir(output_dir, state.step);
-    crate::model::save_checkpoint(model, Some(tokenizer_dir), &dir, export_dtype)?;
-    save_safetensors(&dir.join(MASTER_WEIGHTS), &model.parameters())?;
-    save_safetensors(&dir.join(OPTIMIZER), &optimizer.state_tensors())?;
+    let masters = &store.masters;
+    crate::model::save_checkpoint(masters, Some(tokenizer_dir), &dir, export_dtype)?;
+    save_safetensors(&dir.join(MASTER_WEIGHTS), &masters.parameters())?;
+    save_safetensors(&dir.join(OPTIMIZER), &optimizer.state_tensors()?)?;
     let json = serde_json::to_vec_pretty(state).expect("trainer state serialises");
     crate::io::write_atomic(&dir.join(STATE_FILE), &json)?;
     let all = completed(output_dir)?;
@@ -80,17 +81,18 @@ pub fn save(
     Ok(dir)
 }
 
-/// Restores the model's parameters and the optimizer from a checkpoint; returns its state.
-pub fn load(dir: &Path, model: &Model, optimizer: &mut AdamW) -> Result<TrainerState> {
+/// Restores the store's parameters (on its device) and the optimizer from a checkpoint;
+/// returns its state.
+pub fn load(dir: &Path, store: &ParamStore, optimizer: &mut AdamW) -> Result<TrainerState> {
     let state_path = dir.join(STATE_FILE);
     let text = std::fs::read(&state_path).map_err(|e| Error::io(&state_path, e))?;
     let state: TrainerState = serde_json::from_slice(&text)
         .map_err(|e| Error::format(&state_path, "(json)", e.to_string()))?;
     let weights = Weights::open_file(&dir.join(MASTER_WEIGHTS))?;
-    for (name, p) in model.parameters() {
-        let saved = weights.read(&name, p.dims())?;
-        p.write_f32()?.copy_from_slice(&saved.read_f32()?);
+    for (name, p) in store.masters.parameters() {
+        p.copy_from(&weights.read(&name, p.dims())?)?;
     }
+    store.flat.refresh_compute_copy()?;
     let moments = Weights::open_file(&dir.join(OPTIMIZER))?;
     optimizer.load_state(
         |name, shape| moments.read(name, shape),

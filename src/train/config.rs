@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{BadLines, DataFormat, Overlong, Packing};
 use crate::optim::Decay;
-use crate::{Error, Result};
+use crate::{Device, Error, Result};
 
 /// One dataset of the mix.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -31,20 +31,6 @@ pub struct DatasetConfig {
 pub enum SaveDtype {
     F32,
     Bf16,
-}
-
-/// Where the trainer computes. Checkpoints are the same on every device, so a run may
-/// resume on another one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TrainDevice {
-    /// The CPU engine (autograd tape, f32).
-    Cpu,
-    /// CUDA device 0: the whole step on the GPU (src/train/gpu.rs); needs a build with
-    /// `--features cuda`.
-    Cuda,
-    /// The GPU step on the CPU emulator of CUDA: slow, for checking the GPU path without one.
-    Emulator,
 }
 
 /// The arithmetic of a GPU step.
@@ -104,11 +90,15 @@ pub struct TrainConfig {
     pub keep_last: usize,
     pub save_dtype: SaveDtype,
 
-    pub device: TrainDevice,
-    /// Arithmetic on a GPU device (ignored on the CPU).
+    /// Where the step runs: "cpu", "emulator" (the CUDA kernels on the CPU emulator: slow,
+    /// for checking the GPU path without one) or "cuda" / "cuda:N" (a build with
+    /// `--features cuda`). Checkpoints are the same on every device, so a run may resume
+    /// on another one.
+    pub device: Device,
+    /// Arithmetic on a GPU device (ignored on the CPU, which computes in f32).
     pub gpu_precision: GpuPrecision,
-    /// On a GPU: recompute each layer's activations in the backward instead of keeping
-    /// them (less memory, one more forward).
+    /// Recompute each layer's activations in the backward instead of keeping them (less
+    /// memory, one more forward of the layers).
     pub recompute: bool,
 }
 
@@ -143,7 +133,7 @@ impl Default for TrainConfig {
             save_every: 200,
             keep_last: 2,
             save_dtype: SaveDtype::F32,
-            device: TrainDevice::Cpu,
+            device: Device::Cpu,
             gpu_precision: GpuPrecision::Bf16,
             recompute: false,
         }

@@ -4,10 +4,11 @@
 pub mod bench;
 mod checkpoints;
 mod config;
-pub mod gpu;
 mod metrics;
 pub mod plot;
+mod step;
 mod trainer;
 
-pub use config::{DatasetConfig, GpuPrecision, SaveDtype, TrainConfig, TrainDevice};
+pub use config::{DatasetConfig, GpuPrecision, SaveDtype, TrainConfig};
+pub use step::{train_step, MicroBatch, StepResult};
 pub use trainer::{train, TrainSummary};

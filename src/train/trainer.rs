@@ -8,24 +8,20 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::checkpoints::{self, TrainerState};
-use super::config::{GpuPrecision, SaveDtype, TrainConfig, TrainDevice};
-use super::gpu::GpuTrainer;
+use super::config::{GpuPrecision, SaveDtype, TrainConfig};
 use super::metrics::{EvalMetrics, MetricsLog, StepMetrics};
-use crate::autograd::{no_grad, Gradients};
-use crate::backend::cuda::Gpu;
+use super::step::{train_step, MicroBatch};
+use crate::autograd::no_grad;
 use crate::data::{
     self, BatchBuilder, BatchStats, DatasetSource, Example, MixedExamples, Mixer, ReasoningFormat,
     Row,
 };
-use crate::model::gpu::DeviceBatch;
-use crate::model::{Batch, Model};
+use crate::model::{Batch, Model, ParamStore};
 use crate::ops::Reduction;
-use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, Schedule};
+use crate::optim::{AdamW, AdamWConfig, Schedule};
 use crate::rng::Rng;
 use crate::tokenizer::{ChatTemplate, Tokenizer};
-
-use crate::{DType, Error, Result};
-use half::bf16;
+use crate::{DType, Device, Error, Result};
 
 /// What a finished run reports.
 #[derive(Clone, Debug)]
@@ -39,23 +35,13 @@ pub struct TrainSummary {
 
 struct Run<'a> {
     config: TrainConfig,
-    model: Model,
-    params: Vec<(String, crate::Tensor)>,
+    /// The student's parameters, gradients and compute copy, on the run's device.
+    store: ParamStore,
+    optimizer: AdamW,
     tokenizer: &'a Tokenizer,
     examples: MixedExamples<'a>,
     eval_examples: Vec<Example>,
-    optimizer: AdamW,
     schedule: Schedule,
-    /// The GPU step's state when the run trains on a GPU; `model` and `optimizer` then
-    /// mirror it on the host for evaluation and checkpoints.
-    gpu: Option<GpuRun>,
-}
-
-struct GpuRun {
-    gpu: Gpu,
-    trainer: GpuTrainer,
-    /// Whether the device has steps the host mirror has not seen yet.
-    host_stale: bool,
 }
 
 /// Runs (or resumes) the training described by `config`.
@@ -74,14 +60,6 @@ pub fn train(config: TrainConfig, show_progress: bool) -> Result<TrainSummary> {
     for step in start..run.config.steps {
         let m = run.step(step)?;
         let done = step + 1;
-        let evaluating = run.config.eval_every > 0
-            && done % run.config.eval_every == 0
-            && !run.eval_examples.is_empty();
-        let saving = done == run.config.steps
-            || (run.config.save_every > 0 && done % run.config.save_every == 0);
-        if evaluating || saving {
-            run.sync_host()?;
-        }
         if !m.skipped {
             optimizer_steps += 1;
         }
@@ -92,9 +70,14 @@ pub fn train(config: TrainConfig, show_progress: bool) -> Result<TrainSummary> {
             m.loss, m.lr, m.tokens_per_s
         ));
         bar.inc(1);
+        let evaluating = run.config.eval_every > 0
+            && done % run.config.eval_every == 0
+            && !run.eval_examples.is_empty();
         if evaluating {
             log.write(&run.evaluate(done)?)?;
         }
+        let saving = done == run.config.steps
+            || (run.config.save_every > 0 && done % run.config.save_every == 0);
         if saving {
             run.save(done, optimizer_steps)?;
         }
@@ -123,9 +106,6 @@ fn progress_bar(show: bool, start: u64, steps: u64) -> ProgressBar {
     bar
 }
 
-/// A micro-batch and its targets (one per token, -100 where unsupervised).
-type MicroBatch = (Batch, Vec<i64>);
-
 /// A resumed run's position.
 #[derive(Clone, Copy)]
 struct Resumed {
@@ -147,7 +127,12 @@ impl<'a> Run<'a> {
             .iter()
             .map(|row| data::tokenize_row(tokenizer, template, &row.messages))
             .collect::<Result<Vec<_>>>()?;
-        let params = model.parameters();
+        let dtype = match (config.device, config.gpu_precision) {
+            (Device::Cpu, _) | (_, GpuPrecision::F32) => DType::F32,
+            (_, GpuPrecision::Bf16) => DType::BF16,
+        };
+        let store = ParamStore::new(&model, config.device, dtype)?;
+        drop(model);
         let adamw = AdamWConfig {
             lr: config.lr,
             beta1: config.beta1,
@@ -155,8 +140,7 @@ impl<'a> Run<'a> {
             eps: config.eps,
             weight_decay: config.weight_decay,
         };
-        let gpu = GpuRun::open(config.device, &model, &adamw)?;
-        let optimizer = AdamW::new(&params, adamw, crate::optim::default_decay);
+        let optimizer = AdamW::new(&store.flat, adamw)?;
         let schedule = Schedule {
             peak_lr: config.lr,
             warmup_steps: config.warmup_steps,
@@ -166,14 +150,12 @@ impl<'a> Run<'a> {
         };
         Ok(Run {
             config,
-            model,
-            params,
+            store,
+            optimizer,
             tokenizer,
             examples: MixedExamples::new(mixer, tokenizer, template),
             eval_examples,
-            optimizer,
             schedule,
-            gpu,
         })
     }
 
@@ -182,10 +164,7 @@ impl<'a> Run<'a> {
         let Some((_, dir)) = checkpoints::completed(&self.config.output_dir)?.pop() else {
             return Ok(None);
         };
-        let state = checkpoints::load(&dir, &self.model, &mut self.optimizer)?;
-        if let Some(g) = &mut self.gpu {
-            g.trainer.load(&g.gpu, &self.model, &self.optimizer)?;
-        }
+        let state = checkpoints::load(&dir, &self.store, &mut self.optimizer)?;
         if state.config != self.config_json() {
             return Err(Error::format(
                 dir.join(checkpoints::STATE_FILE),
@@ -232,73 +211,35 @@ impl<'a> Run<'a> {
         Ok((batches, total))
     }
 
+    /// One optimizer step on the run's device ([`train_step`]).
     fn step(&mut self, step: u64) -> Result<StepMetrics> {
         let started = Instant::now();
         let lr = self.schedule.lr(step);
         let (batches, stats) = self.draw_micro_batches()?;
-        let normaliser = stats.supervised_tokens.max(1) as f32;
-        let (loss, grad_norm, skipped) = match &mut self.gpu {
-            Some(g) => g.step(&self.config, &batches, lr)?,
-            None => self.cpu_step(&batches, normaliser, stats.supervised_tokens, lr)?,
-        };
+        let c = &self.config;
+        let result = train_step(
+            (&self.store, &mut self.optimizer),
+            &batches,
+            lr,
+            c.max_grad_norm,
+            c.recompute,
+        )?;
         let tokens = batches.iter().map(|(b, _)| b.num_tokens()).sum();
         Ok(StepMetrics {
             step: step + 1,
-            loss,
+            loss: result.loss,
             lr,
-            grad_norm,
+            grad_norm: result.outcome.grad_norm,
             tokens,
             supervised_tokens: stats.supervised_tokens,
             tokens_per_s: tokens as f32 / started.elapsed().as_secs_f32(),
             truncated: stats.truncated,
             dropped: stats.dropped,
-            skipped,
+            skipped: result.outcome.skipped,
         })
     }
 
-    /// The step on the CPU: (loss, gradient norm, skipped).
-    fn cpu_step(
-        &mut self,
-        batches: &[MicroBatch],
-        normaliser: f32,
-        supervised: usize,
-        lr: f32,
-    ) -> Result<(f32, f32, bool)> {
-        let mut grads = Gradients::default();
-        let mut loss = 0.0f32;
-        for (batch, targets) in batches {
-            let l = self
-                .model
-                .loss(batch, targets, Reduction::MeanOver(normaliser))?;
-            loss += l.to_scalar()?;
-            grads.add_from(l.backward()?)?;
-        }
-        let max_norm = if self.config.max_grad_norm > 0.0 {
-            self.config.max_grad_norm
-        } else {
-            f32::INFINITY
-        };
-        let grad_norm = clip_grad_norm(&self.params, &mut grads, max_norm)?;
-        let skipped = !grad_norm.is_finite() || supervised == 0;
-        if !skipped {
-            self.optimizer.step(&self.params, &grads, lr)?;
-        }
-        Ok((loss, grad_norm, skipped))
-    }
-
-    /// Brings the host's model and optimizer up to the GPU's (before an evaluation or a
-    /// checkpoint); nothing to do on the CPU.
-    fn sync_host(&mut self) -> Result<()> {
-        if let Some(g) = &mut self.gpu {
-            if g.host_stale {
-                g.trainer.store(&g.gpu, &self.model, &mut self.optimizer)?;
-                g.host_stale = false;
-            }
-        }
-        Ok(())
-    }
-
-    /// Mean loss over the supervised tokens of the held-out examples.
+    /// Mean loss over the supervised tokens of the held-out examples, on the run's device.
     fn evaluate(&self, step: u64) -> Result<EvalMetrics> {
         let _no_tape = no_grad();
         let (mut sum, mut count) = (0.0f64, 0usize);
@@ -313,6 +254,7 @@ impl<'a> Run<'a> {
                 continue;
             }
             sum += self
+                .store
                 .model
                 .loss(&batch, &ex.targets[..n], Reduction::Sum)?
                 .to_scalar()? as f64;
@@ -338,8 +280,7 @@ impl<'a> Run<'a> {
         };
         checkpoints::save(
             &self.config.output_dir,
-            &self.model,
-            &self.optimizer,
+            (&self.store, &self.optimizer),
             &state,
             &self.config.model,
             dtype,
@@ -347,59 +288,6 @@ impl<'a> Run<'a> {
         )?;
         Ok(())
     }
-}
-
-impl GpuRun {
-    /// The GPU state of a run on `device`; None on the CPU.
-    fn open(device: TrainDevice, model: &Model, adamw: &AdamWConfig) -> Result<Option<GpuRun>> {
-        let gpu = match device {
-            TrainDevice::Cpu => return Ok(None),
-            TrainDevice::Emulator => Gpu::emulated()?,
-            TrainDevice::Cuda => cuda_device()?,
-        };
-        let trainer = GpuTrainer::new(&gpu, model, adamw.clone())?;
-        Ok(Some(GpuRun {
-            gpu,
-            trainer,
-            host_stale: false,
-        }))
-    }
-
-    /// One step of `batches` on the device: (loss, gradient norm, skipped).
-    fn step(
-        &mut self,
-        config: &TrainConfig,
-        batches: &[MicroBatch],
-        lr: f32,
-    ) -> Result<(f32, f32, bool)> {
-        let model_config = &self.trainer.model.config;
-        let device_batches = batches
-            .iter()
-            .map(|(b, t)| DeviceBatch::new(&self.gpu, model_config, b, t))
-            .collect::<Result<Vec<_>>>()?;
-        let (gpu, trainer) = (&self.gpu, &mut self.trainer);
-        let (max_norm, recompute) = (config.max_grad_norm, config.recompute);
-        let step = match config.gpu_precision {
-            GpuPrecision::Bf16 => {
-                trainer.step::<bf16>(gpu, &device_batches, lr, max_norm, recompute)
-            }
-            GpuPrecision::F32 => trainer.step::<f32>(gpu, &device_batches, lr, max_norm, recompute),
-        }?;
-        self.host_stale = true;
-        Ok((step.loss, step.grad_norm, step.skipped))
-    }
-}
-
-#[cfg(feature = "cuda")]
-fn cuda_device() -> Result<Gpu> {
-    Gpu::cuda(0)
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cuda_device() -> Result<Gpu> {
-    Err(Error::Gpu(
-        "device = \"cuda\" needs scotd built with --features cuda (or device = \"emulator\" to check the GPU path on the CPU)".into(),
-    ))
 }
 
 fn pad_id(tokenizer: &Tokenizer) -> u32 {

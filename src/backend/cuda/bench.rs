@@ -8,13 +8,14 @@ use serde::{Deserialize, Serialize};
 use super::{Gpu, GpuBuffer, GpuFloat};
 use crate::ops::add::cuda::add_forward;
 use crate::ops::attention::cuda::{
-    attention_backward, attention_forward, simple_attention_backward, simple_attention_forward,
+    cached_attention_forward, simple_attention_backward, simple_attention_forward,
+    AttentionBackwardFn, AttentionForwardFn,
 };
-use crate::ops::attention::AttentionDims;
+use crate::ops::attention::{flash, AttentionDims, CachedDims};
 use crate::ops::cross_entropy::cuda::{cross_entropy_fused, device_targets};
 use crate::ops::embedding::cuda::{embedding_backward, embedding_forward, DeviceTokens};
 use crate::ops::rmsnorm::cuda::{rmsnorm_backward, rmsnorm_forward};
-use crate::ops::rope::cuda::{rope_in_place, DeviceRopeTable};
+use crate::ops::rope::cuda::{rope_rotate, DeviceRopeTable};
 use crate::ops::rope::RopeTable;
 use crate::ops::swiglu::cuda::{swiglu_backward, swiglu_forward};
 use crate::optim::cuda::{adamw_update, grad_norm, AdamwBuffers, AdamwPlan, FlatSegment};
@@ -299,11 +300,11 @@ fn optimizer(gpu: &Gpu, s: &Shapes) -> Result<Vec<KernelTiming>> {
     let adamw = gpu.time_ms(s.runs, || {
         step += 1;
         let buffers = AdamwBuffers {
-            params: &mut params,
-            params_bf16: &mut params_bf16,
-            exp_avg: &mut m,
-            exp_avg_sq: &mut v,
-            grads: &grads,
+            params: (&mut params).into(),
+            params_bf16: Some((&mut params_bf16).into()),
+            exp_avg: (&mut m).into(),
+            exp_avg_sq: (&mut v).into(),
+            grads: (&grads).into(),
         };
         adamw_update(gpu, &plan, buffers, &config, step, 1e-5, Some(&clip))
     })?;
@@ -329,26 +330,12 @@ fn optimizer(gpu: &Gpu, s: &Shapes) -> Result<Vec<KernelTiming>> {
 }
 
 /// Causal GQA attention on a step's 16 rows of 1024 tokens, the flash kernels and the
-/// simple ones (fewer runs: the simple ones are slow by design), beside PyTorch's SDPA.
-/// The two attention implementations' launchers, at bf16.
-type Bf16 = GpuBuffer<half::bf16>;
-type AttentionForward = fn(
-    &Gpu,
-    (&Bf16, &Bf16, &Bf16),
-    Option<&GpuBuffer<i32>>,
-    AttentionDims,
-) -> Result<(Bf16, GpuBuffer<f32>)>;
-type AttentionBackward = fn(
-    &Gpu,
-    (&Bf16, &Bf16, &Bf16),
-    (&Bf16, &GpuBuffer<f32>, &Bf16),
-    Option<&GpuBuffer<i32>>,
-    AttentionDims,
-) -> Result<(Bf16, Bf16, Bf16)>;
-
+/// simple ones (fewer runs: the simple ones are slow by design), each under its own name,
+/// beside PyTorch's SDPA; then a decode step over a cache of one row's length.
 fn attention(gpu: &Gpu, s: &Shapes) -> Result<Vec<KernelTiming>> {
-    let kernels: [(&str, AttentionForward, AttentionBackward); 2] = [
-        ("flash", attention_forward, attention_backward),
+    type Bf16 = half::bf16;
+    let kernels: [(&str, AttentionForwardFn<Bf16>, AttentionBackwardFn<Bf16>); 2] = [
+        ("flash", flash::forward, flash::backward),
         (
             "simple",
             simple_attention_forward,
@@ -359,6 +346,7 @@ fn attention(gpu: &Gpu, s: &Shapes) -> Result<Vec<KernelTiming>> {
     for (name, forward, backward) in kernels {
         out.extend(attention_kernels(gpu, s, name, (forward, backward))?);
     }
+    out.push(cached_attention(gpu, s)?);
     Ok(out)
 }
 
@@ -366,7 +354,10 @@ fn attention_kernels(
     gpu: &Gpu,
     s: &Shapes,
     name: &str,
-    (forward_fn, backward_fn): (AttentionForward, AttentionBackward),
+    (forward_fn, backward_fn): (
+        AttentionForwardFn<half::bf16>,
+        AttentionBackwardFn<half::bf16>,
+    ),
 ) -> Result<Vec<KernelTiming>> {
     let mut rng = Rng::new(6);
     let seq = s.attention_seq;
@@ -382,11 +373,11 @@ fn attention_kernels(
     let k = random_bf16(gpu, &mut rng, tokens * dims.kv_heads * dims.head_dim)?;
     let v = random_bf16(gpu, &mut rng, tokens * dims.kv_heads * dims.head_dim)?;
     let dout = random_bf16(gpu, &mut rng, q.len())?;
-    let (out, lse) = forward_fn(gpu, (&q, &k, &v), None, dims)?;
-    let forward = gpu.time_ms(runs, || forward_fn(gpu, (&q, &k, &v), None, dims).map(drop))?;
-    let backward = gpu.time_ms(runs, || {
-        backward_fn(gpu, (&q, &k, &v), (&out, &lse, &dout), None, dims).map(drop)
-    })?;
+    let qkv = ((&q).into(), (&k).into(), (&v).into());
+    let (out, lse) = forward_fn(gpu, qkv, None, dims)?;
+    let forward = gpu.time_ms(runs, || forward_fn(gpu, qkv, None, dims).map(drop))?;
+    let saved = ((&out).into(), (&lse).into(), (&dout).into());
+    let backward = gpu.time_ms(runs, || backward_fn(gpu, qkv, saved, None, dims).map(drop))?;
     // Causal: half the score matrix. Backward does 2.5 times the forward's FLOPs.
     let flops = 4.0 * (dims.batch * dims.q_heads * seq * seq * dims.head_dim) as f64 / 2.0;
     let shape = format!(
@@ -413,18 +404,52 @@ fn attention_kernels(
     ])
 }
 
-/// q and k of every token rotated in place (positions 0..seq repeated per row, as in a
-/// step of 16 rows of 1024); the backward is the same kernel with sin negated.
+/// One decode step (a query per head at the last position) over a KV cache as long as an
+/// attention row; its bytes are the cache read once, the least any kernel must move.
+fn cached_attention(gpu: &Gpu, s: &Shapes) -> Result<KernelTiming> {
+    let mut rng = Rng::new(8);
+    let dims = CachedDims {
+        q_heads: 14,
+        kv_heads: 2,
+        head_dim: 64,
+    };
+    let len = s.attention_seq;
+    let q = random_bf16(gpu, &mut rng, dims.q_heads * dims.head_dim)?;
+    let k = random_bf16(gpu, &mut rng, len * dims.kv_heads * dims.head_dim)?;
+    let v = random_bf16(gpu, &mut rng, k.len())?;
+    let times = gpu.time_ms(s.runs, || {
+        cached_attention_forward(gpu, (&q).into(), (&k).into(), (&v).into(), len - 1, dims)
+            .map(drop)
+    })?;
+    // K and V read, q read and out written, 2 bytes an element.
+    let bytes = (2 * (k.len() + q.len()) * 2) as f64;
+    let shape = format!(
+        "1x{}/{}x{len}x{}",
+        dims.q_heads, dims.kv_heads, dims.head_dim
+    );
+    Ok(timing(
+        "cached_attention_forward (decode)",
+        ("", ""),
+        shape,
+        Some(bytes),
+        None,
+        times,
+    ))
+}
+
+/// q and k of every token rotated, one launch each (positions 0..seq repeated per row, as
+/// in a step of 16 rows of 1024); the backward is the same kernel with sin negated.
 fn rope(gpu: &Gpu, s: &Shapes) -> Result<Vec<KernelTiming>> {
     let mut rng = Rng::new(7);
     let (n, q_heads, kv_heads, head_dim) = (s.tokens, 14, 2, 64);
     let positions: Vec<u32> = (0..n).map(|t| (t % s.attention_seq) as u32).collect();
     let table = DeviceRopeTable::new(gpu, &RopeTable::new(&positions, head_dim, 1e6))?;
-    let mut q = random_bf16(gpu, &mut rng, n * q_heads * head_dim)?;
-    let mut k = random_bf16(gpu, &mut rng, n * kv_heads * head_dim)?;
-    let mut time = |inverse| {
+    let q = random_bf16(gpu, &mut rng, n * q_heads * head_dim)?;
+    let k = random_bf16(gpu, &mut rng, n * kv_heads * head_dim)?;
+    let time = |inverse| {
         gpu.time_ms(s.runs, || {
-            rope_in_place(gpu, (&mut q, &mut k), (q_heads, kv_heads), &table, inverse)
+            rope_rotate(gpu, &q, q_heads, &table, inverse)?;
+            rope_rotate(gpu, &k, kv_heads, &table, inverse).map(drop)
         })
     };
     let (forward, backward) = (time(false)?, time(true)?);

@@ -4,24 +4,24 @@
 use bytemuck::Pod;
 use half::bf16;
 
-use super::{Gpu, GpuBuffer, KernelArg, LaunchConfig};
+use super::{Gpu, GpuBuffer, GpuView, KernelArg, LaunchConfig};
 use crate::Result;
 
 /// Elements a thread moves per iteration of the kernels' pack loop.
 const PER_THREAD: usize = 8;
 
 /// `x` rounded to bf16.
-pub fn cast_f32_to_bf16(gpu: &Gpu, x: &GpuBuffer<f32>) -> Result<GpuBuffer<bf16>> {
-    cast(gpu, x, "cast_f32_to_bf16")
+pub fn cast_f32_to_bf16<'x>(gpu: &Gpu, x: impl Into<GpuView<'x, f32>>) -> Result<GpuBuffer<bf16>> {
+    cast(gpu, x.into(), "cast_f32_to_bf16")
 }
 
 /// `x` widened to f32.
-pub fn cast_bf16_to_f32(gpu: &Gpu, x: &GpuBuffer<bf16>) -> Result<GpuBuffer<f32>> {
-    cast(gpu, x, "cast_bf16_to_f32")
+pub fn cast_bf16_to_f32<'x>(gpu: &Gpu, x: impl Into<GpuView<'x, bf16>>) -> Result<GpuBuffer<f32>> {
+    cast(gpu, x.into(), "cast_bf16_to_f32")
 }
 
 /// `x` converted by `kernel`, one of cast.cu's (y, x, n) kernels from `From` to `To`.
-fn cast<From: Pod, To: Pod>(gpu: &Gpu, x: &GpuBuffer<From>, kernel: &str) -> Result<GpuBuffer<To>> {
+fn cast<From: Pod, To: Pod>(gpu: &Gpu, x: GpuView<From>, kernel: &str) -> Result<GpuBuffer<To>> {
     let mut y = gpu.alloc::<To>(x.len())?;
     let args = [
         KernelArg::output(&mut y),

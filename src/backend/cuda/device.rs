@@ -9,10 +9,12 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::{self, CudaBlas};
 use cudarc::driver::{
-    sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
+    sys, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
 };
 use cudarc::nvrtc::Ptx;
 
+use super::limits::Footprint;
+use super::profile::Timing;
 use super::sources::{fingerprint, kernel_files};
 use super::{nvrtc, KernelArg, LaunchConfig};
 use crate::{Error, Result};
@@ -22,9 +24,12 @@ pub struct CudaGpu {
     stream: Arc<CudaStream>,
     blas: CudaBlas,
     modules: Vec<Arc<CudaModule>>,
-    functions: Mutex<HashMap<String, CudaFunction>>,
+    /// Each kernel launched so far, with what the driver says bounds its launches.
+    functions: Mutex<HashMap<String, (CudaFunction, Footprint)>>,
     pub arch: String,
     pub name: String,
+    /// The most shared memory a block may have after opting in.
+    pub max_shared_opt_in: usize,
 }
 
 fn driver_error(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
@@ -53,6 +58,12 @@ impl CudaGpu {
         let name = context
             .name()
             .map_err(driver_error("reading the device name"))?;
+        let max_shared_opt_in = context
+            .attribute(
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )
+            .map_err(driver_error("reading the shared memory limit"))?
+            as usize;
         let stream = context.default_stream();
         let blas =
             CudaBlas::new(stream.clone()).map_err(|e| Error::Gpu(format!("cuBLAS: {e:?}")))?;
@@ -67,6 +78,7 @@ impl CudaGpu {
             functions: Mutex::new(HashMap::new()),
             arch,
             name,
+            max_shared_opt_in,
         })
     }
 
@@ -108,7 +120,69 @@ impl CudaGpu {
         Ok(out)
     }
 
-    /// Waits for every launch so far (errors of asynchronous launches surface here).
+    /// `bytes` bytes from `address` (waits for the stream's work so far).
+    pub fn download_range(&self, address: u64, bytes: usize) -> Result<Vec<u8>> {
+        let mut out = vec![0u8; bytes];
+        if bytes == 0 {
+            return Ok(out);
+        }
+        self.context
+            .bind_to_thread()
+            .map_err(driver_error("binding the context"))?;
+        // SAFETY: `address` is inside one of this device's allocations with `bytes` after
+        // it (the caller's view), and `out` holds `bytes` bytes; the sync below keeps `out`
+        // alive until the copy is done.
+        unsafe {
+            sys::cuMemcpyDtoHAsync_v2(
+                out.as_mut_ptr() as *mut _,
+                address,
+                bytes,
+                self.stream.cu_stream(),
+            )
+        }
+        .result()
+        .map_err(driver_error("copying from the device"))?;
+        self.synchronize()?;
+        Ok(out)
+    }
+
+    /// Copies `bytes` bytes from `source` to `target` on the device, in stream order.
+    pub fn copy_bytes(&self, target: u64, source: u64, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.context
+            .bind_to_thread()
+            .map_err(driver_error("binding the context"))?;
+        // SAFETY: both ranges lie inside this device's allocations (the caller's views).
+        unsafe { sys::cuMemcpyDtoDAsync_v2(target, source, bytes, self.stream.cu_stream()) }
+            .result()
+            .map_err(driver_error("copying on the device"))
+    }
+
+    /// Writes host `bytes` to `target`, in stream order.
+    pub fn upload_to(&self, target: u64, bytes: &[u8]) -> Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.context
+            .bind_to_thread()
+            .map_err(driver_error("binding the context"))?;
+        // SAFETY: the target range lies inside this device's allocation (the caller's
+        // view); a copy from pageable memory is staged before the call returns, so the host
+        // bytes may go as soon as it does.
+        unsafe {
+            sys::cuMemcpyHtoDAsync_v2(
+                target,
+                bytes.as_ptr() as *const _,
+                bytes.len(),
+                self.stream.cu_stream(),
+            )
+        }
+        .result()
+        .map_err(driver_error("copying to the device"))
+    }
+
     /// Sets `bytes` bytes from `address` to zero, in stream order.
     pub fn zero_bytes(&self, address: u64, bytes: usize) -> Result<()> {
         // SAFETY: the caller passes a range inside one of this device's allocations.
@@ -151,6 +225,7 @@ impl CudaGpu {
         .map_err(driver_error("resetting the memory pool's peak"))
     }
 
+    /// Waits for every launch so far (errors of asynchronous launches surface here).
     pub fn synchronize(&self) -> Result<()> {
         self.stream
             .synchronize()
@@ -184,7 +259,7 @@ impl CudaGpu {
     /// # Safety
     /// As [`super::Gpu::launch`].
     pub unsafe fn launch(&self, kernel: &str, cfg: LaunchConfig, args: &[KernelArg]) -> Result<()> {
-        let function = self.function(kernel)?;
+        let (function, _) = self.function(kernel)?;
         let mut values: Vec<u64> = args.iter().map(super::emulator::arg_bits).collect();
         let mut params: Vec<*mut std::ffi::c_void> = values
             .iter_mut()
@@ -210,18 +285,67 @@ impl CudaGpu {
         .map_err(driver_error(kernel))
     }
 
-    fn function(&self, kernel: &str) -> Result<CudaFunction> {
+    /// `work` (one launch) between two timing events on the stream, which are read later.
+    pub fn timed(&self, work: impl FnOnce() -> Result<()>) -> Result<Box<dyn Timing>> {
+        let timed = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let start = self
+            .stream
+            .record_event(timed)
+            .map_err(driver_error("recording an event"))?;
+        work()?;
+        let end = self
+            .stream
+            .record_event(timed)
+            .map_err(driver_error("recording an event"))?;
+        Ok(Box::new(EventPair { start, end }))
+    }
+
+    /// The kernel's registers, static shared memory and most threads a block, as the driver
+    /// reports them for this device.
+    pub fn footprint(&self, kernel: &str) -> Result<Footprint> {
+        self.function(kernel).map(|(_, footprint)| footprint)
+    }
+
+    /// Raises the kernel's CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES to `bytes`.
+    pub fn allow_dynamic_shared(&self, kernel: &str, bytes: usize) -> Result<()> {
+        let (function, _) = self.function(kernel)?;
+        let bytes = i32::try_from(bytes)
+            .map_err(|_| Error::Gpu(format!("{kernel}: {bytes} bytes of shared memory")))?;
+        self.context
+            .bind_to_thread()
+            .map_err(driver_error("binding the context"))?;
+        function
+            .set_attribute(
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                bytes,
+            )
+            .map_err(driver_error(kernel))
+    }
+
+    fn function(&self, kernel: &str) -> Result<(CudaFunction, Footprint)> {
         let mut functions = self.functions.lock().expect("kernel table lock");
-        if let Some(f) = functions.get(kernel) {
-            return Ok(f.clone());
+        if let Some(found) = functions.get(kernel) {
+            return Ok(found.clone());
         }
-        let found = self
+        let function = self
             .modules
             .iter()
             .find_map(|m| m.load_function(kernel).ok())
             .ok_or_else(|| Error::Gpu(format!("no kernel named {kernel} in kernels/*.cu")))?;
-        functions.insert(kernel.to_string(), found.clone());
-        Ok(found)
+        let attribute = |what, value: std::result::Result<i32, _>| {
+            value
+                .map_err(driver_error(&format!("reading {what} of {kernel}")))
+                .map(|v| v.max(0) as u32)
+        };
+        let footprint = Footprint {
+            static_shared: attribute("the static shared memory", function.shared_size_bytes())?
+                as usize,
+            registers: attribute("the registers", function.num_regs())?,
+            max_threads: attribute("the most threads a block", function.max_threads_per_block())?
+                as u64,
+        };
+        functions.insert(kernel.to_string(), (function.clone(), footprint));
+        Ok((function, footprint))
     }
 
     /// `c = alpha op(a) op(b) + beta c`, row-major, through cublasGemmEx with f32
@@ -278,6 +402,25 @@ impl CudaGpu {
             )
         }
         .map_err(|e| Error::Gpu(format!("cublasGemmEx: {e:?}")))
+    }
+}
+
+/// The events recorded around one launch.
+struct EventPair {
+    start: CudaEvent,
+    end: CudaEvent,
+}
+
+impl Timing for EventPair {
+    fn finished(&self) -> bool {
+        self.end.is_complete()
+    }
+
+    fn elapsed_ms(&self) -> Result<f64> {
+        self.start
+            .elapsed_ms(&self.end)
+            .map(f64::from)
+            .map_err(driver_error("timing a launch"))
     }
 }
 

@@ -2,12 +2,18 @@
 //! `-DSCOTD_EMULATION`, which makes common.cuh include emu/cuda_emu.h) into one shared
 //! library, cached on disk under the sources' fingerprint, loads it, and launches kernels
 //! by name through its `scotd_emu_launch`.
+//!
+//! The emulator runs any launch shape; the limits of real cards are checked before
+//! (super::limits), with each kernel's registers and static shared memory from ptxas'
+//! report when NVRTC is available ([`footprint`]).
 
+use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use super::limits::Footprint;
 use super::sources::{fingerprint, kernel_files, SOURCES};
 use super::{KernelArg, LaunchConfig};
 use crate::{Error, Result};
@@ -36,6 +42,7 @@ type LaunchFn = unsafe extern "C" fn(
     u32,
     u32,
     usize,
+    u64,
     *mut *mut c_void,
 ) -> c_int;
 
@@ -72,11 +79,18 @@ impl Emulator {
         })
     }
 
-    /// Runs a kernel to completion.
+    /// Runs a kernel to completion, each block's threads in thread order when `schedule` is
+    /// 0, else in an order drawn from it at every step (Gpu::emulated_shuffled).
     ///
     /// # Safety
     /// As [`super::Gpu::launch`].
-    pub unsafe fn launch(&self, kernel: &str, cfg: LaunchConfig, args: &[KernelArg]) -> Result<()> {
+    pub unsafe fn launch(
+        &self,
+        kernel: &str,
+        cfg: LaunchConfig,
+        args: &[KernelArg],
+        schedule: u64,
+    ) -> Result<()> {
         let mut values: Vec<u64> = args.iter().map(arg_bits).collect();
         let mut pointers: Vec<*mut c_void> = values
             .iter_mut()
@@ -95,6 +109,7 @@ impl Emulator {
             by,
             bz,
             cfg.shared_bytes,
+            schedule,
             pointers.as_mut_ptr(),
         );
         match status {
@@ -114,6 +129,95 @@ pub(super) fn arg_bits(arg: &KernelArg) -> u64 {
         KernelArg::I32(v) => v as u32 as u64,
         KernelArg::F32(v) => v.to_bits() as u64,
     }
+}
+
+/// `kernel`'s registers and static shared memory, the most of every architecture we ship,
+/// from ptxas' report; None without NVRTC (a build without feature `cuda`, or no libnvrtc
+/// on the library path) and for a name no kernel file defines.
+pub(super) fn footprint(kernel: &str) -> Result<Option<Footprint>> {
+    Ok(footprints()?.and_then(|table| table.get(kernel).copied()))
+}
+
+/// Every kernel's footprint (see [`footprint`]), read once per process.
+#[cfg(feature = "cuda")]
+pub(super) fn footprints() -> Result<Option<&'static HashMap<String, Footprint>>> {
+    type Table = std::result::Result<Option<HashMap<String, Footprint>>, String>;
+    static TABLE: OnceLock<Table> = OnceLock::new();
+    TABLE
+        .get_or_init(|| ptxas_footprints().map_err(|e| e.to_string()))
+        .as_ref()
+        .map(Option::as_ref)
+        .map_err(|e| Error::Gpu(e.clone()))
+}
+
+#[cfg(not(feature = "cuda"))]
+pub(super) fn footprints() -> Result<Option<&'static HashMap<String, Footprint>>> {
+    Ok(None)
+}
+
+/// Every kernel's footprint from compiling every kernel file for every architecture we
+/// ship (seconds), cached on disk under the sources' fingerprint and NVRTC's version.
+#[cfg(feature = "cuda")]
+fn ptxas_footprints() -> Result<Option<HashMap<String, Footprint>>> {
+    use super::nvrtc::{self, ARCHITECTURES};
+    use rayon::prelude::*;
+    if !nvrtc::available() {
+        return Ok(None);
+    }
+    let (major, minor) = nvrtc::version()?;
+    let key = fingerprint(&format!("ptxas nvrtc {major}.{minor} {ARCHITECTURES:?}"));
+    let path = cache_base()
+        .join("kernels-footprint")
+        .join(format!("{key}.tsv"));
+    if let Some(table) = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| parse_footprints(&text))
+    {
+        return Ok(Some(table));
+    }
+    let jobs: Vec<(&str, &str)> = kernel_files()
+        .flat_map(|(file, _)| ARCHITECTURES.iter().map(move |&arch| (file, arch)))
+        .collect();
+    let reports = jobs
+        .par_iter()
+        .map(|&(file, arch)| nvrtc::compile(file, arch).map(|c| nvrtc::resources(&c.log)))
+        .collect::<Result<Vec<_>>>()
+        .map_err(|e| Error::Gpu(format!("reading the kernels' registers from ptxas: {e}")))?;
+    let mut table: HashMap<String, Footprint> = HashMap::new();
+    for r in reports.into_iter().flatten() {
+        let f = table.entry(r.kernel).or_insert(Footprint {
+            static_shared: 0,
+            registers: 0,
+            max_threads: super::limits::MAX_THREADS_PER_BLOCK,
+        });
+        f.registers = f.registers.max(r.registers);
+        f.static_shared = f.static_shared.max(r.static_shared as usize);
+    }
+    let text: String = table
+        .iter()
+        .map(|(k, f)| format!("{k}\t{}\t{}\n", f.registers, f.static_shared))
+        .collect();
+    crate::io::write_atomic(&path, text.as_bytes())?;
+    Ok(Some(table))
+}
+
+/// The table as [`ptxas_footprints`] writes it: `kernel registers static_shared` lines.
+#[cfg(feature = "cuda")]
+fn parse_footprints(text: &str) -> Option<HashMap<String, Footprint>> {
+    text.lines()
+        .map(|line| {
+            let mut fields = line.split('\t');
+            let kernel = fields.next()?.to_string();
+            let registers = fields.next()?.parse().ok()?;
+            let static_shared = fields.next()?.parse().ok()?;
+            let footprint = Footprint {
+                static_shared,
+                registers,
+                max_threads: super::limits::MAX_THREADS_PER_BLOCK,
+            };
+            Some((kernel, footprint))
+        })
+        .collect()
 }
 
 /// The cached library for these sources, compiling it first if needed.
@@ -146,7 +250,10 @@ fn compile(compiler: &str, src: &Path, out: &Path) -> Result<()> {
     for (name, _) in kernel_files() {
         cmd.arg(src.join(name));
     }
-    cmd.arg(src.join("emu/runtime.cpp")).arg("-o").arg(out);
+    cmd.arg(src.join("emu/runtime.cpp"))
+        .arg(src.join("emu/selftest.cpp"))
+        .arg("-o")
+        .arg(out);
     let output = cmd.output().map_err(|e| {
         Error::Gpu(format!(
             "running the C++ compiler {compiler:?} (set CXX): {e}"

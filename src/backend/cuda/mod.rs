@@ -9,15 +9,23 @@
 //!   architecture at first use; launches go through the driver API.
 //!
 //! Memory is a [`GpuBuffer`]; host memory in the emulator, device memory on a GPU.
+//!
+//! Both refuse, before it runs, a launch that a card we ship would not run ([`limits`]),
+//! and both record every launch in the kernel profile ([`profile`]).
 
 pub mod bench;
 pub mod cast;
 #[cfg(feature = "cuda")]
 mod device;
 mod emulator;
+pub mod limits;
 #[cfg(feature = "cuda")]
 pub mod nvrtc;
+pub mod profile;
 pub mod sources;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use bytemuck::Pod;
 
@@ -154,34 +162,58 @@ impl<T: Pod> GpuBuffer<T> {
 /// A GPU to run kernels on: the emulator or a CUDA device.
 pub struct Gpu {
     backend: Backend,
+    /// Dynamic shared bytes each kernel's launcher opted in to (allow_dynamic_shared).
+    shared_opt_in: Mutex<HashMap<String, usize>>,
 }
 
 enum Backend {
-    Emulated(&'static emulator::Emulator),
+    /// `schedule` 0 runs each block's threads in thread order; any other value in an order
+    /// drawn from it (Gpu::emulated_shuffled).
+    Emulated {
+        emulator: &'static emulator::Emulator,
+        schedule: u64,
+    },
     #[cfg(feature = "cuda")]
     Cuda(device::CudaGpu),
 }
 
 impl Gpu {
+    fn new(backend: Backend) -> Gpu {
+        Gpu {
+            backend,
+            shared_opt_in: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// The CPU emulator; compiles the kernels on first use in a process (cached on disk).
     pub fn emulated() -> Result<Gpu> {
-        Ok(Gpu {
-            backend: Backend::Emulated(emulator::Emulator::get()?),
-        })
+        Gpu::emulated_shuffled(0)
+    }
+
+    /// The CPU emulator, running each block's ready threads in an order drawn from
+    /// `schedule` at every step instead of in thread order (0: thread order). CUDA promises
+    /// no order between barriers, so a kernel whose result depends on it (float atomics
+    /// racing, a missing `__syncthreads`) gives different bits under different schedules,
+    /// as it would from run to run on a device.
+    pub fn emulated_shuffled(schedule: u64) -> Result<Gpu> {
+        Ok(Gpu::new(Backend::Emulated {
+            emulator: emulator::Emulator::get()?,
+            schedule,
+        }))
     }
 
     /// CUDA device `ordinal`: an error (not a panic) without a driver or a device.
     #[cfg(feature = "cuda")]
     pub fn cuda(ordinal: usize) -> Result<Gpu> {
-        Ok(Gpu {
-            backend: Backend::Cuda(device::CudaGpu::new(ordinal)?),
-        })
+        Ok(Gpu::new(Backend::Cuda(device::CudaGpu::new(ordinal)?)))
     }
 
-    /// What this GPU is, for reports: "CPU emulator" or the device's name and architecture.
+    /// What this GPU is, for reports: "CPU emulator" (with its schedule when shuffled) or
+    /// the device's name and architecture.
     pub fn describe(&self) -> String {
         match &self.backend {
-            Backend::Emulated(_) => "CPU emulator".to_string(),
+            Backend::Emulated { schedule: 0, .. } => "CPU emulator".to_string(),
+            Backend::Emulated { schedule, .. } => format!("CPU emulator (schedule {schedule})"),
             #[cfg(feature = "cuda")]
             Backend::Cuda(d) => format!("{} ({})", d.name, d.arch),
         }
@@ -189,7 +221,7 @@ impl Gpu {
 
     pub fn upload<T: Pod>(&self, data: &[T]) -> Result<GpuBuffer<T>> {
         let memory = match &self.backend {
-            Backend::Emulated(_) => Memory::Host(data.to_vec()),
+            Backend::Emulated { .. } => Memory::Host(data.to_vec()),
             #[cfg(feature = "cuda")]
             Backend::Cuda(d) => {
                 let (slice, address) = d.upload(bytemuck::cast_slice(data))?;
@@ -209,7 +241,7 @@ impl Gpu {
     /// that was never written.
     pub fn alloc<T: Pod>(&self, len: usize) -> Result<GpuBuffer<T>> {
         let memory = match &self.backend {
-            Backend::Emulated(_) => {
+            Backend::Emulated { .. } => {
                 let mut data = vec![T::zeroed(); len];
                 bytemuck::cast_slice_mut::<T, u8>(&mut data).fill(0xFF);
                 Memory::Host(data)
@@ -229,7 +261,7 @@ impl Gpu {
 
     pub fn zeros<T: Pod>(&self, len: usize) -> Result<GpuBuffer<T>> {
         let memory = match &self.backend {
-            Backend::Emulated(_) => Memory::Host(vec![T::zeroed(); len]),
+            Backend::Emulated { .. } => Memory::Host(vec![T::zeroed(); len]),
             #[cfg(feature = "cuda")]
             Backend::Cuda(d) => {
                 let (slice, address) = d.zeros(len * std::mem::size_of::<T>())?;
@@ -246,7 +278,7 @@ impl Gpu {
     /// The buffer's contents (waits for the kernels writing it).
     pub fn download<T: Pod>(&self, buffer: &GpuBuffer<T>) -> Result<Vec<T>> {
         match (&self.backend, &buffer.memory) {
-            (Backend::Emulated(_), Memory::Host(data)) => Ok(data.clone()),
+            (Backend::Emulated { .. }, Memory::Host(data)) => Ok(data.clone()),
             #[cfg(feature = "cuda")]
             (Backend::Cuda(d), Memory::Device { slice, len, .. }) => {
                 let bytes = d.download(slice, len * std::mem::size_of::<T>())?;
@@ -257,13 +289,85 @@ impl Gpu {
         }
     }
 
-    /// Waits for every kernel launched so far.
+    /// A view's elements (waits for the kernels writing them).
+    pub fn download_view<'a, T: Pod + 'a>(&self, view: impl Into<GpuView<'a, T>>) -> Result<Vec<T>> {
+        let view = view.into();
+        match (&self.backend, &view.buffer.memory) {
+            (Backend::Emulated { .. }, Memory::Host(data)) => {
+                Ok(data[view.offset..view.offset + view.len].to_vec())
+            }
+            #[cfg(feature = "cuda")]
+            (Backend::Cuda(d), Memory::Device { .. }) => {
+                let bytes = d.download_range(view.address(), view.len * std::mem::size_of::<T>())?;
+                Ok(bytemuck::pod_collect_to_vec(&bytes))
+            }
+            #[cfg(feature = "cuda")]
+            _ => Err(Error::Gpu("the buffer belongs to another GPU".into())),
+        }
+    }
+
+    /// Copies `source` into `target` (of the same length), in stream order.
+    pub fn copy<'t, 's, T: Pod + 't + 's>(
+        &self,
+        target: impl Into<GpuViewMut<'t, T>>,
+        source: impl Into<GpuView<'s, T>>,
+    ) -> Result<()> {
+        #[allow(unused_mut)] // mutated only by the emulator arm
+        let (mut target, source) = (target.into(), source.into());
+        expect_len("copy", "the source", &source, target.len)?;
+        match &self.backend {
+            Backend::Emulated { .. } => {
+                let from: Vec<T> = self.download_view(source)?;
+                host_mut(target)?.copy_from_slice(&from);
+                Ok(())
+            }
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(d) => d.copy_bytes(
+                target.address(),
+                source.address(),
+                source.len * std::mem::size_of::<T>(),
+            ),
+        }
+    }
+
+    /// A new buffer holding a copy of `source`'s elements.
+    pub fn copy_of<'s, T: Pod + 's>(&self, source: impl Into<GpuView<'s, T>>) -> Result<GpuBuffer<T>> {
+        let source = source.into();
+        let mut out = self.alloc::<T>(source.len)?;
+        self.copy(&mut out, source)?;
+        Ok(out)
+    }
+
+    /// Writes host `data` into `target` (of the same length).
+    pub fn upload_into<'t, T: Pod + 't>(
+        &self,
+        target: impl Into<GpuViewMut<'t, T>>,
+        data: &[T],
+    ) -> Result<()> {
+        #[allow(unused_mut)] // mutated only by the emulator arm
+        let mut target = target.into();
+        if data.len() != target.len {
+            return Err(Error::shape(
+                "upload_into",
+                format!("{} elements for a view of {}", data.len(), target.len),
+            ));
+        }
+        match &self.backend {
+            Backend::Emulated { .. } => {
+                host_mut(target)?.copy_from_slice(data);
+                Ok(())
+            }
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(d) => d.upload_to(target.address(), bytemuck::cast_slice(data)),
+        }
+    }
+
     /// Sets every element of `target` to zero (bit pattern 0: 0.0 for the float types).
     pub fn fill_zero<'a, T: Pod + 'a>(&self, target: impl Into<GpuViewMut<'a, T>>) -> Result<()> {
         #[allow(unused_mut)] // mutated only by the CUDA arm
         let mut view = target.into();
         match &self.backend {
-            Backend::Emulated(_) => {
+            Backend::Emulated { .. } => {
                 host_mut(view)?.fill(T::zeroed());
                 Ok(())
             }
@@ -278,7 +382,7 @@ impl Gpu {
     /// (the driver pool's high-water mark); `None` on the emulator.
     pub fn peak_memory(&self) -> Option<u64> {
         match &self.backend {
-            Backend::Emulated(_) => None,
+            Backend::Emulated { .. } => None,
             #[cfg(feature = "cuda")]
             Backend::Cuda(d) => d.peak_memory(),
         }
@@ -286,15 +390,16 @@ impl Gpu {
 
     pub fn reset_peak_memory(&self) -> Result<()> {
         match &self.backend {
-            Backend::Emulated(_) => Ok(()),
+            Backend::Emulated { .. } => Ok(()),
             #[cfg(feature = "cuda")]
             Backend::Cuda(d) => d.reset_peak_memory(),
         }
     }
 
+    /// Waits for every kernel launched so far.
     pub fn synchronize(&self) -> Result<()> {
         match &self.backend {
-            Backend::Emulated(_) => Ok(()),
+            Backend::Emulated { .. } => Ok(()),
             #[cfg(feature = "cuda")]
             Backend::Cuda(d) => d.synchronize(),
         }
@@ -304,7 +409,7 @@ impl Gpu {
     /// call on a device, wall time in the emulator.
     pub fn time_ms(&self, runs: usize, mut work: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
         match &self.backend {
-            Backend::Emulated(_) => (0..runs)
+            Backend::Emulated { .. } => (0..runs)
                 .map(|_| {
                     let start = std::time::Instant::now();
                     work()?;
@@ -322,12 +427,99 @@ impl Gpu {
     /// `args` must match the kernel's parameters in number and type, and every pointer
     /// must address a live buffer of this GPU, as large as the kernel will index.
     pub unsafe fn launch(&self, kernel: &str, cfg: LaunchConfig, args: &[KernelArg]) -> Result<()> {
-        check_launch(kernel, &cfg)?;
-        match &self.backend {
-            Backend::Emulated(e) => e.launch(kernel, cfg, args),
-            #[cfg(feature = "cuda")]
-            Backend::Cuda(d) => d.launch(kernel, cfg, args),
+        self.check_launch(kernel, &cfg)?;
+        self.profiled(
+            || kernel.to_string(),
+            || match &self.backend {
+                Backend::Emulated { emulator, schedule } => {
+                    emulator.launch(kernel, cfg, args, *schedule)
+                }
+                #[cfg(feature = "cuda")]
+                Backend::Cuda(d) => d.launch(kernel, cfg, args),
+            },
+        )
+    }
+
+    /// Fails, naming the kernel and the limit, when `cfg` is a launch of `kernel` that a
+    /// card we ship would refuse ([`limits`]): what [`launch`](Self::launch) checks first.
+    /// Registers and static shared memory are the driver's on a device, ptxas' (the most of
+    /// every architecture we ship) on the emulator when NVRTC is available, unchecked
+    /// without.
+    pub fn check_launch(&self, kernel: &str, cfg: &LaunchConfig) -> Result<()> {
+        let footprint = self.footprint(kernel)?;
+        let static_shared = footprint.map_or(0, |f| f.static_shared);
+        let opted_in = if static_shared + cfg.shared_bytes > limits::DEFAULT_SHARED_BYTES {
+            self.opted_in(kernel)
+        } else {
+            None
+        };
+        limits::check(kernel, cfg, footprint.as_ref(), opted_in)
+    }
+
+    /// Lets launches of `kernel` use up to `bytes` of dynamic shared memory, past the 48 KB
+    /// (static and dynamic together) a block has by default: on a device, sets the kernel's
+    /// CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES; on the emulator, records it for
+    /// the launch check. Does nothing when the 48 KB suffice, so a launcher may call it
+    /// before every launch of a size only known then; a later call with fewer bytes keeps
+    /// the larger allowance. Fails above the architecture's maximum (on the emulator, the
+    /// smallest of the architectures we ship).
+    pub fn allow_dynamic_shared(&self, kernel: &str, bytes: usize) -> Result<()> {
+        let static_shared = self.footprint(kernel)?.map_or(0, |f| f.static_shared);
+        if static_shared + bytes <= limits::DEFAULT_SHARED_BYTES {
+            return Ok(());
         }
+        let maximum = match &self.backend {
+            Backend::Emulated { .. } => limits::strictest_shared_opt_in(),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(d) => (d.arch.as_str(), d.max_shared_opt_in),
+        };
+        limits::check_opt_in(kernel, bytes, static_shared, maximum)?;
+        let mut opted = self.shared_opt_in.lock().expect("opt-in table lock");
+        if opted.get(kernel).is_some_and(|&b| b >= bytes) {
+            return Ok(());
+        }
+        #[cfg(feature = "cuda")]
+        if let Backend::Cuda(d) = &self.backend {
+            d.allow_dynamic_shared(kernel, bytes)?;
+        }
+        opted.insert(kernel.to_string(), bytes);
+        Ok(())
+    }
+
+    fn opted_in(&self, kernel: &str) -> Option<usize> {
+        let opted = self.shared_opt_in.lock().expect("opt-in table lock");
+        opted.get(kernel).copied()
+    }
+
+    /// The kernel's registers and static shared memory, when known.
+    fn footprint(&self, kernel: &str) -> Result<Option<limits::Footprint>> {
+        match &self.backend {
+            Backend::Emulated { .. } => emulator::footprint(kernel),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(d) => d.footprint(kernel).map(Some),
+        }
+    }
+
+    /// Runs `work` (one launch) and records it under `name()` in the profile, timed
+    /// between events when the process-wide profile is on and this is a device.
+    fn profiled(
+        &self,
+        name: impl FnOnce() -> String,
+        work: impl FnOnce() -> Result<()>,
+    ) -> Result<()> {
+        if !profile::recording() {
+            return work();
+        }
+        let timing = match &self.backend {
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(d) if profile::is_enabled() => Some(d.timed(work)?),
+            _ => {
+                work()?;
+                None
+            }
+        };
+        profile::record(&name(), || self.describe(), timing);
+        Ok(())
     }
 
     /// `c = op(a) op(b)` (`c +=` when `accumulate`), row-major, `op(a)` m x k and `op(b)`
@@ -358,8 +550,9 @@ impl Gpu {
                 ));
             }
         }
-        match &self.backend {
-            Backend::Emulated(_) => {
+        let name = || format!("gemm_{}_{}", T::SUFFIX, C::SUFFIX);
+        self.profiled(name, || match &self.backend {
+            Backend::Emulated { .. } => {
                 let c_data = host_mut(c)?;
                 let mut out: Vec<f32> = c_data.iter().map(|e| e.to_f32()).collect();
                 let op = |t: bool| if t { Transpose::Yes } else { Transpose::No };
@@ -389,7 +582,7 @@ impl Gpu {
                 if accumulate { 1.0 } else { 0.0 },
                 (T::CUDA_TYPE, C::CUDA_TYPE),
             ),
-        }
+        })
     }
 }
 
@@ -483,6 +676,30 @@ fn check_range(len: usize, range: &std::ops::Range<usize>) -> Result<()> {
     Ok(())
 }
 
+impl<'a, T: Pod> GpuView<'a, T> {
+    /// Elements `range` of this view.
+    pub fn sub(&self, range: std::ops::Range<usize>) -> Result<GpuView<'a, T>> {
+        check_range(self.len, &range)?;
+        Ok(GpuView {
+            buffer: self.buffer,
+            offset: self.offset + range.start,
+            len: range.len(),
+        })
+    }
+}
+
+impl<T: Pod> GpuViewMut<'_, T> {
+    /// Elements `range` of this view, to be written.
+    pub fn sub_mut(&mut self, range: std::ops::Range<usize>) -> Result<GpuViewMut<'_, T>> {
+        check_range(self.len, &range)?;
+        Ok(GpuViewMut {
+            buffer: &mut *self.buffer,
+            offset: self.offset + range.start,
+            len: range.len(),
+        })
+    }
+}
+
 impl<T: Pod> GpuView<'_, T> {
     pub fn len(&self) -> usize {
         self.len
@@ -556,17 +773,6 @@ fn host_mut<T: Pod>(view: GpuViewMut<'_, T>) -> Result<&mut [T]> {
         #[cfg(feature = "cuda")]
         Memory::Device { .. } => Err(Error::Gpu("the buffer belongs to another GPU".into())),
     }
-}
-
-fn check_launch(kernel: &str, cfg: &LaunchConfig) -> Result<()> {
-    let threads: u64 = cfg.block.iter().map(|&b| b as u64).product();
-    if cfg.grid.contains(&0) || threads == 0 || threads > 1024 {
-        return Err(Error::Gpu(format!(
-            "{kernel}: bad launch shape, grid {:?} block {:?} (1 to 1024 threads a block)",
-            cfg.grid, cfg.block
-        )));
-    }
-    Ok(())
 }
 
 /// A storage type kernels are instantiated for; `SUFFIX` ends the kernel's name
@@ -675,12 +881,8 @@ mod tests {
     }
 
     #[test]
-    fn bad_launches_and_sizes_are_errors() {
+    fn unknown_kernels_and_wrong_sizes_are_errors() {
         let gpu = Gpu::emulated().unwrap();
-        let cfg = LaunchConfig::linear(1, 2048, 0);
-        // SAFETY: refused before anything runs.
-        let err = unsafe { gpu.launch("rmsnorm_dw_reduce", cfg, &[]) }.unwrap_err();
-        assert!(err.to_string().contains("1 to 1024"), "{err}");
         let cfg = LaunchConfig::linear(1, 32, 0);
         // SAFETY: no kernel has this name, so nothing runs.
         let err = unsafe { gpu.launch("no_such_kernel", cfg, &[]) }.unwrap_err();
@@ -694,5 +896,27 @@ mod tests {
             err.to_string().contains("holds 3 elements, expected 4"),
             "{err}"
         );
+    }
+
+    /// The rank at which each of `threads` threads of one block reached an atomic.
+    fn arrival_order(gpu: &Gpu, threads: u32) -> Vec<i32> {
+        let mut order = gpu.alloc::<i32>(threads as usize).unwrap();
+        let cfg = LaunchConfig::linear(1, threads, 0);
+        // SAFETY: emu_arrival_order writes one int per thread of its one block.
+        unsafe { gpu.launch("emu_arrival_order", cfg, &[KernelArg::output(&mut order)]) }.unwrap();
+        gpu.download(&order).unwrap()
+    }
+
+    #[test]
+    fn a_shuffled_emulator_runs_threads_in_an_order_drawn_from_its_seed() {
+        let in_order: Vec<i32> = (0..256).collect();
+        assert_eq!(arrival_order(&Gpu::emulated().unwrap(), 256), in_order);
+        let one = arrival_order(&Gpu::emulated_shuffled(1).unwrap(), 256);
+        let mut sorted = one.clone();
+        sorted.sort();
+        assert_eq!(sorted, in_order, "every thread arrives once");
+        assert_ne!(one, in_order);
+        assert_eq!(arrival_order(&Gpu::emulated_shuffled(1).unwrap(), 256), one);
+        assert_ne!(arrival_order(&Gpu::emulated_shuffled(2).unwrap(), 256), one);
     }
 }

@@ -24,6 +24,8 @@ pub struct Compiled {
 pub struct KernelResources {
     pub kernel: String,
     pub registers: u32,
+    /// Bytes of `__shared__` arrays declared in the kernel (not the launch's dynamic ones).
+    pub static_shared: u32,
     pub spill_stores: u32,
     pub spill_loads: u32,
 }
@@ -32,6 +34,21 @@ pub struct KernelResources {
 pub fn available() -> bool {
     // SAFETY: only tries to open the library.
     unsafe { sys::is_culib_present() }
+}
+
+/// NVRTC's (major, minor) version: registers and spills depend on it.
+pub fn version() -> Result<(i32, i32)> {
+    if !available() {
+        return Err(Error::Gpu(
+            "libnvrtc was not found on the library path".into(),
+        ));
+    }
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: two int out-parameters, as nvrtcVersion takes.
+    let result = unsafe { sys::nvrtcVersion(&mut major, &mut minor) };
+    // SAFETY: a result code from NVRTC.
+    unsafe { check(result, "libnvrtc", "version") }?;
+    Ok((major, minor))
 }
 
 /// Compiles kernels/`file` for `arch` (e.g. "sm_90").
@@ -121,7 +138,8 @@ fn source(file: &str) -> Result<&'static str> {
         .ok_or_else(|| Error::Gpu(format!("no kernel source named {file}")))
 }
 
-/// Per-kernel registers and spills from ptxas' verbose report in an NVRTC log.
+/// Per-kernel registers, static shared memory and spills from ptxas' verbose report in an
+/// NVRTC log.
 pub fn resources(log: &str) -> Vec<KernelResources> {
     let mut out: Vec<KernelResources> = Vec::new();
     for line in log.lines() {
@@ -129,12 +147,16 @@ pub fn resources(log: &str) -> Vec<KernelResources> {
             out.push(KernelResources {
                 kernel: rest.split('\'').next().unwrap_or_default().to_string(),
                 registers: 0,
+                static_shared: 0,
                 spill_stores: 0,
                 spill_loads: 0,
             });
         } else if let Some(current) = out.last_mut() {
             if let Some(n) = number_before(line, " registers") {
                 current.registers = n;
+            }
+            if let Some(n) = number_before(line, " bytes smem") {
+                current.static_shared = n;
             }
             if let Some(n) = number_before(line, " bytes spill stores") {
                 current.spill_stores = n;
@@ -203,19 +225,23 @@ mod tests {
                    \x20   8 bytes stack frame, 4 bytes spill stores, 12 bytes spill loads\n\
                    ptxas info    : Used 26 registers, used 0 barriers, 400 bytes cmem[0]\n\
                    ptxas info    : Compiling entry function 'k2' for 'sm_90'\n\
+                   ptxas info    : Used 8 registers, used 1 barriers, 2304 bytes smem, 400 bytes cmem[0]\n\
+                   ptxas info    : Compiling entry function 'k3' for 'sm_90'\n\
                    ptxas info    : Used 8 registers\n";
         let r = resources(log);
-        assert_eq!(r.len(), 2);
+        assert_eq!(r.len(), 3);
         assert_eq!(
             r[0],
             KernelResources {
                 kernel: "rmsnorm_forward_f32".into(),
                 registers: 26,
+                static_shared: 0,
                 spill_stores: 4,
                 spill_loads: 12
             }
         );
-        assert_eq!((r[1].registers, r[1].spill_stores), (8, 0));
+        assert_eq!((r[1].registers, r[1].static_shared), (8, 2304));
+        assert_eq!((r[2].registers, r[2].spill_stores), (8, 0));
     }
 
     #[test]

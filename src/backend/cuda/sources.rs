@@ -17,6 +17,10 @@ pub const SOURCES: &[(&str, &str)] = &[
         "emu/runtime.cpp",
         include_str!("../../../kernels/emu/runtime.cpp"),
     ),
+    (
+        "emu/selftest.cpp",
+        include_str!("../../../kernels/emu/selftest.cpp"),
+    ),
     ("mma.cuh", include_str!("../../../kernels/mma.cuh")),
     (
         "attention.cu",
@@ -44,6 +48,7 @@ pub const SOURCES: &[(&str, &str)] = &[
         include_str!("../../../kernels/grad_norm.cu"),
     ),
     ("adamw.cu", include_str!("../../../kernels/adamw.cu")),
+    ("scale.cu", include_str!("../../../kernels/scale.cu")),
 ];
 
 /// The kernel files (`.cu`), each one compilation unit.

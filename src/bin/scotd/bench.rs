@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use scotd::model::ModelConfig;
+use scotd::Device;
 use scotd::train::bench::{bench_train, BenchDtype, TrainBenchOptions, TrainBenchReport};
 
 #[derive(clap::Args)]
@@ -49,9 +50,9 @@ struct TrainArgs {
     /// Also write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Run on the CPU emulator instead of CUDA device 0 (tiny shapes only).
-    #[arg(long)]
-    emulated: bool,
+    /// The GPU: cuda (device 0), cuda:N, or emulator (the CPU emulator: tiny shapes).
+    #[arg(long, default_value = "cuda")]
+    device: Device,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -67,7 +68,6 @@ fn train(args: TrainArgs) -> Result<()> {
         args.model.clone()
     };
     let config = ModelConfig::from_file(&path)?;
-    let gpu = crate::gpu_bench::open(args.emulated)?;
     let options = TrainBenchOptions {
         batch: args.batch,
         seq: args.seq,
@@ -81,7 +81,7 @@ fn train(args: TrainArgs) -> Result<()> {
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps (warm-up first) [{elapsed}]")
             .expect("a valid template"),
     );
-    let report = bench_train(&gpu, &config, &options, |done| {
+    let report = bench_train(args.device, &config, &options, |done| {
         bar.set_position(done as u64)
     })?;
     bar.finish_and_clear();

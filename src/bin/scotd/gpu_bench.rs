@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use scotd::backend::cuda::bench::{bench_kernels, markdown, Scale, TorchBaselines};
+use std::sync::Arc;
+
 use scotd::backend::cuda::Gpu;
+use scotd::Device;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -19,13 +22,13 @@ pub struct Args {
     /// Tiny shapes and few runs (checks the command, not the card).
     #[arg(long)]
     smoke: bool,
-    /// Run on the CPU emulator instead of CUDA device 0.
-    #[arg(long)]
-    emulated: bool,
+    /// The GPU: cuda (device 0), cuda:N, or emulator (the CPU emulator: tiny shapes).
+    #[arg(long, default_value = "cuda")]
+    device: Device,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let gpu = open(args.emulated)?;
+    let gpu = open(args.device)?;
     let scale = if args.smoke {
         Scale::Smoke
     } else {
@@ -55,20 +58,11 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-#[cfg(feature = "cuda")]
-pub fn open(emulated: bool) -> Result<Gpu> {
-    Ok(if emulated {
-        Gpu::emulated()?
-    } else {
-        Gpu::cuda(0)?
-    })
-}
-
-#[cfg(not(feature = "cuda"))]
-pub fn open(emulated: bool) -> Result<Gpu> {
+/// The GPU of `device`: the emulator, or a CUDA device.
+pub fn open(device: Device) -> Result<Arc<Gpu>> {
     anyhow::ensure!(
-        emulated,
-        "this scotd was built without CUDA: rebuild with --features cuda, or pass --emulated"
+        device.is_gpu(),
+        "this benchmark runs on a GPU: --device emulator or cuda[:N]"
     );
-    Ok(Gpu::emulated()?)
+    Ok(scotd::tensor::gpu_of(device)?)
 }

@@ -114,7 +114,7 @@ fn last_position_logits(model: &Model, ids: &[u32]) -> Result<Vec<f32>> {
     let _g = no_grad();
     let logits = model
         .forward(&Batch::new(ids.to_vec(), 1, ids.len())?)?
-        .to_vec_f32();
+        .to_vec_f32()?;
     Ok(logits[logits.len() - model.config.vocab_size..].to_vec())
 }
 

@@ -24,6 +24,11 @@ use clap::{Parser, Subcommand};
     about = "Reasoning distillation for Qwen2/Llama models, from scratch in Rust"
 )]
 struct Cli {
+    /// At exit, print each GPU kernel the command launched with its count and, on a
+    /// CUDA device, its total device time (each launch timed between two events, which
+    /// slows the run down a little); on the emulator, counts only.
+    #[arg(long, global = true)]
+    profile: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -66,6 +71,9 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    if cli.profile {
+        scotd::backend::cuda::profile::enable();
+    }
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Generate(args) => generate::run(args),
@@ -80,6 +88,9 @@ fn main() {
         Command::Train(args) => train::run(args),
         Command::Verify(args) => verify::run(args),
     };
+    if let Some(report) = scotd::backend::cuda::profile::report() {
+        eprintln!("{report}");
+    }
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);

@@ -13,3 +13,12 @@ pub fn add_forward(a: &[f32], b: &[f32]) -> Vec<f32> {
         .map(|(x, y)| x + y)
         .collect()
 }
+
+/// `target += value`, elementwise.
+pub fn add_assign(target: &mut [f32], value: &[f32]) {
+    target
+        .par_iter_mut()
+        .zip(value.par_iter())
+        .with_min_len(MIN_ELEMS_PER_TASK)
+        .for_each(|(t, v)| *t += v);
+}

@@ -2,19 +2,24 @@
 //! get the output's gradient), so it has no kernel; the bias gradient kernels of the same
 //! file belong to linear (src/ops/linear/cuda.rs).
 
-use crate::backend::cuda::{expect_len, Gpu, GpuBuffer, GpuFloat, KernelArg, LaunchConfig};
-use crate::Result;
+use super::AddBackward;
+use crate::backend::cuda::{
+    expect_len, Gpu, GpuBuffer, GpuFloat, GpuView, GpuViewMut, KernelArg, LaunchConfig,
+};
+use crate::ops::{gpu_dtype_of, on_gpu_dtype};
+use crate::{Result, Tensor};
 
 /// Elements a thread adds per iteration of the kernel's pack loop (16 bytes of bf16).
 const PER_THREAD: usize = 8;
 
 /// `a + b`, elementwise, in a new buffer.
-pub fn add_forward<T: GpuFloat>(
+pub fn add_forward<'a, 'b, T: GpuFloat + 'a + 'b>(
     gpu: &Gpu,
-    a: &GpuBuffer<T>,
-    b: &GpuBuffer<T>,
+    a: impl Into<GpuView<'a, T>>,
+    b: impl Into<GpuView<'b, T>>,
 ) -> Result<GpuBuffer<T>> {
-    expect_len("add", "b", b, a.len())?;
+    let (a, b) = (a.into(), b.into());
+    expect_len("add", "b", &b, a.len())?;
     let mut y = gpu.alloc::<T>(a.len())?;
     let args = [
         KernelArg::output(&mut y),
@@ -27,18 +32,18 @@ pub fn add_forward<T: GpuFloat>(
     Ok(y)
 }
 
-/// `a += b` in place: the residual stream updated without a second buffer.
-pub fn add_assign<T: GpuFloat>(gpu: &Gpu, a: &mut GpuBuffer<T>, b: &GpuBuffer<T>) -> Result<()> {
-    expect_len("add", "b", b, a.len())?;
+/// `a += b` in place: a gradient added into its buffer without a second one.
+pub fn add_assign<'a, 'b, T: GpuFloat + 'a + 'b>(
+    gpu: &Gpu,
+    a: impl Into<GpuViewMut<'a, T>>,
+    b: impl Into<GpuView<'b, T>>,
+) -> Result<()> {
+    let (mut a, b) = (a.into(), b.into());
     let n = a.len();
-    let y = KernelArg::output(&mut *a);
-    let args = [
-        y,
-        KernelArg::input(&*a),
-        KernelArg::input(b),
-        KernelArg::int(n)?,
-    ];
-    // SAFETY: as add_forward, with y and a the same buffer: each element is read and then
+    expect_len("add", "b", &b, n)?;
+    let y = KernelArg::output(&mut a);
+    let args = [y, y, KernelArg::input(b), KernelArg::int(n)?];
+    // SAFETY: as add_forward, with y and a the same elements: each is read and then
     // written by the same thread, so the kernel supports the alias.
     unsafe { launch::<T>(gpu, n, &args) }
 }
@@ -48,6 +53,27 @@ pub fn add_assign<T: GpuFloat>(gpu: &Gpu, a: &mut GpuBuffer<T>, b: &GpuBuffer<T>
 unsafe fn launch<T: GpuFloat>(gpu: &Gpu, n: usize, args: &[KernelArg]) -> Result<()> {
     let cfg = LaunchConfig::elementwise(n, PER_THREAD);
     gpu.launch(&format!("add_forward_{}", T::SUFFIX), cfg, args)
+}
+
+/// [`super::add`] of two GPU tensors of one dtype.
+pub(super) fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    on_gpu_dtype!("add", gpu_dtype_of("add", &[a, b])?, T => {
+        let (ra, rb) = (a.read_gpu("add")?, b.read_gpu("add")?);
+        let gpu = ra.gpu().clone();
+        let y = add_forward::<T>(&gpu, ra.view::<T>("add")?, rb.view::<T>("add")?)?;
+        let on = (ra.device(), &gpu);
+        Ok(Tensor::from_gpu_op(on, y, a.shape().clone(), &[a, b], AddBackward))
+    })
+}
+
+/// [`super::add_into`] on a GPU: `target += value`, both of the target's dtype.
+pub(super) fn add_into(target: &Tensor, value: &Tensor) -> Result<()> {
+    on_gpu_dtype!("add_into", gpu_dtype_of("add_into", &[target, value])?, T => {
+        let rv = value.read_gpu("add_into")?;
+        let mut wt = target.write_gpu("add_into")?;
+        let gpu = wt.gpu();
+        add_assign::<T>(&gpu, wt.view_mut::<T>("add_into")?, rv.view::<T>("add_into")?)
+    })
 }
 
 #[cfg(test)]

@@ -5,6 +5,75 @@
 
 use rayon::prelude::*;
 
+use crate::ops::{device_of, gpu_dtype_of, on_gpu_dtype};
+use crate::{Device, Error, Result, Tensor};
+
+/// Attention of one sequence's new queries `q` [n, Hq, Dh] at positions start..start+n
+/// over its cache `k_cache`, `v_cache` [len, Hkv, Dh] (the new keys already in it, len >=
+/// start + n): [n, Hq·Dh] on their device. Inference only: nothing is recorded.
+pub fn attention_cached(q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, start: usize) -> Result<Tensor> {
+    let dims = cached_dims(q, k_cache, v_cache, start)?;
+    let n = q.dims()[0];
+    let width = dims.q_heads * dims.head_dim;
+    match device_of("attention_cached", &[q, k_cache, v_cache])? {
+        Device::Cpu => {
+            let (k, v) = (k_cache.read_f32()?, v_cache.read_f32()?);
+            let queries = CachedQueries {
+                q: &q.read_f32()?,
+                k_cache: &k,
+                v_cache: &v,
+                start,
+            };
+            Tensor::from_vec(attention_with_caches(&[queries], dims), [n, width])
+        }
+        _ => {
+            const OP: &str = "attention_cached";
+            on_gpu_dtype!(OP, gpu_dtype_of(OP, &[q, k_cache, v_cache])?, T => {
+                let (rq, rk, rv) = (q.read_gpu(OP)?, k_cache.read_gpu(OP)?, v_cache.read_gpu(OP)?);
+                let gpu = rq.gpu().clone();
+                let views = (rq.view::<T>(OP)?, rk.view::<T>(OP)?, rv.view::<T>(OP)?);
+                let out = super::cuda::cached_attention_forward(&gpu, views.0, views.1, views.2, start, dims)?;
+                Ok(Tensor::from_gpu((rq.device(), &gpu), out, [n, width]))
+            })
+        }
+    }
+}
+
+fn cached_dims(q: &Tensor, k: &Tensor, v: &Tensor, start: usize) -> Result<CachedDims> {
+    let fail = |msg: String| Err(Error::shape("attention_cached", msg));
+    if q.shape().rank() != 3 || k.shape().rank() != 3 || k.shape() != v.shape() {
+        return fail(format!(
+            "q must be [n, Hq, Dh] and k, v the same [len, Hkv, Dh], got q {}, k {}, v {}",
+            q.shape(),
+            k.shape(),
+            v.shape()
+        ));
+    }
+    let dims = CachedDims {
+        q_heads: q.dims()[1],
+        kv_heads: k.dims()[1],
+        head_dim: q.dims()[2],
+    };
+    if k.dims()[2] != dims.head_dim
+        || dims.kv_heads == 0
+        || !dims.q_heads.is_multiple_of(dims.kv_heads)
+    {
+        return fail(format!(
+            "q {} and the cache {} must share Dh, with Hq a multiple of Hkv",
+            q.shape(),
+            k.shape()
+        ));
+    }
+    if start + q.dims()[0] > k.dims()[0] {
+        return fail(format!(
+            "the cache of {} rows does not hold the new keys at {start}..{}",
+            k.dims()[0],
+            start + q.dims()[0]
+        ));
+    }
+    Ok(dims)
+}
+
 /// Sizes of one cached-attention call.
 #[derive(Clone, Copy, Debug)]
 pub struct CachedDims {

@@ -1,11 +1,16 @@
 //! Launchers of kernels/flash_attention.cu: causal GQA attention on tensor cores for bf16
-//! at head dims 64 and 128 (`attention_forward`/`attention_backward` in cuda.rs choose
-//! them there, and the simple kernels elsewhere).
+//! at head dims 64 and 128, any sequence length (K/V stream through shared memory in
+//! tiles). `attention_forward` / `attention_backward` in cuda.rs choose them there, and
+//! the simple kernels elsewhere.
 
 use half::bf16;
 
 use super::cpu::AttentionDims;
-use crate::backend::cuda::{Gpu, GpuBuffer, KernelArg, LaunchConfig};
+use super::cuda::{
+    check, check_backward, scale, segments_arg, BackwardInputs, ForwardOutputs, Gradients, Qkv,
+    Segments,
+};
+use crate::backend::cuda::{Gpu, GpuView, KernelArg, LaunchConfig};
 use crate::{Error, Result};
 
 /// Query rows of a forward block (4 warps of 16), and of a backward block (2 warps).
@@ -19,15 +24,47 @@ pub fn supports(dims: AttentionDims) -> bool {
     matches!(dims.head_dim, 64 | 128)
 }
 
+fn check_supported(op: &'static str, dims: AttentionDims) -> Result<()> {
+    if !supports(dims) {
+        return Err(Error::shape(
+            op,
+            format!(
+                "the flash kernels take head dims 64 and 128, not {} (the simple kernels take any)",
+                dims.head_dim
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The kernels load q, k, v and dout in bf16 pairs, as 32-bit words, which a GPU only
+/// loads from 4-byte-aligned addresses: a view of them must start at an even element of
+/// its buffer (buffers themselves are aligned).
+fn check_word_aligned(op: &'static str, views: &[(&str, GpuView<'_, bf16>)]) -> Result<()> {
+    for &(name, view) in views {
+        if let KernelArg::Ptr(address) = KernelArg::input(view) {
+            if address % 4 != 0 {
+                return Err(Error::shape(
+                    op,
+                    format!(
+                        "{name} starts at an odd element of its buffer; the flash kernels read \
+                         bf16 pairs as 32-bit words, which must be 4-byte aligned"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The kernels' trailing parameters: batch, seq, heads, kv heads, scale.
 fn dims_args(dims: AttentionDims) -> Result<[KernelArg; 5]> {
-    let scale = (1.0 / (dims.head_dim as f64).sqrt()) as f32;
     Ok([
         KernelArg::int(dims.batch)?,
         KernelArg::int(dims.seq)?,
         KernelArg::int(dims.q_heads)?,
         KernelArg::int(dims.kv_heads)?,
-        KernelArg::F32(scale),
+        KernelArg::F32(scale(dims.head_dim)),
     ])
 }
 
@@ -49,13 +86,19 @@ fn kernel(name: &str, dims: AttentionDims) -> String {
     format!("flash_attention_{name}_d{}", dims.head_dim)
 }
 
-/// `(out, lse)` as the simple kernels return them; the caller has checked the lengths.
-pub(super) fn forward(
+/// `(out, lse)` as `simple_attention_forward` returns them: out [B, T, Hq, D] and the
+/// log-sum-exp of every score row [B, Hq, T].
+pub fn forward(
     gpu: &Gpu,
-    (q, k, v): (&GpuBuffer<bf16>, &GpuBuffer<bf16>, &GpuBuffer<bf16>),
-    segments: KernelArg,
+    qkv: Qkv<'_, bf16>,
+    segments: Segments<'_>,
     dims: AttentionDims,
-) -> Result<(GpuBuffer<bf16>, GpuBuffer<f32>)> {
+) -> Result<ForwardOutputs<bf16>> {
+    let op = "flash::forward";
+    check_supported(op, dims)?;
+    check(op, qkv, segments, dims)?;
+    let (q, k, v) = qkv;
+    check_word_aligned(op, &[("q", q), ("k", k), ("v", v)])?;
     let mut out = gpu.alloc::<bf16>(q.len())?;
     let mut lse = gpu.alloc::<f32>(dims.batch * dims.q_heads * dims.seq)?;
     let mut args = vec![
@@ -64,23 +107,28 @@ pub(super) fn forward(
         KernelArg::input(q),
         KernelArg::input(k),
         KernelArg::input(v),
-        segments,
+        segments_arg(segments),
     ];
     args.extend(dims_args(dims)?);
     let blocks = grid(dims.seq.div_ceil(FORWARD_ROWS), dims.batch * dims.q_heads)?;
-    // SAFETY: lengths checked by the caller; out and lse are written for every row < seq.
+    // SAFETY: lengths checked; out and lse are written for every row < seq.
     unsafe { gpu.launch(&kernel("forward", dims), config(blocks, 4), &args)? };
     Ok((out, lse))
 }
 
-/// `(dq, dk, dv)`; the caller has checked the lengths.
-pub(super) fn backward(
+/// `(dq, dk, dv)` from the forward's inputs, output and lse, and the output gradient.
+pub fn backward(
     gpu: &Gpu,
-    (q, k, v): (&GpuBuffer<bf16>, &GpuBuffer<bf16>, &GpuBuffer<bf16>),
-    (out, lse, dout): (&GpuBuffer<bf16>, &GpuBuffer<f32>, &GpuBuffer<bf16>),
-    segments: KernelArg,
+    qkv: Qkv<'_, bf16>,
+    saved: BackwardInputs<'_, bf16>,
+    segments: Segments<'_>,
     dims: AttentionDims,
-) -> Result<(GpuBuffer<bf16>, GpuBuffer<bf16>, GpuBuffer<bf16>)> {
+) -> Result<Gradients<bf16>> {
+    let op = "flash::backward";
+    check_supported(op, dims)?;
+    check_backward(op, qkv, saved, segments, dims)?;
+    let ((q, k, v), (out, lse, dout)) = (qkv, saved);
+    check_word_aligned(op, &[("q", q), ("k", k), ("v", v), ("dout", dout)])?;
     let rows = dims.batch * dims.seq * dims.q_heads;
     let mut delta = gpu.alloc::<f32>(lse.len())?;
     let mut args = vec![
@@ -101,7 +149,7 @@ pub(super) fn backward(
         KernelArg::input(dout),
         KernelArg::input(lse),
         KernelArg::input(&delta),
-        segments,
+        segments_arg(segments),
     ];
     let mut args = vec![KernelArg::output(&mut dq)];
     args.extend(inputs);

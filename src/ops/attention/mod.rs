@@ -4,23 +4,27 @@
 mod cached;
 mod cpu;
 pub mod cuda;
-mod flash;
+pub mod flash;
 
-pub use cached::{attention_with_caches, CachedDims, CachedQueries};
+pub use cached::{attention_cached, attention_with_caches, CachedDims, CachedQueries};
 
 pub use cpu::AttentionDims;
 
-use crate::autograd::Backward;
+use crate::autograd::{Backward, Input};
 use crate::tensor::Storage;
 use crate::{Error, Result, Tensor};
 
 /// Attention of q [B, T, Hq, Dh] over k, v [B, T, Hkv, Dh] (heads not transposed to the
 /// front), Hq a multiple of Hkv; query head h reads key/value head h / (Hq/Hkv).
 /// Position i of row b sees key j iff j <= i and, when `segments` ([B*T] ids, row-major)
-/// is given, segments[b*T + i] == segments[b*T + j]. Returns [B, T, Hq, Dh].
+/// is given, segments[b*T + i] == segments[b*T + j]. Returns [B, T, Hq, Dh]. On a GPU,
+/// bf16 at head dims 64 and 128 runs the flash kernels, everything else the simple ones.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, segments: Option<&[u32]>) -> Result<Tensor> {
-    super::expect_f32("attention", &[q, k, v])?;
     let dims = check_shapes(q, k, v, segments)?;
+    if super::device_of("attention", &[q, k, v])?.is_gpu() {
+        return cuda::attention((q, k, v), segments, dims);
+    }
+    super::expect_f32("attention", &[q, k, v])?;
     let (out, lse) = cpu::attention_forward(
         (&q.read_f32()?, &k.read_f32()?, &v.read_f32()?),
         segments,
@@ -28,9 +32,11 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, segments: Option<&[u32]>) -
         cpu::ROW_BLOCK,
     );
     let backward = AttentionBackward {
-        dims,
+        qkv: [q.clone(), k.clone(), v.clone()],
+        out: None,
+        lse: Tensor::from_vec(lse, [dims.batch * dims.q_heads * dims.seq])?,
         segments: segments.map(<[u32]>::to_vec),
-        lse,
+        dims,
     };
     Ok(Tensor::from_op(
         Storage::F32(out),
@@ -97,12 +103,15 @@ fn check_shapes(
     Ok(dims)
 }
 
-/// Saves the row log-sum-exps (see cpu.rs) and the mask's segments; q, k and v are
-/// the node's inputs.
-struct AttentionBackward {
-    dims: AttentionDims,
-    segments: Option<Vec<u32>>,
-    lse: Vec<f32>,
+/// Saves q, k, v, the row log-sum-exps [B, Hq, T] (see cpu.rs) and the mask's segments;
+/// on a GPU the output too (the kernels' delta = rowsum(dout · out)), kept without its
+/// node so that the output does not own itself.
+pub(super) struct AttentionBackward {
+    pub(super) qkv: [Tensor; 3],
+    pub(super) out: Option<Tensor>,
+    pub(super) lse: Tensor,
+    pub(super) segments: Option<Vec<u32>>,
+    pub(super) dims: AttentionDims,
 }
 
 impl Backward for AttentionBackward {
@@ -110,18 +119,16 @@ impl Backward for AttentionBackward {
         "attention"
     }
 
-    fn backward(&self, inputs: &[Tensor], grad_output: &Tensor) -> Result<Vec<Option<Tensor>>> {
-        let [q, k, v] = inputs else {
-            return Err(Error::Autograd(format!(
-                "attention backward expects 3 inputs, got {}",
-                inputs.len()
-            )));
-        };
+    fn backward(&self, grad_output: &Tensor, _: &[Input]) -> Result<Vec<Option<Tensor>>> {
+        if grad_output.device().is_gpu() {
+            return cuda::attention_backward_on_gpu(self, grad_output);
+        }
+        let [q, k, v] = &self.qkv;
         let (dq, dk, dv) = cpu::attention_backward(
             (&q.read_f32()?, &k.read_f32()?, &v.read_f32()?),
             self.segments.as_deref(),
             self.dims,
-            &self.lse,
+            &self.lse.read_f32()?,
             &grad_output.read_f32()?,
             cpu::ROW_BLOCK,
         );

@@ -5,8 +5,10 @@
 use super::*;
 use crate::autograd::{gradcheck, GradcheckConfig};
 use crate::ops::test_util::assert_close_abs as assert_close;
+use crate::backend::cuda::profile::Recorder;
+use crate::ops::test_util::check_bf16_against_cpu;
 use crate::rng::Rng;
-use crate::DType;
+use crate::{DType, Device};
 
 fn random(rng: &mut Rng, shape: [usize; 4]) -> Tensor {
     Tensor::from_vec(rng.normal_vec(shape.iter().product(), 1.0), shape).unwrap()
@@ -26,7 +28,7 @@ fn random_qkv(seed: u64, [b, t, hq, hkv, dh]: [usize; 5]) -> [Tensor; 3] {
 fn naive_attention(q: &Tensor, k: &Tensor, v: &Tensor, segments: Option<&[u32]>) -> Vec<f32> {
     let [b_n, t_n, hq, dh] = q.dims().try_into().unwrap();
     let hkv = k.dims()[2];
-    let (q, k, v) = (q.to_vec_f32(), k.to_vec_f32(), v.to_vec_f32());
+    let (q, k, v) = (q.to_vec_f32().unwrap(), k.to_vec_f32().unwrap(), v.to_vec_f32().unwrap());
     let at = |x: &[f32], heads: usize, b: usize, t: usize, h: usize| {
         let start = ((b * t_n + t) * heads + h) * dh;
         x[start..start + dh]
@@ -94,14 +96,14 @@ fn matches_torch_sdpa_with_a_packed_row() {
     let v = pattern(30, (29, 31, 15.0, 8.0));
     let segments = [0, 0, 0, 0, 0, 3, 3, 8, 8, 8];
     let out = attention(&q, &k, &v, Some(&segments)).unwrap();
-    assert_close(&out.to_vec_f32(), &want, 2e-6);
+    assert_close(&out.to_vec_f32().unwrap(), &want, 2e-6);
 }
 
 #[test]
 fn matches_naive_reference_over_several_row_blocks() {
     // T = 150 spans three row blocks of 64, the last one partial.
     let [q, k, v] = random_qkv(1, [2, 150, 6, 2, 10]);
-    let out = attention(&q, &k, &v, None).unwrap().to_vec_f32();
+    let out = attention(&q, &k, &v, None).unwrap().to_vec_f32().unwrap();
     assert_close(&out, &naive_attention(&q, &k, &v, None), 1e-5);
     // Row 0: three contiguous sequences; row 1: ids that interleave.
     let segments: Vec<u32> = (0..150)
@@ -116,7 +118,7 @@ fn matches_naive_reference_over_several_row_blocks() {
         })
         .chain((0..150).map(|t| (t / 7) % 3))
         .collect();
-    let out = attention(&q, &k, &v, Some(&segments)).unwrap().to_vec_f32();
+    let out = attention(&q, &k, &v, Some(&segments)).unwrap().to_vec_f32().unwrap();
     assert_close(&out, &naive_attention(&q, &k, &v, Some(&segments)), 1e-5);
 }
 
@@ -130,7 +132,7 @@ fn row_block_size_does_not_change_forward_or_backward() {
         kv_heads: hkv,
         head_dim: dh,
     };
-    let [q, k, v] = random_qkv(2, [b, t, hq, hkv, dh]).map(|x| x.to_vec_f32());
+    let [q, k, v] = random_qkv(2, [b, t, hq, hkv, dh]).map(|x| x.to_vec_f32().unwrap());
     let grad_out = Rng::new(3).normal_vec(q.len(), 1.0);
     let segments: Vec<u32> = (0..(b * t) as u32).map(|i| i / 5).collect();
     let run = |row_block: usize| {
@@ -153,39 +155,97 @@ fn row_block_size_does_not_change_forward_or_backward() {
     }
 }
 
-fn gradcheck_attention(seed: u64, shape: [usize; 5], segments: Option<&[u32]>) {
+fn gradcheck_attention(
+    device: Device,
+    seed: u64,
+    shape: [usize; 5],
+    segments: Option<&[u32]>,
+) {
     let inputs = random_qkv(seed, shape);
     let f = |x: &[Tensor]| attention(&x[0], &x[1], &x[2], segments);
-    gradcheck(&inputs, f, &GradcheckConfig::default()).unwrap();
+    let cfg = GradcheckConfig {
+        device,
+        ..Default::default()
+    };
+    gradcheck(&inputs, f, &cfg).unwrap();
 }
 
-#[test]
-fn gradcheck_gqa_3_to_1() {
-    gradcheck_attention(4, [2, 7, 6, 2, 6], None);
+crate::device_tests! {
+    fn gradcheck_gqa_3_to_1(device: Device) {
+        gradcheck_attention(device, 4, [2, 7, 6, 2, 6], None);
+    }
 }
 
-#[test]
-fn gradcheck_gqa_3_to_1_packed() {
-    let segments = [0, 0, 0, 1, 1, 1, 1, 4, 4, 9, 9, 9, 9, 9];
-    gradcheck_attention(5, [2, 7, 6, 2, 6], Some(&segments));
+crate::device_tests! {
+    fn gradcheck_gqa_3_to_1_packed(device: Device) {
+        let segments = [0, 0, 0, 1, 1, 1, 1, 4, 4, 9, 9, 9, 9, 9];
+        gradcheck_attention(device, 5, [2, 7, 6, 2, 6], Some(&segments));
+    }
 }
 
-#[test]
-fn gradcheck_gqa_7_to_1() {
-    gradcheck_attention(6, [2, 9, 7, 1, 10], None);
+crate::device_tests! {
+    fn gradcheck_gqa_7_to_1(device: Device) {
+        gradcheck_attention(device, 6, [2, 9, 7, 1, 10], None);
+    }
 }
 
-#[test]
-fn gradcheck_gqa_7_to_1_packed() {
-    // Row 1's ids interleave, so the mask is not a block diagonal.
-    let segments = [0, 0, 1, 1, 1, 1, 2, 2, 2, 5, 6, 5, 6, 5, 6, 5, 6, 5];
-    gradcheck_attention(7, [2, 9, 7, 1, 10], Some(&segments));
+crate::device_tests! {
+    fn gradcheck_gqa_7_to_1_packed(device: Device) {
+        // Row 1's ids interleave, so the mask is not a block diagonal.
+        let segments = [0, 0, 1, 1, 1, 1, 2, 2, 2, 5, 6, 5, 6, 5, 6, 5, 6, 5];
+        gradcheck_attention(device, 7, [2, 9, 7, 1, 10], Some(&segments));
+    }
+}
+
+/// The kernels the attention op launched, forward and backward, in bf16 at `shape`.
+fn kernels_of_a_bf16_step(device: Device, shape: [usize; 5]) -> Vec<(String, usize)> {
+    let recorder = Recorder::start();
+    let f = |t: &[Tensor]| attention(&t[0], &t[1], &t[2], None);
+    let shapes: Vec<Vec<usize>> = random_qkv(1, shape).iter().map(|t| t.dims().to_vec()).collect();
+    let shapes: Vec<&[usize]> = shapes.iter().map(|s| &s[..]).collect();
+    check_bf16_against_cpu(device, &shapes, f, 2e-2);
+    recorder.kernels()
+}
+
+crate::gpu_tests! {
+    /// bf16 at head dim 64 runs the flash kernels in both directions (and nothing of the
+    /// simple ones), and matches the f32 CPU op within bf16 rounding.
+    fn bf16_at_head_dim_64_runs_flash_forward_and_backward(device: Device) {
+        let ran = kernels_of_a_bf16_step(device, [2, 37, 6, 2, 64]);
+        let count = |name: &str| ran.iter().find(|(k, _)| k == name).map_or(0, |(_, n)| *n);
+        for kernel in [
+            "flash_attention_forward_d64",
+            "flash_attention_delta_d64",
+            "flash_attention_dq_d64",
+            "flash_attention_dkv_d64",
+        ] {
+            assert_eq!(count(kernel), 1, "{kernel} in {ran:?}");
+        }
+        assert!(ran.iter().all(|(k, _)| !k.starts_with("attention_")), "{ran:?}");
+    }
+}
+
+crate::gpu_tests! {
+    /// Other head dims, and f32, run the simple kernels.
+    fn other_head_dims_and_f32_run_the_simple_kernels(device: Device) {
+        let ran = kernels_of_a_bf16_step(device, [1, 9, 4, 2, 8]);
+        let names: Vec<&str> = ran.iter().map(|(k, _)| k.as_str()).collect();
+        assert!(names.contains(&"attention_forward_bf16"), "{names:?}");
+        assert!(names.contains(&"attention_backward_dkv_bf16"), "{names:?}");
+        assert!(names.iter().all(|k| !k.starts_with("flash")), "{names:?}");
+
+        let recorder = Recorder::start();
+        let [q, k, v] = random_qkv(2, [1, 9, 4, 2, 64]).map(|t| t.to(device).unwrap());
+        attention(&q, &k, &v, None).unwrap();
+        assert_eq!(recorder.launches("attention_forward_f32"), 1);
+        assert_eq!(recorder.total(), 1);
+    }
 }
 
 /// The [1, t1 - t0, H, Dh] slice of a [1, T, H, Dh] tensor.
 fn positions(x: &Tensor, t0: usize, t1: usize) -> Tensor {
     let [_, _, h, dh] = x.dims().try_into().unwrap();
-    let data = x.to_vec_f32()[t0 * h * dh..t1 * h * dh].to_vec();
+    let data = x.to_vec_f32().unwrap()[t0 * h * dh..t1 * h * dh].to_vec();
     Tensor::from_vec(data, [1, t1 - t0, h, dh]).unwrap()
 }
 
@@ -193,10 +253,10 @@ fn positions(x: &Tensor, t0: usize, t1: usize) -> Tensor {
 fn packed_sequences_equal_separate_runs() {
     let [q, k, v] = random_qkv(8, [1, 7, 6, 2, 6]);
     let segments = [0, 0, 0, 0, 1, 1, 1];
-    let packed = attention(&q, &k, &v, Some(&segments)).unwrap().to_vec_f32();
+    let packed = attention(&q, &k, &v, Some(&segments)).unwrap().to_vec_f32().unwrap();
     let alone = |t0, t1| {
         let [q, k, v] = [&q, &k, &v].map(|x| positions(x, t0, t1));
-        attention(&q, &k, &v, None).unwrap().to_vec_f32()
+        attention(&q, &k, &v, None).unwrap().to_vec_f32().unwrap()
     };
     assert_close(&packed, &[alone(0, 4), alone(4, 7)].concat(), 1e-6);
 }
@@ -214,7 +274,7 @@ fn packed_sequences_get_no_gradient_from_each_other() {
         .backward_with(Tensor::from_vec(seed, out.shape().clone()).unwrap())
         .unwrap();
     for (x, heads) in [(&q, 6), (&k, 2), (&v, 2)] {
-        let g = grads.get(x).unwrap().to_vec_f32();
+        let g = grads.get(x).unwrap().to_vec_f32().unwrap();
         let (first, second) = g.split_at(4 * heads * 6);
         assert!(first.iter().any(|&e| e != 0.0));
         assert!(second.iter().all(|&e| e == 0.0), "{second:?}");
@@ -224,11 +284,11 @@ fn packed_sequences_get_no_gradient_from_each_other() {
 #[test]
 fn future_keys_and_values_do_not_change_earlier_outputs() {
     let [q, k, v] = random_qkv(10, [2, 9, 6, 2, 6]);
-    let out = attention(&q, &k, &v, None).unwrap().to_vec_f32();
+    let out = attention(&q, &k, &v, None).unwrap().to_vec_f32().unwrap();
     // New keys and values from position 5 on, in both batch rows.
     let mut rng = Rng::new(11);
     let redraw_future = |x: &Tensor, rng: &mut Rng| {
-        let mut data = x.to_vec_f32();
+        let mut data = x.to_vec_f32().unwrap();
         for (i, e) in data.iter_mut().enumerate() {
             if (i / (2 * 6)) % 9 >= 5 {
                 *e = rng.normal() as f32;
@@ -237,7 +297,7 @@ fn future_keys_and_values_do_not_change_earlier_outputs() {
         Tensor::from_vec(data, x.shape().clone()).unwrap()
     };
     let (k2, v2) = (redraw_future(&k, &mut rng), redraw_future(&v, &mut rng));
-    let out2 = attention(&q, &k2, &v2, None).unwrap().to_vec_f32();
+    let out2 = attention(&q, &k2, &v2, None).unwrap().to_vec_f32().unwrap();
     let token = 6 * 6;
     for b in 0..2 {
         let row = |o: &[f32], t0: usize, t1: usize| {

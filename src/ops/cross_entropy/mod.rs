@@ -4,8 +4,11 @@
 
 mod cpu;
 pub mod cuda;
+mod lm_head;
 
-use crate::autograd::Backward;
+pub use lm_head::lm_head_loss;
+
+use crate::autograd::{Backward, Input};
 use crate::tensor::Storage;
 use crate::{Error, Result, Shape, Tensor};
 
@@ -26,20 +29,24 @@ pub enum Reduction {
 }
 
 /// Cross-entropy of `logits` [..., V] against `targets` (one per row, the rows being
-/// the product of the leading dimensions), reduced to a scalar (shape []).
+/// the product of the leading dimensions), reduced to a scalar f32 (shape []) on the
+/// logits' device.
 pub fn cross_entropy(logits: &Tensor, targets: &[i64], reduction: Reduction) -> Result<Tensor> {
-    super::expect_f32("cross_entropy", &[logits])?;
     let vocab = check_shapes(logits, targets)?;
     check_targets(targets, vocab)?;
     let normaliser = normaliser(targets, reduction)?;
-
+    if logits.device().is_gpu() {
+        return cuda::cross_entropy(logits, targets, vocab, normaliser);
+    }
+    super::expect_f32("cross_entropy", &[logits])?;
     let (loss_sum, row_lse) = cpu::forward(&logits.read_f32()?, targets, vocab);
     let loss = (loss_sum / normaliser) as f32;
     Ok(Tensor::from_op(
         Storage::F32(vec![loss]),
         Shape::from(()),
         &[logits],
-        CrossEntropyBackward {
+        CrossEntropyBackward::Cpu {
+            logits: logits.clone(),
             targets: targets.to_vec(),
             row_lse,
             vocab,
@@ -105,12 +112,20 @@ fn normaliser(targets: &[i64], reduction: Reduction) -> Result<f64> {
     }
 }
 
-/// Saves the targets and one log-sum-exp per row; the logits are the tape's input.
-struct CrossEntropyBackward {
-    targets: Vec<i64>,
-    row_lse: Vec<f64>,
-    vocab: usize,
-    normaliser: f64,
+/// What the backward needs: on the CPU the logits, targets and one log-sum-exp per row
+/// (the softmax is recomputed); on a GPU the gradient itself, which the fused kernel
+/// computed with the loss, to be scaled by the loss's gradient.
+pub(super) enum CrossEntropyBackward {
+    Cpu {
+        logits: Tensor,
+        targets: Vec<i64>,
+        row_lse: Vec<f64>,
+        vocab: usize,
+        normaliser: f64,
+    },
+    Gpu {
+        dlogits: Tensor,
+    },
 }
 
 impl Backward for CrossEntropyBackward {
@@ -118,17 +133,23 @@ impl Backward for CrossEntropyBackward {
         "cross_entropy"
     }
 
-    fn backward(&self, inputs: &[Tensor], grad_output: &Tensor) -> Result<Vec<Option<Tensor>>> {
-        let logits = &inputs[0];
-        let scale = (grad_output.to_scalar()? as f64 / self.normaliser) as f32;
-        let grad = cpu::backward(
-            &logits.read_f32()?,
-            &self.targets,
-            &self.row_lse,
-            self.vocab,
-            scale,
-        );
-        Ok(vec![Some(Tensor::from_vec(grad, logits.shape().clone())?)])
+    fn backward(&self, grad_output: &Tensor, _: &[Input]) -> Result<Vec<Option<Tensor>>> {
+        match self {
+            CrossEntropyBackward::Cpu {
+                logits,
+                targets,
+                row_lse,
+                vocab,
+                normaliser,
+            } => {
+                let scale = (grad_output.to_scalar()? as f64 / normaliser) as f32;
+                let grad = cpu::backward(&logits.read_f32()?, targets, row_lse, *vocab, scale);
+                Ok(vec![Some(Tensor::from_vec(grad, logits.shape().clone())?)])
+            }
+            CrossEntropyBackward::Gpu { dlogits } => {
+                Ok(vec![Some(cuda::scaled(dlogits, grad_output)?)])
+            }
+        }
     }
 }
 

@@ -1,10 +1,13 @@
 //! Tests for cross_entropy: values and gradients from PyTorch, gradchecks for every
 //! reduction, the ignore index, the micro-batch rule of MeanOver, extreme logits, errors.
 
+use super::lm_head::lm_head_loss_in_chunks;
 use super::*;
 use crate::autograd::{gradcheck, GradcheckConfig};
 use crate::ops::test_util::assert_close_rel as assert_close;
 use crate::rng::Rng;
+use crate::ops::test_util::check_bf16_against_cpu;
+use crate::Device;
 
 const V: usize = 7;
 
@@ -37,7 +40,7 @@ fn loss_and_grad(logits: &Tensor, targets: &[i64], reduction: Reduction) -> (f32
     let grads = loss.backward().unwrap();
     (
         loss.to_scalar().unwrap(),
-        grads.get(logits).unwrap().to_vec_f32(),
+        grads.get(logits).unwrap().to_vec_f32().unwrap(),
     )
 }
 
@@ -69,25 +72,26 @@ fn leading_dimensions_are_flattened_into_rows() {
     assert_close(&grad, &to_f32(&TORCH_MEAN_GRAD), 1e-6, "dlogits");
 }
 
-#[test]
-fn gradcheck_every_reduction_with_ignored_rows() {
-    let (rows, vocab) = (9, 17);
-    let mut rng = Rng::new(21);
-    let logits = Tensor::from_vec(rng.normal_vec(rows * vocab, 2.0), [rows, vocab]).unwrap();
-    let targets: Vec<i64> = (0..rows)
-        .map(|r| match r {
-            2 | 6 => IGNORE_INDEX,
-            _ => rng.below(vocab) as i64,
-        })
-        .collect();
-    for reduction in [Reduction::Mean, Reduction::Sum, Reduction::MeanOver(11.0)] {
-        let f = |t: &[Tensor]| cross_entropy(&t[0], &targets, reduction);
-        gradcheck(
-            std::slice::from_ref(&logits),
-            f,
-            &GradcheckConfig::default(),
-        )
-        .unwrap_or_else(|e| panic!("{reduction:?}: {e}"));
+crate::device_tests! {
+    fn gradcheck_every_reduction_with_ignored_rows(device: Device) {
+        let (rows, vocab) = (9, 17);
+        let mut rng = Rng::new(21);
+        let logits = Tensor::from_vec(rng.normal_vec(rows * vocab, 2.0), [rows, vocab]).unwrap();
+        let targets: Vec<i64> = (0..rows)
+            .map(|r| match r {
+                2 | 6 => IGNORE_INDEX,
+                _ => rng.below(vocab) as i64,
+            })
+            .collect();
+        for reduction in [Reduction::Mean, Reduction::Sum, Reduction::MeanOver(11.0)] {
+            let f = |t: &[Tensor]| cross_entropy(&t[0], &targets, reduction);
+            gradcheck(
+                std::slice::from_ref(&logits),
+                f,
+                &GradcheckConfig { device, ..Default::default() },
+            )
+            .unwrap_or_else(|e| panic!("{reduction:?}: {e}"));
+        }
     }
 }
 
@@ -215,5 +219,102 @@ fn scalar_logits_and_bad_mean_over_counts_are_errors() {
     for count in [0.0, -3.0, f32::NAN, f32::INFINITY] {
         let err = cross_entropy(&logits, &TARGETS, Reduction::MeanOver(count)).unwrap_err();
         assert!(err.to_string().contains("MeanOver"), "{count}: {err}");
+    }
+}
+
+crate::gpu_tests! {
+    fn bf16_matches_the_f32_cpu_op_within_rounding(device: Device) {
+        let targets: Vec<i64> = vec![3, IGNORE_INDEX, 999, 0, 500];
+        let f = |t: &[Tensor]| cross_entropy(&t[0], &targets, Reduction::Mean);
+        check_bf16_against_cpu(device, &[&[5, 1000]], f, 2e-2);
+    }
+}
+
+/// Hidden rows [11, 24], a weight [301, 24] and targets with ignored rows.
+fn lm_head_case() -> (Tensor, Tensor, Vec<i64>) {
+    let (rows, dim, vocab) = (11, 24, 301);
+    let mut rng = Rng::new(5);
+    let h = Tensor::from_vec(rng.normal_vec(rows * dim, 1.0), [rows, dim]).unwrap();
+    let w = Tensor::from_vec(rng.normal_vec(vocab * dim, 0.5), [vocab, dim]).unwrap();
+    let targets = (0..rows)
+        .map(|r| {
+            if r % 4 == 1 {
+                IGNORE_INDEX
+            } else {
+                rng.below(vocab) as i64
+            }
+        })
+        .collect();
+    (h, w, targets)
+}
+
+/// The loss and both gradients of `f(hidden, weight)` on `device`.
+fn loss_and_grads(
+    device: Device,
+    (h, w): (&Tensor, &Tensor),
+    f: impl Fn(&Tensor, &Tensor) -> Tensor,
+) -> (f32, Vec<f32>, Vec<f32>) {
+    let (h, w) = (h.to(device).unwrap().into_param(), w.to(device).unwrap().into_param());
+    let loss = f(&h, &w);
+    assert_eq!(loss.device(), device);
+    let grads = loss.backward().unwrap();
+    (
+        loss.to_scalar().unwrap(),
+        grads.get(&h).unwrap().to_vec_f32().unwrap(),
+        grads.get(&w).unwrap().to_vec_f32().unwrap(),
+    )
+}
+
+crate::device_tests! {
+    /// The chunked op against the plain composition (full logits, then cross-entropy) on
+    /// the CPU, in chunks of 4 rows (two full and a short one) and in one, for every
+    /// reduction.
+    fn lm_head_loss_equals_the_linear_then_cross_entropy(device: Device) {
+        let (h, w, targets) = lm_head_case();
+        for reduction in [Reduction::Mean, Reduction::Sum, Reduction::MeanOver(20.0)] {
+            let plain = loss_and_grads(Device::Cpu, (&h, &w), |h, w| {
+                let logits = crate::ops::linear(h, w, None).unwrap();
+                cross_entropy(&logits, &targets, reduction).unwrap()
+            });
+            for chunk in [Some(4), None] {
+                let (loss, dh, dw) = loss_and_grads(device, (&h, &w), |h, w| {
+                    lm_head_loss_in_chunks(h, w, &targets, reduction, chunk).unwrap()
+                });
+                let what = format!("{reduction:?}, chunks of {chunk:?}");
+                assert!((loss - plain.0).abs() <= 1e-5 * plain.0.abs(), "{what}: {loss} vs {}", plain.0);
+                assert_close(&dh, &plain.1, 1e-5, &format!("dhidden, {what}"));
+                assert_close(&dw, &plain.2, 1e-5, &format!("dweight, {what}"));
+            }
+        }
+    }
+}
+
+crate::device_tests! {
+    fn lm_head_loss_gradcheck(device: Device) {
+        let (h, w, targets) = lm_head_case();
+        let f = |t: &[Tensor]| lm_head_loss_in_chunks(&t[0], &t[1], &targets, Reduction::Mean, Some(3));
+        let cfg = GradcheckConfig { device, ..Default::default() };
+        gradcheck(&[h, w], f, &cfg).unwrap();
+    }
+}
+
+crate::device_tests! {
+    /// Evaluation computes the loss only: nothing is recorded under no_grad.
+    fn lm_head_loss_under_no_grad_records_nothing(device: Device) {
+        let (h, w, targets) = lm_head_case();
+        let (h, w) = (h.to(device).unwrap().into_param(), w.to(device).unwrap().into_param());
+        let recorded = lm_head_loss(&h, &w, &targets, Reduction::Sum).unwrap();
+        let _off = crate::autograd::no_grad();
+        let evaluated = lm_head_loss(&h, &w, &targets, Reduction::Sum).unwrap();
+        assert!(recorded.requires_grad() && !evaluated.requires_grad());
+        assert_eq!(recorded.to_scalar().unwrap(), evaluated.to_scalar().unwrap());
+    }
+}
+
+crate::gpu_tests! {
+    fn lm_head_loss_bf16_matches_the_f32_cpu_op_within_rounding(device: Device) {
+        let targets: Vec<i64> = (0..13).map(|r| if r % 5 == 2 { IGNORE_INDEX } else { (r * 37) % 300 }).collect();
+        let f = |t: &[Tensor]| lm_head_loss_in_chunks(&t[0], &t[1], &targets, Reduction::Mean, Some(5));
+        check_bf16_against_cpu(device, &[&[13, 64], &[300, 64]], f, 2e-2);
     }
 }

@@ -1,10 +1,13 @@
 //! Launchers of kernels/embedding.cu: row gather forward; backward grouped by id on the
 //! host, so each distinct id's gradient row is one deterministic sum.
 
+use super::EmbeddingBackward;
+use crate::autograd::Input;
 use crate::backend::cuda::{
     expect_len, Gpu, GpuBuffer, GpuFloat, GpuSlice, GpuView, GpuViewMut, KernelArg, LaunchConfig,
 };
-use crate::{Error, Result};
+use crate::ops::{gpu_dtype_of, on_gpu_dtype, weight_grad_on_gpu};
+use crate::{Error, Result, Tensor};
 
 const THREADS: u32 = 128;
 
@@ -72,20 +75,20 @@ pub fn embedding_forward<'w, T: GpuFloat + 'w>(
 /// Writes (or, with `accumulate`, adds) the weight gradient into `dweight` ([vocab, dim],
 /// f32); rows of ids that do not occur are left as they are (zeroed first when not
 /// accumulating).
-pub fn embedding_backward<'d, T: GpuFloat>(
+pub fn embedding_backward<'g, 'd, T: GpuFloat + 'g>(
     gpu: &Gpu,
-    grad: &GpuBuffer<T>,
+    grad: impl Into<GpuView<'g, T>>,
     tokens: &DeviceTokens,
     dim: usize,
     dweight: impl Into<GpuViewMut<'d, f32>>,
     accumulate: bool,
 ) -> Result<()> {
-    let mut dweight = dweight.into();
+    let (grad, mut dweight) = (grad.into(), dweight.into());
     check(&dweight, dim, tokens)?;
     expect_len(
         "embedding_backward",
         "the gradient",
-        grad,
+        &grad,
         tokens.len() * dim,
     )?;
     if !accumulate {
@@ -107,6 +110,40 @@ pub fn embedding_backward<'d, T: GpuFloat>(
     // SAFETY: one block per distinct id, each id below vocab; start has one more entry
     // than distinct and indexes order, whose entries are token indices below ids.len().
     unsafe { gpu.launch(&format!("embedding_backward_{}", T::SUFFIX), cfg, &args) }
+}
+
+/// [`super::embedding`] of a GPU weight: the rows in the weight's dtype.
+pub(super) fn embedding(weight: &Tensor, ids: &[u32]) -> Result<Tensor> {
+    const OP: &str = "embedding";
+    let (vocab, dim) = (weight.dims()[0], weight.dims()[1]);
+    on_gpu_dtype!(OP, gpu_dtype_of(OP, &[weight])?, T => {
+        let rw = weight.read_gpu(OP)?;
+        let gpu = rw.gpu().clone();
+        let tokens = DeviceTokens::new(&gpu, ids, vocab)?;
+        let out = embedding_forward::<T>(&gpu, rw.view(OP)?, dim, &tokens)?;
+        let on = (rw.device(), &gpu);
+        let shape = [ids.len(), dim];
+        Ok(Tensor::from_gpu_op(on, out, shape, &[weight], EmbeddingBackward::Gpu(tokens)))
+    })
+}
+
+/// The weight's gradient (f32) from the output's: into its buffer, or returned.
+pub(super) fn embedding_backward_on_gpu(
+    tokens: &DeviceTokens,
+    grad: &Tensor,
+    weight: &Input,
+) -> Result<Option<Tensor>> {
+    const OP: &str = "embedding backward";
+    let dim = weight.shape().dims()[1];
+    on_gpu_dtype!(OP, gpu_dtype_of(OP, &[grad])?, T => {
+        let rg = grad.read_gpu(OP)?;
+        let gpu = rg.gpu().clone();
+        let on = (rg.device(), &gpu);
+        let ((), dweight) = weight_grad_on_gpu(OP, weight, on, |dw, accumulate| {
+            embedding_backward::<T>(&gpu, rg.view::<T>(OP)?, tokens, dim, dw, accumulate)
+        })?;
+        Ok(dweight)
+    })
 }
 
 /// The distinct ids (ascending), where each one's tokens start in `order`, and the token

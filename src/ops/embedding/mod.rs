@@ -3,20 +3,23 @@
 mod cpu;
 pub mod cuda;
 
-use crate::autograd::Backward;
+use crate::autograd::{Backward, Input};
 use crate::backend::cpu::WeightRows;
 use crate::tensor::Storage;
 use crate::{Error, Result, Shape, Tensor};
 
-/// Rows `ids` of `weight` (`[V, D]`, f32 or bf16): an f32 output of shape
-/// `[ids.len(), D]`. Every id must be below V.
+/// Rows `ids` of `weight` (`[V, D]`): shape `[ids.len(), D]`, f32 on the CPU (from f32
+/// or bf16 weights), the weight's dtype on a GPU. Every id must be below V.
 pub fn embedding(weight: &Tensor, ids: &[u32]) -> Result<Tensor> {
     super::expect_rank("embedding", "weight", weight, 2)?;
     let (vocab, dim) = (weight.dims()[0], weight.dims()[1]);
     check_ids(ids, vocab)?;
+    if weight.device().is_gpu() {
+        return cuda::embedding(weight, ids);
+    }
     let out = {
-        let stored = weight.read_storage();
-        match super::weight_rows("embedding", weight, &stored)? {
+        let stored = weight.read_host("embedding")?;
+        match super::weight_rows("embedding", stored.storage())? {
             WeightRows::F32(w) => cpu::embedding_forward(w, dim, ids),
             WeightRows::Bf16(w) => cpu::embedding_forward(w, dim, ids),
         }
@@ -25,7 +28,7 @@ pub fn embedding(weight: &Tensor, ids: &[u32]) -> Result<Tensor> {
         Storage::F32(out),
         Shape::from([ids.len(), dim]),
         &[weight],
-        EmbeddingBackward { ids: ids.to_vec() },
+        EmbeddingBackward::Cpu { ids: ids.to_vec() },
     ))
 }
 
@@ -42,9 +45,11 @@ fn check_ids(ids: &[u32], vocab: usize) -> Result<()> {
     }
 }
 
-/// Keeps the ids: the integer input, which gets no gradient.
-struct EmbeddingBackward {
-    ids: Vec<u32>,
+/// Keeps the ids (the integer input, which gets no gradient): on the host, or on the
+/// device grouped by id as the GPU backward reads them.
+pub(super) enum EmbeddingBackward {
+    Cpu { ids: Vec<u32> },
+    Gpu(cuda::DeviceTokens),
 }
 
 impl Backward for EmbeddingBackward {
@@ -52,14 +57,22 @@ impl Backward for EmbeddingBackward {
         "embedding"
     }
 
-    fn backward(&self, inputs: &[Tensor], grad_output: &Tensor) -> Result<Vec<Option<Tensor>>> {
+    fn backward(&self, grad_output: &Tensor, inputs: &[Input]) -> Result<Vec<Option<Tensor>>> {
         let weight = &inputs[0];
-        let (vocab, dim) = (weight.dims()[0], weight.dims()[1]);
-        let dweight = cpu::embedding_weight_grad(&grad_output.read_f32()?, &self.ids, vocab, dim);
-        Ok(vec![Some(Tensor::from_vec(
-            dweight,
-            weight.shape().clone(),
-        )?)])
+        let (vocab, dim) = (weight.shape().dims()[0], weight.shape().dims()[1]);
+        match self {
+            EmbeddingBackward::Cpu { ids } => {
+                let dweight =
+                    cpu::embedding_weight_grad(&grad_output.read_f32()?, ids, vocab, dim);
+                Ok(vec![Some(Tensor::from_vec(
+                    dweight,
+                    weight.shape().clone(),
+                )?)])
+            }
+            EmbeddingBackward::Gpu(tokens) => {
+                Ok(vec![cuda::embedding_backward_on_gpu(tokens, grad_output, weight)?])
+            }
+        }
     }
 }
 
@@ -69,6 +82,7 @@ mod tests {
     use crate::autograd::{gradcheck, GradcheckConfig};
     use crate::rng::Rng;
     use crate::DType;
+    use crate::ops::test_util::check_bf16_against_cpu;
 
     /// Weight whose element [v, d] is 100·v + d, so every gathered value names its source.
     fn labelled_weight(vocab: usize, dim: usize) -> Tensor {
@@ -84,7 +98,7 @@ mod tests {
         let out = embedding(&labelled_weight(11, 3), &ids).unwrap();
         assert_eq!(out.dims(), &[4, 3]);
         assert_eq!(
-            out.to_vec_f32(),
+            out.to_vec_f32().unwrap(),
             vec![400.0, 401.0, 402.0, 0.0, 1.0, 2.0, 1000.0, 1001.0, 1002.0, 400.0, 401.0, 402.0]
         );
     }
@@ -99,22 +113,23 @@ mod tests {
             .backward_with(Tensor::from_vec(upstream, [4, 2]).unwrap())
             .unwrap();
         assert_eq!(
-            grads.get(&weight).unwrap().to_vec_f32(),
+            grads.get(&weight).unwrap().to_vec_f32().unwrap(),
             vec![0.0, 0.0, 2.0, 20.0, 0.0, 0.0, 8.0, 80.0, 0.0, 0.0]
         );
     }
 
-    #[test]
-    fn gradcheck_with_repeated_ids() {
-        let mut rng = Rng::new(13);
-        let weight = Tensor::from_vec(rng.normal_vec(11 * 13, 1.0), [11, 13]).unwrap();
-        let ids = [4, 0, 10, 4, 7, 4, 2, 0, 9];
-        gradcheck(
-            &[weight],
-            |t| embedding(&t[0], &ids),
-            &GradcheckConfig::default(),
-        )
-        .unwrap();
+    crate::device_tests! {
+        fn gradcheck_with_repeated_ids(device: Device) {
+            let mut rng = Rng::new(13);
+            let weight = Tensor::from_vec(rng.normal_vec(11 * 13, 1.0), [11, 13]).unwrap();
+            let ids = [4, 0, 10, 4, 7, 4, 2, 0, 9];
+            gradcheck(
+                &[weight],
+                |t| embedding(&t[0], &ids),
+                &GradcheckConfig { device, ..Default::default() },
+            )
+            .unwrap();
+        }
     }
 
     #[test]
@@ -147,11 +162,12 @@ mod tests {
         let data = (0..11 * 3).map(|i| (i * 7) as f32).collect();
         let weight = Tensor::from_vec(data, [11, 3])
             .unwrap()
-            .to_dtype(DType::BF16);
+            .to_dtype(DType::BF16)
+            .unwrap();
         let out = embedding(&weight, &[10, 2]).unwrap();
         assert_eq!(out.dtype(), DType::F32);
         assert_eq!(
-            out.to_vec_f32(),
+            out.to_vec_f32().unwrap(),
             vec![210.0, 217.0, 224.0, 42.0, 49.0, 56.0]
         );
     }
@@ -171,5 +187,13 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    crate::gpu_tests! {
+        fn bf16_matches_the_f32_cpu_op_within_rounding(device: Device) {
+            let ids = [4, 0, 10, 4, 7, 4, 2, 0, 9];
+            let f = |t: &[Tensor]| embedding(&t[0], &ids);
+            check_bf16_against_cpu(device, &[&[11, 130]], f, 2e-2);
+        }
     }
 }

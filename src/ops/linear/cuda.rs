@@ -3,10 +3,13 @@
 //! its gradient `db = Σ_rows dy` in f32 through per-block partial sums, never one atomic
 //! per element.
 
+use super::LinearBackward;
+use crate::autograd::Input;
 use crate::backend::cuda::{
     expect_len, Gpu, GpuBuffer, GpuFloat, GpuView, GpuViewMut, KernelArg, LaunchConfig,
 };
-use crate::{Error, Result};
+use crate::ops::{gpu_dtype_of, on_gpu_dtype, weight_grad_on_gpu};
+use crate::{Error, Result, Shape, Tensor};
 
 /// Columns and row lanes of a bias_grad_partial block (kernels/add.cu's BIAS_COLUMNS
 /// and BIAS_ROW_LANES).
@@ -23,9 +26,9 @@ const MIN_ROWS_PER_THREAD: usize = 32;
 const REDUCE_THREADS: u32 = 256;
 
 /// `y = x · Wᵀ (+ b)` for x [rows, k] and W [m, k] (Hugging Face's [out, in]).
-pub fn linear_forward<'w, T: GpuFloat + 'w>(
+pub fn linear_forward<'x, 'w, T: GpuFloat + 'x + 'w>(
     gpu: &Gpu,
-    x: &GpuBuffer<T>,
+    x: impl Into<GpuView<'x, T>>,
     weight: impl Into<GpuView<'w, T>>,
     bias: Option<GpuView<'_, T>>,
     (rows, k, m): (usize, usize, usize),
@@ -47,40 +50,79 @@ pub fn linear_forward<'w, T: GpuFloat + 'w>(
     Ok(y)
 }
 
-/// The gradients of [`linear_forward`] for the output gradient `dy`: returns dx, and
-/// adds (or writes, unless `accumulate`) the weight gradient into `dweight` and the bias
-/// gradient into `dbias` (both f32).
-#[allow(clippy::too_many_arguments)]
-pub fn linear_backward<'w, 'd, T: GpuFloat + 'w>(
-    gpu: &Gpu,
-    dy: &GpuBuffer<T>,
-    x: &GpuBuffer<T>,
-    weight: impl Into<GpuView<'w, T>>,
-    (rows, k, m): (usize, usize, usize),
-    dweight: impl Into<GpuViewMut<'d, f32>>,
-    dbias: Option<GpuViewMut<'_, f32>>,
-    accumulate: bool,
-) -> Result<GpuBuffer<T>> {
-    let mut dx = gpu.alloc::<T>(rows * k)?;
-    gpu.gemm(&mut dx, dy, false, weight, false, (rows, k, m), false)?;
-    gpu.gemm(dweight, dy, true, x, false, (m, k, rows), accumulate)?;
-    if let Some(db) = dbias {
-        bias_grad(gpu, dy, m, db, accumulate)?;
-    }
-    Ok(dx)
+/// [`super::linear`] on a GPU: the output of the layer `saved` describes.
+pub(super) fn linear(
+    saved: LinearBackward,
+    bias: Option<&Tensor>,
+    shape: Shape,
+    inputs: &[&Tensor],
+) -> Result<Tensor> {
+    const OP: &str = "linear";
+    let (x, weight) = (saved.x.clone(), saved.weight.clone());
+    on_gpu_dtype!(OP, gpu_dtype_of(OP, inputs)?, T => {
+        let (rx, rw) = (x.read_gpu(OP)?, weight.read_gpu(OP)?);
+        let rb = bias.map(|b| b.read_gpu(OP)).transpose()?;
+        let gpu = rx.gpu().clone();
+        let bias = rb.as_ref().map(|b| b.view::<T>(OP)).transpose()?;
+        let y = linear_forward::<T>(&gpu, rx.view(OP)?, rw.view(OP)?, bias, saved.dims)?;
+        Ok(Tensor::from_gpu_op((rx.device(), &gpu), y, shape, inputs, saved))
+    })
+}
+
+/// dx (x's dtype) = dy · W; dW (f32) = dyᵀ · x and db (f32) = Σ_rows dy, each into the
+/// parameter's gradient buffer or returned.
+pub(super) fn linear_backward_on_gpu(
+    saved: &LinearBackward,
+    dy: &Tensor,
+    inputs: &[Input],
+) -> Result<Vec<Option<Tensor>>> {
+    const OP: &str = "linear backward";
+    let (x, weight) = (&saved.x, &saved.weight);
+    let (rows, k, m) = saved.dims;
+    on_gpu_dtype!(OP, gpu_dtype_of(OP, &[dy, x, weight])?, T => {
+        let (rd, rx, rw) = (dy.read_gpu(OP)?, x.read_gpu(OP)?, weight.read_gpu(OP)?);
+        let gpu = rd.gpu().clone();
+        let on = (rd.device(), &gpu);
+        let dy_view = rd.view::<T>(OP)?;
+        let mut grads = vec![None, None];
+        if inputs[0].requires_grad() {
+            let mut dx = gpu.alloc::<T>(rows * k)?;
+            gpu.gemm(&mut dx, dy_view, false, rw.view::<T>(OP)?, false, (rows, k, m), false)?;
+            grads[0] = Some(Tensor::from_gpu(on, dx, x.shape().clone()));
+        }
+        if inputs[1].requires_grad() {
+            let x_view = rx.view::<T>(OP)?;
+            let ((), dw) = weight_grad_on_gpu(OP, &inputs[1], on, |dw, accumulate| {
+                gpu.gemm(dw, dy_view, true, x_view, false, (m, k, rows), accumulate)
+            })?;
+            grads[1] = dw;
+        }
+        if let Some(b) = inputs.get(2) {
+            let db = if b.requires_grad() {
+                weight_grad_on_gpu(OP, b, on, |db, accumulate| {
+                    bias_grad(&gpu, dy_view, m, db, accumulate)
+                })?
+                .1
+            } else {
+                None
+            };
+            grads.push(db);
+        }
+        Ok(grads)
+    })
 }
 
 /// The bias gradient of a linear layer with `m` outputs: `dy` holds rows of `m`; the
 /// column sums are written to `db` (f32, length `m`), or added to it when `accumulate`
 /// is set (gradient accumulation over micro-batches).
-pub fn bias_grad<'d, T: GpuFloat>(
+pub fn bias_grad<'y, 'd, T: GpuFloat + 'y>(
     gpu: &Gpu,
-    dy: &GpuBuffer<T>,
+    dy: impl Into<GpuView<'y, T>>,
     m: usize,
     db: impl Into<GpuViewMut<'d, f32>>,
     accumulate: bool,
 ) -> Result<()> {
-    let db = db.into();
+    let (dy, db) = (dy.into(), db.into());
     if m == 0 || !dy.len().is_multiple_of(m) {
         return Err(Error::shape(
             "linear bias_grad",
@@ -136,20 +178,12 @@ mod tests {
     use half::bf16;
 
     #[test]
-    fn forward_and_backward_match_the_cpu_reference() {
+    fn forward_matches_the_cpu_reference_with_and_without_bias() {
         let (rows, k, m) = (7, 19, 13);
         let mut rng = Rng::new(11);
         let x = rng.normal_vec(rows * k, 1.0);
         let w = rng.normal_vec(m * k, 1.0);
         let b = rng.normal_vec(m, 1.0);
-        let dy = rng.normal_vec(rows * m, 1.0);
-        let cpu = |x: &[f32],
-                   w: crate::backend::cpu::WeightRows,
-                   b: Option<&[f32]>,
-                   dims: (usize, usize, usize)| {
-            let (rows, k, m) = dims;
-            super::super::cpu::linears_forward(x, &[w], &[b], &[m], (rows, k)).remove(0)
-        };
         for gpu in test_gpus() {
             let (gx, gw, gb) = (
                 gpu.upload(&x).unwrap(),
@@ -159,39 +193,17 @@ mod tests {
             for bias in [None, Some(&gb)] {
                 let y =
                     linear_forward(&gpu, &gx, &gw, bias.map(GpuView::from), (rows, k, m)).unwrap();
-                let y_ref = cpu(
+                let weights = [crate::backend::cpu::WeightRows::F32(&w)];
+                let y_ref = super::super::cpu::linears_forward(
                     &x,
-                    crate::backend::cpu::WeightRows::F32(&w),
-                    bias.map(|_| &b[..]),
-                    (rows, k, m),
-                );
+                    &weights,
+                    &[bias.map(|_| &b[..])],
+                    &[m],
+                    (rows, k),
+                )
+                .remove(0);
                 assert_close_abs(&gpu.download(&y).unwrap(), &y_ref, 1e-5);
             }
-            let mut dw = gpu.upload(&vec![1.0f32; m * k]).unwrap();
-            let mut db = gpu.upload(&vec![2.0f32; m]).unwrap();
-            let dx = linear_backward(
-                &gpu,
-                &gpu.upload(&dy).unwrap(),
-                &gx,
-                &gw,
-                (rows, k, m),
-                &mut dw,
-                Some((&mut db).into()),
-                true,
-            )
-            .unwrap();
-            let dx_ref = super::super::cpu::input_grad(&dy, &w, (rows, k, m));
-            let dw_ref: Vec<f32> = super::super::cpu::weight_grad(&dy, &x, (rows, k, m))
-                .iter()
-                .map(|g| g + 1.0)
-                .collect();
-            let db_ref: Vec<f32> = super::super::cpu::bias_grad(&dy, rows, m)
-                .iter()
-                .map(|g| g + 2.0)
-                .collect();
-            assert_close_abs(&gpu.download(&dx).unwrap(), &dx_ref, 1e-5);
-            assert_close_abs(&gpu.download(&dw).unwrap(), &dw_ref, 1e-5);
-            assert_close_abs(&gpu.download(&db).unwrap(), &db_ref, 1e-5);
         }
     }
 

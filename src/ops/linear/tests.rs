@@ -6,6 +6,7 @@ use crate::autograd::{gradcheck, GradcheckConfig};
 use crate::ops::test_util::assert_close_rel as assert_close;
 use crate::rng::Rng;
 use crate::DType;
+use crate::ops::test_util::check_bf16_against_cpu;
 
 fn random(rng: &mut Rng, dims: &[usize]) -> Tensor {
     let n = dims.iter().product();
@@ -35,16 +36,16 @@ fn forward_matches_naive_loops_with_and_without_bias() {
     let x = random(&mut rng, &[3, 37, 67]);
     let w = random(&mut rng, &[41, 67]);
     let b = random(&mut rng, &[41]);
-    let (xv, wv, bv) = (x.to_vec_f32(), w.to_vec_f32(), b.to_vec_f32());
+    let (xv, wv, bv) = (x.to_vec_f32().unwrap(), w.to_vec_f32().unwrap(), b.to_vec_f32().unwrap());
 
     let y = linear(&x, &w, Some(&b)).unwrap();
     assert_eq!(y.dims(), &[3, 37, 41]);
     let want = naive_forward(&xv, &wv, Some(&bv), 111, 67);
-    assert_close(&y.to_vec_f32(), &want, 1e-5, "y with bias");
+    assert_close(&y.to_vec_f32().unwrap(), &want, 1e-5, "y with bias");
 
     let y = linear(&x, &w, None).unwrap();
     let want = naive_forward(&xv, &wv, None, 111, 67);
-    assert_close(&y.to_vec_f32(), &want, 1e-5, "y without bias");
+    assert_close(&y.to_vec_f32().unwrap(), &want, 1e-5, "y without bias");
 }
 
 #[test]
@@ -54,27 +55,29 @@ fn forward_of_a_single_vector() {
     let b = Tensor::from_vec(vec![10.0, 20.0], [2]).unwrap();
     let y = linear(&x, &w, Some(&b)).unwrap();
     assert_eq!(y.dims(), &[2]);
-    assert_eq!(y.to_vec_f32(), vec![10.0 - 2.0, 20.0 + 3.0]);
+    assert_eq!(y.to_vec_f32().unwrap(), vec![10.0 - 2.0, 20.0 + 3.0]);
 }
 
-#[test]
-fn gradcheck_with_bias() {
-    let mut rng = Rng::new(12);
-    let inputs = [
-        random(&mut rng, &[2, 5, 13]),
-        random(&mut rng, &[11, 13]),
-        random(&mut rng, &[11]),
-    ];
-    let f = |t: &[Tensor]| linear(&t[0], &t[1], Some(&t[2]));
-    gradcheck(&inputs, f, &GradcheckConfig::default()).unwrap();
+crate::device_tests! {
+    fn gradcheck_with_bias(device: Device) {
+        let mut rng = Rng::new(12);
+        let inputs = [
+            random(&mut rng, &[2, 5, 13]),
+            random(&mut rng, &[11, 13]),
+            random(&mut rng, &[11]),
+        ];
+        let f = |t: &[Tensor]| linear(&t[0], &t[1], Some(&t[2]));
+        gradcheck(&inputs, f, &GradcheckConfig { device, ..Default::default() }).unwrap();
+    }
 }
 
-#[test]
-fn gradcheck_without_bias() {
-    let mut rng = Rng::new(13);
-    let inputs = [random(&mut rng, &[2, 5, 13]), random(&mut rng, &[11, 13])];
-    let f = |t: &[Tensor]| linear(&t[0], &t[1], None);
-    gradcheck(&inputs, f, &GradcheckConfig::default()).unwrap();
+crate::device_tests! {
+    fn gradcheck_without_bias(device: Device) {
+        let mut rng = Rng::new(13);
+        let inputs = [random(&mut rng, &[2, 5, 13]), random(&mut rng, &[11, 13])];
+        let f = |t: &[Tensor]| linear(&t[0], &t[1], None);
+        gradcheck(&inputs, f, &GradcheckConfig { device, ..Default::default() }).unwrap();
+    }
 }
 
 /// At a size where the GEMMs run in parallel and the bias sum spans several column
@@ -91,7 +94,7 @@ fn backward_matches_naive_formulas_at_a_larger_size() {
         .unwrap()
         .backward_with(dy.clone())
         .unwrap();
-    let (xv, wv, dyv) = (x.to_vec_f32(), w.to_vec_f32(), dy.to_vec_f32());
+    let (xv, wv, dyv) = (x.to_vec_f32().unwrap(), w.to_vec_f32().unwrap(), dy.to_vec_f32().unwrap());
 
     let mut dx = vec![0.0f64; rows * k];
     let mut dw = vec![0.0f64; m * k];
@@ -107,7 +110,7 @@ fn backward_matches_naive_formulas_at_a_larger_size() {
         }
     }
     let to_f32 = |v: Vec<f64>| v.into_iter().map(|a| a as f32).collect::<Vec<_>>();
-    let got = |t: &Tensor| grads.get(t).unwrap().to_vec_f32();
+    let got = |t: &Tensor| grads.get(t).unwrap().to_vec_f32().unwrap();
     assert_close(&got(&x), &to_f32(dx), 1e-4, "dx");
     assert_close(&got(&w), &to_f32(dw), 1e-4, "dW");
     assert_close(&got(&b), &to_f32(db), 1e-5, "db");
@@ -124,12 +127,12 @@ fn frozen_weight_gets_no_gradient_but_input_does() {
         .unwrap();
     assert!(grads.get(&w).is_none());
     // dx[r, i] = Σ_o W[o, i] when dy is all ones.
-    let wv = w.to_vec_f32();
+    let wv = w.to_vec_f32().unwrap();
     let col_sums: Vec<f32> = (0..7)
         .map(|i| (0..5).map(|o| wv[o * 7 + i]).sum())
         .collect();
     let want: Vec<f32> = (0..4).flat_map(|_| col_sums.clone()).collect();
-    assert_close(&grads.get(&x).unwrap().to_vec_f32(), &want, 1e-5, "dx");
+    assert_close(&grads.get(&x).unwrap().to_vec_f32().unwrap(), &want, 1e-5, "dx");
 }
 
 #[test]
@@ -181,13 +184,13 @@ fn forward_of_few_rows_matches_naive_loops() {
         let x = random(&mut rng, &[rows, k]);
         let y = linear(&x, &w, Some(&b)).unwrap();
         let want = naive_forward(
-            &x.to_vec_f32(),
-            &w.to_vec_f32(),
-            Some(&b.to_vec_f32()),
+            &x.to_vec_f32().unwrap(),
+            &w.to_vec_f32().unwrap(),
+            Some(&b.to_vec_f32().unwrap()),
             rows,
             k,
         );
-        assert_close(&y.to_vec_f32(), &want, 1e-5, &format!("{rows} rows"));
+        assert_close(&y.to_vec_f32().unwrap(), &want, 1e-5, &format!("{rows} rows"));
     }
 }
 
@@ -196,20 +199,20 @@ fn forward_of_few_rows_matches_naive_loops() {
 #[test]
 fn bf16_weight_acts_as_its_f32_widening() {
     let mut rng = Rng::new(17);
-    let w = random(&mut rng, &[33, 21]).to_dtype(DType::BF16);
-    let widened = w.to_dtype(DType::F32);
+    let w = random(&mut rng, &[33, 21]).to_dtype(DType::BF16).unwrap();
+    let widened = w.to_dtype(DType::F32).unwrap();
     let b = random(&mut rng, &[33]);
     for rows in [1, 3, 40] {
         let x = random(&mut rng, &[rows, 21]).into_param();
         let y = linear(&x, &w, Some(&b)).unwrap();
         let want = linear(&x, &widened, Some(&b)).unwrap();
-        assert_close(&y.to_vec_f32(), &want.to_vec_f32(), 1e-6, "y");
+        assert_close(&y.to_vec_f32().unwrap(), &want.to_vec_f32().unwrap(), 1e-6, "y");
         let dy = random(&mut rng, &[rows, 33]);
         let dx = y.backward_with(dy.clone()).unwrap();
         let want_dx = want.backward_with(dy).unwrap();
         assert_close(
-            &dx.get(&x).unwrap().to_vec_f32(),
-            &want_dx.get(&x).unwrap().to_vec_f32(),
+            &dx.get(&x).unwrap().to_vec_f32().unwrap(),
+            &want_dx.get(&x).unwrap().to_vec_f32().unwrap(),
             1e-6,
             "dx",
         );
@@ -241,7 +244,7 @@ fn linears_equal_separate_calls_forward_and_backward() {
     let mut rng = Rng::new(18);
     let k = 29;
     let w1 = random(&mut rng, &[40, k]).into_param();
-    let w2 = random(&mut rng, &[7, k]).to_dtype(DType::BF16);
+    let w2 = random(&mut rng, &[7, k]).to_dtype(DType::BF16).unwrap();
     let b2 = random(&mut rng, &[7]).into_param();
     for rows in [1, 6, 30] {
         let x = random(&mut rng, &[rows, k]).into_param();
@@ -251,8 +254,8 @@ fn linears_equal_separate_calls_forward_and_backward() {
             .unwrap();
         let want1 = linear(&x, &w1, None).unwrap();
         let want2 = linear(&x, &w2, Some(&b2)).unwrap();
-        assert_close(&y1.to_vec_f32(), &want1.to_vec_f32(), 1e-6, "y1");
-        assert_close(&y2.to_vec_f32(), &want2.to_vec_f32(), 1e-6, "y2");
+        assert_close(&y1.to_vec_f32().unwrap(), &want1.to_vec_f32().unwrap(), 1e-6, "y1");
+        assert_close(&y2.to_vec_f32().unwrap(), &want2.to_vec_f32().unwrap(), 1e-6, "y2");
 
         let loss = |a: &Tensor, b: &Tensor| {
             let dy1 = Tensor::from_vec(vec![0.5; rows * 40], [rows, 40]).unwrap();
@@ -270,7 +273,14 @@ fn linears_equal_separate_calls_forward_and_backward() {
             (&g2, &want_g2, &b2, "db2"),
         ] {
             let (got, want) = (got.get(t).unwrap(), want.get(t).unwrap());
-            assert_close(&got.to_vec_f32(), &want.to_vec_f32(), 1e-6, what);
+            assert_close(&got.to_vec_f32().unwrap(), &want.to_vec_f32().unwrap(), 1e-6, what);
         }
+    }
+}
+
+crate::gpu_tests! {
+    fn bf16_matches_the_f32_cpu_op_within_rounding(device: Device) {
+        let f = |t: &[Tensor]| linear(&t[0], &t[1], Some(&t[2]));
+        check_bf16_against_cpu(device, &[&[3, 37, 67], &[41, 67], &[41]], f, 2e-2);
     }
 }

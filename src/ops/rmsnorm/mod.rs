@@ -4,22 +4,33 @@
 mod cpu;
 pub mod cuda;
 
-use crate::autograd::Backward;
+use crate::autograd::{Backward, Input};
 use crate::tensor::Storage;
-use crate::{Error, Result, Tensor};
+use crate::{Device, Error, Result, Tensor};
 
 /// Normalises each row of `x` (shape `[..., D]`, rank >= 1, D > 0) by its root mean
 /// square and scales it by `weight` (shape `[D]`). Qwen2.5 uses `eps = 1e-6`.
 pub fn rmsnorm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
-    super::expect_f32("rmsnorm", &[x, weight])?;
     check_shapes(x, weight)?;
-    let (y, rstd) = cpu::rmsnorm_forward(&x.read_f32()?, &weight.read_f32()?, eps);
-    Ok(Tensor::from_op(
-        Storage::F32(y),
-        x.shape().clone(),
-        &[x, weight],
-        RmsNormBackward { rstd },
-    ))
+    match super::device_of("rmsnorm", &[x, weight])? {
+        Device::Cpu => {
+            super::expect_f32("rmsnorm", &[x, weight])?;
+            let (y, rstd) = cpu::rmsnorm_forward(&x.read_f32()?, &weight.read_f32()?, eps);
+            let rows = rstd.len();
+            let backward = RmsNormBackward {
+                x: x.clone(),
+                weight: weight.clone(),
+                rstd: Tensor::from_vec(rstd, [rows])?,
+            };
+            Ok(Tensor::from_op(
+                Storage::F32(y),
+                x.shape().clone(),
+                &[x, weight],
+                backward,
+            ))
+        }
+        _ => cuda::rmsnorm(x, weight, eps),
+    }
 }
 
 fn check_shapes(x: &Tensor, weight: &Tensor) -> Result<()> {
@@ -52,9 +63,11 @@ fn check_shapes(x: &Tensor, weight: &Tensor) -> Result<()> {
     Ok(())
 }
 
-/// Keeps the per-row `1 / rms` of the forward; x and weight come back as the inputs.
-struct RmsNormBackward {
-    rstd: Vec<f32>,
+/// Keeps x, the weight and the per-row `1 / rms` of the forward ([rows] f32).
+pub(super) struct RmsNormBackward {
+    x: Tensor,
+    weight: Tensor,
+    rstd: Tensor,
 }
 
 impl Backward for RmsNormBackward {
@@ -62,18 +75,21 @@ impl Backward for RmsNormBackward {
         "rmsnorm"
     }
 
-    fn backward(&self, inputs: &[Tensor], grad_output: &Tensor) -> Result<Vec<Option<Tensor>>> {
-        let (x, weight) = (&inputs[0], &inputs[1]);
-        let (x_data, w_data, grad) = (x.read_f32()?, weight.read_f32()?, grad_output.read_f32()?);
-        let dx = x
+    fn backward(&self, grad_output: &Tensor, inputs: &[Input]) -> Result<Vec<Option<Tensor>>> {
+        if self.x.device().is_gpu() {
+            return cuda::rmsnorm_backward_on_gpu(self, grad_output, inputs);
+        }
+        let (x, w) = (self.x.read_f32()?, self.weight.read_f32()?);
+        let (rstd, grad) = (self.rstd.read_f32()?, grad_output.read_f32()?);
+        let dx = inputs[0]
             .requires_grad()
-            .then(|| cpu::rmsnorm_input_grad(&x_data, &w_data, &self.rstd, &grad))
-            .map(|dx| Tensor::from_vec(dx, x.shape().clone()))
+            .then(|| cpu::rmsnorm_input_grad(&x, &w, &rstd, &grad))
+            .map(|dx| Tensor::from_vec(dx, self.x.shape().clone()))
             .transpose()?;
-        let dweight = weight
+        let dweight = inputs[1]
             .requires_grad()
-            .then(|| cpu::rmsnorm_weight_grad(&x_data, &self.rstd, &grad, w_data.len()))
-            .map(|dw| Tensor::from_vec(dw, weight.shape().clone()))
+            .then(|| cpu::rmsnorm_weight_grad(&x, &rstd, &grad, w.len()))
+            .map(|dw| Tensor::from_vec(dw, self.weight.shape().clone()))
             .transpose()?;
         Ok(vec![dx, dweight])
     }
@@ -85,6 +101,7 @@ mod tests {
     use crate::autograd::{gradcheck, GradcheckConfig};
     use crate::rng::Rng;
     use crate::DType;
+    use crate::ops::test_util::check_bf16_against_cpu;
 
     fn assert_close(got: &[f32], want: &[f32], rtol: f32, atol: f32) {
         assert_eq!(got.len(), want.len());
@@ -123,7 +140,7 @@ mod tests {
             0.26864812, -0.82086927, -0.59699583, 0.14924896, -0.52237135, 0.89549375, -0.44774687,
             0.44603518, -1.0903083, -0.12389866, 0.0, 0.37169597, -0.743392, -1.2389866,
         ];
-        assert_close(&y.to_vec_f32(), &torch_y, 1e-6, 0.0);
+        assert_close(&y.to_vec_f32().unwrap(), &torch_y, 1e-6, 0.0);
 
         let upstream = vec![
             0.3, -0.7, 1.2, 0.4, -0.1, 0.8, -0.6, //
@@ -141,9 +158,9 @@ mod tests {
         let torch_dweight = [
             0.58514404, 0.026776701, 1.3708407, 0.029849792, -2.0212271, 0.105900675, -0.020850822,
         ];
-        assert_close(&grads.get(&x).unwrap().to_vec_f32(), &torch_dx, 1e-6, 0.0);
+        assert_close(&grads.get(&x).unwrap().to_vec_f32().unwrap(), &torch_dx, 1e-6, 0.0);
         assert_close(
-            &grads.get(&weight).unwrap().to_vec_f32(),
+            &grads.get(&weight).unwrap().to_vec_f32().unwrap(),
             &torch_dweight,
             1e-6,
             0.0,
@@ -172,20 +189,21 @@ mod tests {
                     .map(|(&v, &w)| (w as f64 * v as f64 / scale) as f32),
             );
         }
-        assert_close(&y.to_vec_f32(), &want, 1e-6, 1e-7);
+        assert_close(&y.to_vec_f32().unwrap(), &want, 1e-6, 1e-7);
     }
 
-    #[test]
-    fn gradcheck_rank_3_with_non_unit_weight() {
-        let mut rng = Rng::new(3);
-        let x = Tensor::from_vec(rng.normal_vec(3 * 5 * 37, 1.0), [3, 5, 37]).unwrap();
-        let weight = Tensor::from_vec(rng.uniform_vec(37, -2.0, 2.0), [37]).unwrap();
-        gradcheck(
-            &[x, weight],
-            |t| rmsnorm(&t[0], &t[1], 1e-6),
-            &GradcheckConfig::default(),
-        )
-        .unwrap();
+    crate::device_tests! {
+        fn gradcheck_rank_3_with_non_unit_weight(device: Device) {
+            let mut rng = Rng::new(3);
+            let x = Tensor::from_vec(rng.normal_vec(3 * 5 * 37, 1.0), [3, 5, 37]).unwrap();
+            let weight = Tensor::from_vec(rng.uniform_vec(37, -2.0, 2.0), [37]).unwrap();
+            gradcheck(
+                &[x, weight],
+                |t| rmsnorm(&t[0], &t[1], 1e-6),
+                &GradcheckConfig { device, ..Default::default() },
+            )
+            .unwrap();
+        }
     }
 
     #[test]
@@ -204,8 +222,8 @@ mod tests {
             .unwrap();
         assert!(w_only.get(&x).is_none());
         assert_eq!(
-            w_only.get(&w_param).unwrap().to_vec_f32(),
-            both.get(&w_param).unwrap().to_vec_f32()
+            w_only.get(&w_param).unwrap().to_vec_f32().unwrap(),
+            both.get(&w_param).unwrap().to_vec_f32().unwrap()
         );
     }
 
@@ -230,7 +248,7 @@ mod tests {
                     .unwrap()
                     .backward_with(upstream.clone())
                     .unwrap();
-                grads.get(&weight).unwrap().to_vec_f32()
+                grads.get(&weight).unwrap().to_vec_f32().unwrap()
             })
         };
         assert_eq!(weight_grad_with_threads(1), weight_grad_with_threads(3));
@@ -281,5 +299,12 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    crate::gpu_tests! {
+        fn bf16_matches_the_f32_cpu_op_within_rounding(device: Device) {
+            let f = |t: &[Tensor]| rmsnorm(&t[0], &t[1], 1e-6);
+            check_bf16_against_cpu(device, &[&[37, 150], &[150]], f, 2e-2);
+        }
     }
 }

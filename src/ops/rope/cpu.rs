@@ -15,6 +15,8 @@ pub struct RopeTable {
     cos: Vec<f32>,
     sin: Vec<f32>,
     row_of_token: Vec<usize>,
+    /// The table's copy on each GPU it was used on, made once for every layer.
+    pub(super) on_devices: super::cuda::DeviceTables,
 }
 
 impl RopeTable {
@@ -59,6 +61,7 @@ impl RopeTable {
             cos,
             sin,
             row_of_token,
+            on_devices: Default::default(),
         }
     }
 }

@@ -1,9 +1,12 @@
 //! Launcher of kernels/rope.cu: q and k rotated in place in one launch, by the cos/sin
 //! of a [`RopeTable`] built on the host (bit-identical factors to the CPU reference).
 
-use super::RopeTable;
-use crate::backend::cuda::{expect_len, Gpu, GpuBuffer, GpuFloat, KernelArg, LaunchConfig};
-use crate::{Error, Result};
+use std::sync::{Arc, Mutex};
+
+use super::{RopeBackward, RopeTable};
+use crate::backend::cuda::{expect_len, Gpu, GpuBuffer, GpuFloat, GpuView, KernelArg, LaunchConfig};
+use crate::ops::{gpu_dtype_of, on_gpu_dtype};
+use crate::{Device, Error, Result, Tensor};
 
 const THREADS: u32 = 256;
 /// Enough blocks to fill any current GPU several times; the kernel strides over the rest.
@@ -35,39 +38,81 @@ impl DeviceRopeTable {
     }
 }
 
-/// Rotates q ([tokens, q_heads, D]) and k ([tokens, kv_heads, D]) in place; `inverse`
-/// rotates back (the backward: applied to the gradients of the rotated q and k).
-pub fn rope_in_place<T: GpuFloat>(
+/// A host table's copies on devices, uploaded on first use on each.
+#[derive(Default)]
+pub struct DeviceTables(Mutex<Vec<(Device, Arc<DeviceRopeTable>)>>);
+
+impl DeviceTables {
+    fn get(&self, device: Device, gpu: &Gpu, table: &RopeTable) -> Result<Arc<DeviceRopeTable>> {
+        let mut tables = self.0.lock().expect("the table cache lock is never poisoned");
+        if let Some((_, t)) = tables.iter().find(|(d, _)| *d == device) {
+            return Ok(t.clone());
+        }
+        let made = Arc::new(DeviceRopeTable::new(gpu, table)?);
+        tables.push((device, made.clone()));
+        Ok(made)
+    }
+}
+
+/// `x` ([tokens, heads, D]) rotated by the table's angles, in a new buffer; `inverse`
+/// rotates back (the backward: applied to the gradient of the rotated tensor).
+pub fn rope_rotate<'x, T: GpuFloat + 'x>(
     gpu: &Gpu,
-    (q, k): (&mut GpuBuffer<T>, &mut GpuBuffer<T>),
-    (q_heads, kv_heads): (usize, usize),
+    x: impl Into<GpuView<'x, T>>,
+    heads: usize,
     table: &DeviceRopeTable,
     inverse: bool,
-) -> Result<()> {
+) -> Result<GpuBuffer<T>> {
+    let x = x.into();
     let head_dim = 2 * table.half;
-    expect_len("rope", "q", q, table.tokens * q_heads * head_dim)?;
-    expect_len("rope", "k", k, table.tokens * kv_heads * head_dim)?;
-    let pairs = table.tokens * (q_heads + kv_heads) * table.half;
+    expect_len("rope", "x", &x, table.tokens * heads * head_dim)?;
+    let mut y = gpu.alloc::<T>(x.len())?;
+    let pairs = table.tokens * heads * table.half;
     if pairs == 0 {
-        return Ok(());
+        return Ok(y);
     }
     let args = [
-        KernelArg::output(q),
-        KernelArg::output(k),
+        KernelArg::output(&mut y),
+        KernelArg::input(x),
         KernelArg::input(&table.cos),
         KernelArg::input(&table.sin),
         KernelArg::input(&table.row_of_token),
         KernelArg::int(table.tokens)?,
-        KernelArg::int(q_heads)?,
-        KernelArg::int(kv_heads)?,
+        KernelArg::int(heads)?,
         KernelArg::int(table.half)?,
     ];
     let blocks = pairs.div_ceil(THREADS as usize).min(MAX_BLOCKS) as u32;
     let direction = if inverse { "backward" } else { "forward" };
     let name = format!("rope_{direction}_{}", T::SUFFIX);
-    // SAFETY: q and k hold tokens rows of their heads (checked); the table's rows index
+    // SAFETY: x and y hold tokens rows of `heads` heads (checked); the table's rows index
     // its cos/sin, made for these tokens.
-    unsafe { gpu.launch(&name, LaunchConfig::linear(blocks, THREADS, 0), &args) }
+    unsafe { gpu.launch(&name, LaunchConfig::linear(blocks, THREADS, 0), &args)? };
+    Ok(y)
+}
+
+/// [`super::rope_with_table`] of a GPU tensor.
+pub(super) fn rope(x: &Tensor, saved: RopeBackward) -> Result<Tensor> {
+    const OP: &str = "rope";
+    on_gpu_dtype!(OP, gpu_dtype_of(OP, &[x])?, T => {
+        let rx = x.read_gpu(OP)?;
+        let gpu = rx.gpu().clone();
+        let table = saved.table.on_devices.get(rx.device(), &gpu, &saved.table)?;
+        let y = rope_rotate::<T>(&gpu, rx.view(OP)?, saved.heads, &table, false)?;
+        let on = (rx.device(), &gpu);
+        Ok(Tensor::from_gpu_op(on, y, x.shape().clone(), &[x], saved))
+    })
+}
+
+/// The backward of [`rope`]: the gradient rotated back.
+pub(super) fn rope_backward(saved: &RopeBackward, grad: &Tensor) -> Result<Tensor> {
+    const OP: &str = "rope backward";
+    on_gpu_dtype!(OP, gpu_dtype_of(OP, &[grad])?, T => {
+        let rg = grad.read_gpu(OP)?;
+        let gpu = rg.gpu().clone();
+        let table = saved.table.on_devices.get(rg.device(), &gpu, &saved.table)?;
+        let dx = rope_rotate::<T>(&gpu, rg.view(OP)?, saved.heads, &table, true)?;
+        Ok(Tensor::from_gpu((rg.device(), &gpu), dx, grad.shape().clone()))
+    })
 }
 
 #[cfg(test)]
@@ -79,30 +124,20 @@ mod tests {
     use crate::rng::Rng;
 
     #[test]
-    fn rotations_match_the_cpu_reference_for_q_and_k_together() {
-        let (tokens, q_heads, kv_heads, head_dim) = (11, 6, 2, 10);
+    fn rotations_match_the_cpu_reference() {
+        let (tokens, heads, head_dim) = (11, 6, 10);
         // Repeated positions (packed sequences restart at 0) and large ones.
         let positions: Vec<u32> = vec![0, 1, 2, 0, 1, 2, 3, 4, 900, 901, 32767];
         let table = RopeTable::new(&positions, head_dim, 1e6);
         let mut rng = Rng::new(12);
-        let q = rng.normal_vec(tokens * q_heads * head_dim, 1.0);
-        let k = rng.normal_vec(tokens * kv_heads * head_dim, 1.0);
+        let x = rng.normal_vec(tokens * heads * head_dim, 1.0);
         for gpu in test_gpus() {
             let device_table = DeviceRopeTable::new(&gpu, &table).unwrap();
             for (inverse, rotation) in [(false, Rotation::Forward), (true, Rotation::Inverse)] {
-                let (mut gq, mut gk) = (gpu.upload(&q).unwrap(), gpu.upload(&k).unwrap());
-                rope_in_place(
-                    &gpu,
-                    (&mut gq, &mut gk),
-                    (q_heads, kv_heads),
-                    &device_table,
-                    inverse,
-                )
-                .unwrap();
-                let q_ref = rotate(&q, &table, q_heads, rotation);
-                let k_ref = rotate(&k, &table, kv_heads, rotation);
-                assert_close_abs(&gpu.download(&gq).unwrap(), &q_ref, 1e-6);
-                assert_close_abs(&gpu.download(&gk).unwrap(), &k_ref, 1e-6);
+                let gx = gpu.upload(&x).unwrap();
+                let y = rope_rotate(&gpu, &gx, heads, &device_table, inverse).unwrap();
+                let want = rotate(&x, &table, heads, rotation);
+                assert_close_abs(&gpu.download(&y).unwrap(), &want, 1e-6);
             }
         }
     }
@@ -112,23 +147,17 @@ mod tests {
         let positions: Vec<u32> = (0..7).collect();
         let table = RopeTable::new(&positions, 8, 10_000.0);
         let mut rng = Rng::new(13);
-        let q: Vec<half::bf16> = rng
+        let x: Vec<half::bf16> = rng
             .normal_vec(7 * 3 * 8, 1.0)
             .into_iter()
             .map(half::bf16::from_f32)
             .collect();
-        let k: Vec<half::bf16> = rng
-            .normal_vec(7 * 8, 1.0)
-            .into_iter()
-            .map(half::bf16::from_f32)
-            .collect();
-        let wide: Vec<f32> = q.iter().map(|h| h.to_f32()).collect();
-        let q_ref = rotate(&wide, &table, 3, Rotation::Forward);
+        let wide: Vec<f32> = x.iter().map(|h| h.to_f32()).collect();
+        let want = rotate(&wide, &table, 3, Rotation::Forward);
         for gpu in test_gpus() {
             let device_table = DeviceRopeTable::new(&gpu, &table).unwrap();
-            let (mut gq, mut gk) = (gpu.upload(&q).unwrap(), gpu.upload(&k).unwrap());
-            rope_in_place(&gpu, (&mut gq, &mut gk), (3, 1), &device_table, false).unwrap();
-            for (a, b) in gpu.download(&gq).unwrap().iter().zip(&q_ref) {
+            let y = rope_rotate(&gpu, &gpu.upload(&x).unwrap(), 3, &device_table, false).unwrap();
+            for (a, b) in gpu.download(&y).unwrap().iter().zip(&want) {
                 assert!(
                     (a.to_f32() - b).abs() <= 4e-3 * b.abs() + 1e-6,
                     "{a} vs {b}"

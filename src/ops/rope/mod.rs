@@ -9,7 +9,7 @@ use std::sync::Arc;
 pub use cpu::RopeTable;
 use cpu::Rotation;
 
-use crate::autograd::Backward;
+use crate::autograd::{Backward, Input};
 use crate::tensor::Storage;
 use crate::{Error, Result, Tensor};
 
@@ -50,17 +50,21 @@ pub fn rope_table(positions: &[u32], head_dim: usize, theta: f32) -> Result<Arc<
 
 /// [`rope`] with a table from [`rope_table`], whose positions and head dim must be x's.
 pub fn rope_with_table(x: &Tensor, table: &Arc<RopeTable>) -> Result<Tensor> {
-    super::expect_f32("rope", &[x])?;
     let heads = check_shapes(x, table)?;
+    let backward = RopeBackward {
+        table: Arc::clone(table),
+        heads,
+    };
+    if x.device().is_gpu() {
+        return cuda::rope(x, backward);
+    }
+    super::expect_f32("rope", &[x])?;
     let out = cpu::rotate(&x.read_f32()?, table, heads, Rotation::Forward);
     Ok(Tensor::from_op(
         Storage::F32(out),
         x.shape().clone(),
         &[x],
-        RopeBackward {
-            table: Arc::clone(table),
-            heads,
-        },
+        backward,
     ))
 }
 
@@ -106,7 +110,7 @@ fn check_shapes(x: &Tensor, table: &RopeTable) -> Result<usize> {
 }
 
 /// The rotation is orthogonal, so its backward is the inverse rotation of the gradient.
-struct RopeBackward {
+pub(super) struct RopeBackward {
     table: Arc<RopeTable>,
     heads: usize,
 }
@@ -116,7 +120,10 @@ impl Backward for RopeBackward {
         "rope"
     }
 
-    fn backward(&self, _inputs: &[Tensor], grad_output: &Tensor) -> Result<Vec<Option<Tensor>>> {
+    fn backward(&self, grad_output: &Tensor, _: &[Input]) -> Result<Vec<Option<Tensor>>> {
+        if grad_output.device().is_gpu() {
+            return Ok(vec![Some(cuda::rope_backward(self, grad_output)?)]);
+        }
         let grad = cpu::rotate(
             &grad_output.read_f32()?,
             &self.table,

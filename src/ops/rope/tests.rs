@@ -4,6 +4,7 @@ use super::*;
 use crate::autograd::{gradcheck, GradcheckConfig};
 use crate::ops::test_util::assert_close_abs as assert_close;
 use crate::rng::Rng;
+use crate::ops::test_util::check_bf16_against_cpu;
 
 /// The deterministic input the reference values were computed from (in Python:
 /// `(((arange(n) * 37) % 23).float() - 11) / 7`).
@@ -30,7 +31,7 @@ fn matches_transformers_on_small_heads() {
     ];
     let x = Tensor::from_vec(pattern(64), [4, 2, 8]).unwrap();
     let out = rope(&x, &[3, 0, 1, 700], 1e4).unwrap();
-    assert_close(&out.to_vec_f32(), &want, 1e-6);
+    assert_close(&out.to_vec_f32().unwrap(), &want, 1e-6);
 }
 
 #[test]
@@ -46,29 +47,31 @@ fn matches_transformers_at_qwen_head_dim_and_large_positions() {
         [-1.5145569, 0.29800314, 1.0586655, -0.15877828, -0.99824876, -0.110633254, -0.115043335, -0.6964148, -1.1443872],
     ];
     let x = Tensor::from_vec(pattern(384), [3, 1, 128]).unwrap();
-    let out = rope(&x, &[4095, 0, 1234], 1e6).unwrap().to_vec_f32();
+    let out = rope(&x, &[4095, 0, 1234], 1e6).unwrap().to_vec_f32().unwrap();
     for (token, want_token) in want.iter().enumerate() {
         let got: Vec<f32> = SELECTED.iter().map(|&i| out[token * 128 + i]).collect();
         assert_close(&got, want_token, 1e-6);
     }
 }
 
-#[test]
-fn gradcheck_with_positions_restarting_at_zero() {
-    let mut rng = Rng::new(7);
-    let x = Tensor::from_vec(rng.normal_vec(5 * 3 * 10, 1.0), [5, 3, 10]).unwrap();
-    let positions = [5, 6, 0, 1, 2];
-    let f = |t: &[Tensor]| rope(&t[0], &positions, 1e4);
-    gradcheck(&[x], f, &GradcheckConfig::default()).unwrap();
+crate::device_tests! {
+    fn gradcheck_with_positions_restarting_at_zero(device: Device) {
+        let mut rng = Rng::new(7);
+        let x = Tensor::from_vec(rng.normal_vec(5 * 3 * 10, 1.0), [5, 3, 10]).unwrap();
+        let positions = [5, 6, 0, 1, 2];
+        let f = |t: &[Tensor]| rope(&t[0], &positions, 1e4);
+        gradcheck(&[x], f, &GradcheckConfig { device, ..Default::default() }).unwrap();
+    }
 }
 
-#[test]
-fn gradcheck_with_several_leading_dims() {
-    let mut rng = Rng::new(8);
-    let x = Tensor::from_vec(rng.normal_vec(2 * 3 * 3 * 6, 1.0), [2, 3, 3, 6]).unwrap();
-    let positions = [2, 0, 1, 0, 1, 2];
-    let f = |t: &[Tensor]| rope(&t[0], &positions, 10.0);
-    gradcheck(&[x], f, &GradcheckConfig::default()).unwrap();
+crate::device_tests! {
+    fn gradcheck_with_several_leading_dims(device: Device) {
+        let mut rng = Rng::new(8);
+        let x = Tensor::from_vec(rng.normal_vec(2 * 3 * 3 * 6, 1.0), [2, 3, 3, 6]).unwrap();
+        let positions = [2, 0, 1, 0, 1, 2];
+        let f = |t: &[Tensor]| rope(&t[0], &positions, 10.0);
+        gradcheck(&[x], f, &GradcheckConfig { device, ..Default::default() }).unwrap();
+    }
 }
 
 #[test]
@@ -76,7 +79,7 @@ fn rotation_depends_only_on_the_tokens_own_position() {
     // The same vector at the same position rotates the same way wherever it sits.
     let row = pattern(2 * 6);
     let x = Tensor::from_vec([row.clone(), row.clone(), row].concat(), [3, 2, 6]).unwrap();
-    let out = rope(&x, &[9, 0, 9], 1e4).unwrap().to_vec_f32();
+    let out = rope(&x, &[9, 0, 9], 1e4).unwrap().to_vec_f32().unwrap();
     assert_eq!(out[..12], out[24..]);
     assert_eq!(out[12..24], pattern(12)[..], "position 0 is the identity");
     assert_ne!(out[..12], out[12..24]);
@@ -98,4 +101,12 @@ fn shape_errors_name_the_problem() {
     assert!(e.contains("2 tokens") && e.contains("3 positions"), "{e}");
     let e = err(Tensor::zeros([2, 3, 4], crate::DType::F32), &[0, 1], 0.0);
     assert!(e.contains("theta"), "{e}");
+}
+
+crate::gpu_tests! {
+    fn bf16_matches_the_f32_cpu_op_within_rounding(device: Device) {
+        let positions = [0, 1, 2, 0, 1, 900, 901];
+        let f = |t: &[Tensor]| rope(&t[0], &positions, 1e6);
+        check_bf16_against_cpu(device, &[&[7, 3, 64]], f, 2e-2);
+    }
 }

@@ -1,20 +1,24 @@
 //! Launchers of kernels/swiglu.cu: `y = silu(gate) * up` and its backward, both
 //! gradients in one pass that recomputes sigmoid(gate) (nothing saved by the forward).
 
-use crate::backend::cuda::{expect_len, Gpu, GpuBuffer, GpuFloat, KernelArg, LaunchConfig};
-use crate::Result;
+use super::SwigluBackward;
+use crate::autograd::Input;
+use crate::backend::cuda::{expect_len, Gpu, GpuBuffer, GpuFloat, GpuView, KernelArg, LaunchConfig};
+use crate::ops::{gpu_dtype_of, on_gpu_dtype};
+use crate::{Result, Tensor};
 
 /// Elements a thread handles per iteration of the kernels' pack loop (16 bytes of bf16).
 const PER_THREAD: usize = 8;
 
 /// `silu(gate) * up`, elementwise.
-pub fn swiglu_forward<T: GpuFloat>(
+pub fn swiglu_forward<'g, 'u, T: GpuFloat + 'g + 'u>(
     gpu: &Gpu,
-    gate: &GpuBuffer<T>,
-    up: &GpuBuffer<T>,
+    gate: impl Into<GpuView<'g, T>>,
+    up: impl Into<GpuView<'u, T>>,
 ) -> Result<GpuBuffer<T>> {
+    let (gate, up) = (gate.into(), up.into());
     let n = gate.len();
-    expect_len("swiglu", "up", up, n)?;
+    expect_len("swiglu", "up", &up, n)?;
     let mut y = gpu.alloc::<T>(n)?;
     let args = [
         KernelArg::output(&mut y),
@@ -29,15 +33,16 @@ pub fn swiglu_forward<T: GpuFloat>(
 }
 
 /// `(d_gate, d_up)` for the output gradient `grad`.
-pub fn swiglu_backward<T: GpuFloat>(
+pub fn swiglu_backward<'d, 'g, 'u, T: GpuFloat + 'd + 'g + 'u>(
     gpu: &Gpu,
-    grad: &GpuBuffer<T>,
-    gate: &GpuBuffer<T>,
-    up: &GpuBuffer<T>,
+    grad: impl Into<GpuView<'d, T>>,
+    gate: impl Into<GpuView<'g, T>>,
+    up: impl Into<GpuView<'u, T>>,
 ) -> Result<(GpuBuffer<T>, GpuBuffer<T>)> {
+    let (grad, gate, up) = (grad.into(), gate.into(), up.into());
     let n = gate.len();
-    expect_len("swiglu_backward", "up", up, n)?;
-    expect_len("swiglu_backward", "the output gradient", grad, n)?;
+    expect_len("swiglu_backward", "up", &up, n)?;
+    expect_len("swiglu_backward", "the output gradient", &grad, n)?;
     let mut d_gate = gpu.alloc::<T>(n)?;
     let mut d_up = gpu.alloc::<T>(n)?;
     let args = [
@@ -52,6 +57,39 @@ pub fn swiglu_backward<T: GpuFloat>(
     // SAFETY: the arguments match swiglu_backward_<T>'s parameters; every buffer holds n.
     unsafe { gpu.launch(&format!("swiglu_backward_{}", T::SUFFIX), cfg, &args)? };
     Ok((d_gate, d_up))
+}
+
+/// [`super::swiglu`] of the GPU tensors `saved` holds.
+pub(super) fn swiglu(saved: SwigluBackward) -> Result<Tensor> {
+    const OP: &str = "swiglu";
+    let (gate, up) = (saved.gate.clone(), saved.up.clone());
+    on_gpu_dtype!(OP, gpu_dtype_of(OP, &[&gate, &up])?, T => {
+        let (rg, ru) = (gate.read_gpu(OP)?, up.read_gpu(OP)?);
+        let gpu = rg.gpu().clone();
+        let y = swiglu_forward::<T>(&gpu, rg.view(OP)?, ru.view(OP)?)?;
+        let on = (rg.device(), &gpu);
+        Ok(Tensor::from_gpu_op(on, y, gate.shape().clone(), &[&gate, &up], saved))
+    })
+}
+
+pub(super) fn swiglu_backward_on_gpu(
+    saved: &SwigluBackward,
+    grad: &Tensor,
+    inputs: &[Input],
+) -> Result<Vec<Option<Tensor>>> {
+    const OP: &str = "swiglu backward";
+    let (gate, up) = (&saved.gate, &saved.up);
+    on_gpu_dtype!(OP, gpu_dtype_of(OP, &[grad, gate, up])?, T => {
+        let (rd, rg, ru) = (grad.read_gpu(OP)?, gate.read_gpu(OP)?, up.read_gpu(OP)?);
+        let gpu = rg.gpu().clone();
+        let on = (rg.device(), &gpu);
+        let (dg, du) = swiglu_backward::<T>(&gpu, rd.view(OP)?, rg.view(OP)?, ru.view(OP)?)?;
+        let shape = gate.shape();
+        Ok(vec![
+            inputs[0].requires_grad().then(|| Tensor::from_gpu(on, dg, shape.clone())),
+            inputs[1].requires_grad().then(|| Tensor::from_gpu(on, du, shape.clone())),
+        ])
+    })
 }
 
 #[cfg(test)]

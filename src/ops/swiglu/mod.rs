@@ -4,13 +4,12 @@
 mod cpu;
 pub mod cuda;
 
-use crate::autograd::Backward;
+use crate::autograd::{Backward, Input};
 use crate::tensor::Storage;
-use crate::{Error, Result, Tensor};
+use crate::{Device, Error, Result, Tensor};
 
 /// `silu(gate) * up`, elementwise; `gate` and `up` have the same shape.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    super::expect_f32("swiglu", &[gate, up])?;
     if gate.shape() != up.shape() {
         return Err(Error::shape(
             "swiglu",
@@ -21,36 +20,56 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
             ),
         ));
     }
-    let out = cpu::swiglu_forward(&gate.read_f32()?, &up.read_f32()?);
-    Ok(Tensor::from_op(
-        Storage::F32(out),
-        gate.shape().clone(),
-        &[gate, up],
-        SwigluBackward,
-    ))
+    let backward = SwigluBackward {
+        gate: gate.clone(),
+        up: up.clone(),
+    };
+    match super::device_of("swiglu", &[gate, up])? {
+        Device::Cpu => {
+            super::expect_f32("swiglu", &[gate, up])?;
+            let out = cpu::swiglu_forward(&gate.read_f32()?, &up.read_f32()?);
+            Ok(Tensor::from_op(
+                Storage::F32(out),
+                gate.shape().clone(),
+                &[gate, up],
+                backward,
+            ))
+        }
+        _ => cuda::swiglu(backward),
+    }
 }
 
-/// Saves nothing: sigmoid(gate) is recomputed from the inputs rather than kept as a
-/// second activation-sized tensor.
-struct SwigluBackward;
+/// Keeps the inputs only: sigmoid(gate) is recomputed rather than kept as a second
+/// activation-sized tensor.
+pub(super) struct SwigluBackward {
+    gate: Tensor,
+    up: Tensor,
+}
 
 impl Backward for SwigluBackward {
     fn name(&self) -> &'static str {
         "swiglu"
     }
 
-    fn backward(&self, inputs: &[Tensor], grad_output: &Tensor) -> Result<Vec<Option<Tensor>>> {
-        let (gate, up) = (&inputs[0], &inputs[1]);
-        let (g, u, grad) = (gate.read_f32()?, up.read_f32()?, grad_output.read_f32()?);
-        let dgate = gate
+    fn backward(&self, grad_output: &Tensor, inputs: &[Input]) -> Result<Vec<Option<Tensor>>> {
+        if self.gate.device().is_gpu() {
+            return cuda::swiglu_backward_on_gpu(self, grad_output, inputs);
+        }
+        let (g, u, grad) = (
+            self.gate.read_f32()?,
+            self.up.read_f32()?,
+            grad_output.read_f32()?,
+        );
+        let shape = self.gate.shape();
+        let dgate = inputs[0]
             .requires_grad()
             .then(|| cpu::swiglu_gate_grad(&g, &u, &grad))
-            .map(|d| Tensor::from_vec(d, gate.shape().clone()))
+            .map(|d| Tensor::from_vec(d, shape.clone()))
             .transpose()?;
-        let dup = up
+        let dup = inputs[1]
             .requires_grad()
             .then(|| cpu::swiglu_up_grad(&g, &grad))
-            .map(|d| Tensor::from_vec(d, up.shape().clone()))
+            .map(|d| Tensor::from_vec(d, shape.clone()))
             .transpose()?;
         Ok(vec![dgate, dup])
     }
@@ -62,6 +81,7 @@ mod tests {
     use crate::autograd::{gradcheck, GradcheckConfig};
     use crate::rng::Rng;
     use crate::DType;
+    use crate::ops::test_util::check_bf16_against_cpu;
 
     #[test]
     fn forward_matches_direct_computation() {
@@ -72,7 +92,7 @@ mod tests {
         let up = Tensor::from_vec(u.clone(), [7, 19]).unwrap();
         let got = swiglu(&gate, &up).unwrap();
         assert_eq!(got.dims(), &[7, 19]);
-        for (i, (out, (&g, &u))) in got.to_vec_f32().iter().zip(g.iter().zip(&u)).enumerate() {
+        for (i, (out, (&g, &u))) in got.to_vec_f32().unwrap().iter().zip(g.iter().zip(&u)).enumerate() {
             // g / (1 + e^-g) in f64: a different formulation from the op's.
             let want = (g as f64 / (1.0 + (-g as f64).exp()) * u as f64) as f32;
             assert!(
@@ -92,9 +112,9 @@ mod tests {
             .backward_with(Tensor::from_vec(vec![1.0; 6], [6]).unwrap())
             .unwrap();
         let (y, dgate, dup) = (
-            out.to_vec_f32(),
-            grads.get(&gate).unwrap().to_vec_f32(),
-            grads.get(&up).unwrap().to_vec_f32(),
+            out.to_vec_f32().unwrap(),
+            grads.get(&gate).unwrap().to_vec_f32().unwrap(),
+            grads.get(&up).unwrap().to_vec_f32().unwrap(),
         );
         for i in 0..6 {
             let (y, dg, du) = (y[i], dgate[i], dup[i]);
@@ -113,17 +133,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn gradcheck_odd_shape() {
-        let mut rng = Rng::new(9);
-        let gate = Tensor::from_vec(rng.normal_vec(7 * 19, 2.0), [7, 19]).unwrap();
-        let up = Tensor::from_vec(rng.normal_vec(7 * 19, 1.0), [7, 19]).unwrap();
-        gradcheck(
-            &[gate, up],
-            |t| swiglu(&t[0], &t[1]),
-            &GradcheckConfig::default(),
-        )
-        .unwrap();
+    crate::device_tests! {
+        fn gradcheck_odd_shape(device: Device) {
+            let mut rng = Rng::new(9);
+            let gate = Tensor::from_vec(rng.normal_vec(7 * 19, 2.0), [7, 19]).unwrap();
+            let up = Tensor::from_vec(rng.normal_vec(7 * 19, 1.0), [7, 19]).unwrap();
+            gradcheck(
+                &[gate, up],
+                |t| swiglu(&t[0], &t[1]),
+                &GradcheckConfig { device, ..Default::default() },
+            )
+            .unwrap();
+        }
     }
 
     #[test]
@@ -153,5 +174,12 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    crate::gpu_tests! {
+        fn bf16_matches_the_f32_cpu_op_within_rounding(device: Device) {
+            let f = |t: &[Tensor]| swiglu(&t[0], &t[1]);
+            check_bf16_against_cpu(device, &[&[7, 1003], &[7, 1003]], f, 2e-2);
+        }
     }
 }
