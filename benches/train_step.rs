@@ -10,9 +10,10 @@ use std::time::Duration;
 mod common;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use scotd::model::{Batch, Model};
-use scotd::ops::Reduction;
-use scotd::optim::{clip_grad_norm, default_decay, AdamW, AdamWConfig};
+use scotd::model::{Batch, Model, ParamStore};
+use scotd::optim::{AdamW, AdamWConfig};
+use scotd::train::train_step;
+use scotd::{DType, Device};
 
 const ROWS: usize = 4;
 const SEQ: usize = 256;
@@ -20,8 +21,8 @@ const SEQ: usize = 256;
 fn bench_train_step(c: &mut Criterion) {
     let model =
         Model::load(&common::real_model_dir("smollm2-135m-instruct")).expect("load SmolLM2");
-    let params = model.parameters();
-    let mut optimizer = AdamW::new(&params, AdamWConfig::default(), default_decay);
+    let store = ParamStore::new(&model, Device::Cpu, DType::F32).expect("parameter store");
+    let mut optimizer = AdamW::new(&store.flat, AdamWConfig::default()).expect("AdamW");
     let ids: Vec<u32> = (0..ROWS * SEQ)
         .map(|i| (1000 + (i * 7919) % 30_000) as u32)
         .collect();
@@ -34,7 +35,7 @@ fn bench_train_step(c: &mut Criterion) {
             }
         })
         .collect();
-    let batch = Batch::new(ids, ROWS, SEQ).unwrap();
+    let micro_batches = [(Batch::new(ids, ROWS, SEQ).unwrap(), targets)];
 
     let mut group = c.benchmark_group("smollm2_135m");
     group
@@ -43,10 +44,7 @@ fn bench_train_step(c: &mut Criterion) {
     group.throughput(Throughput::Elements((ROWS * SEQ) as u64));
     group.bench_function("train_step_adamw_4x256", |b| {
         b.iter(|| {
-            let loss = model.loss(&batch, &targets, Reduction::Mean).unwrap();
-            let mut grads = loss.backward().unwrap();
-            clip_grad_norm(&params, &mut grads, 1.0).unwrap();
-            optimizer.step(&params, &grads, 1e-5).unwrap();
+            train_step((&store, &mut optimizer), &micro_batches, 1e-5, 1.0, false).unwrap();
         })
     });
     group.finish();

@@ -153,8 +153,16 @@ fn bf16_reloads_with_rounded_weights_and_close_logits() {
         save_checkpoint(&model, None, &dir, DType::BF16).unwrap();
         let reloaded = Model::load(&dir).unwrap();
         for ((name, ours), (_, back)) in model.parameters().iter().zip(reloaded.parameters()) {
-            let rounded = ours.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
-            assert_eq!(back.to_vec_f32().unwrap(), rounded.to_vec_f32().unwrap(), "{name}");
+            let rounded = ours
+                .to_dtype(DType::BF16)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap();
+            assert_eq!(
+                back.to_vec_f32().unwrap(),
+                rounded.to_vec_f32().unwrap(),
+                "{name}"
+            );
         }
         let (want, got) = (last_logits(&model), last_logits(&reloaded));
         let relative = max_abs_diff(&want, &got) / max_abs(&want);

@@ -31,7 +31,8 @@ fn full_logits(model: &Model, ids: &[u32]) -> Vec<f32> {
     model
         .forward(&Batch::new(ids.to_vec(), 1, ids.len()).unwrap())
         .unwrap()
-        .to_vec_f32().unwrap()
+        .to_vec_f32()
+        .unwrap()
 }
 
 fn assert_close(a: &[f32], b: &[f32], what: &str) {
@@ -64,7 +65,8 @@ fn cached_prefill_and_decode_match_the_full_forward() {
         let logits = model
             .forward_step(&[chunk_a, chunk_b], &mut caches)
             .unwrap()
-            .to_vec_f32().unwrap();
+            .to_vec_f32()
+            .unwrap();
         end_a += chunk_a.len();
         end_b += chunk_b.len();
         assert_close(

@@ -63,14 +63,21 @@ fn check_case(name: &str) {
 
     let logits = model.forward(&inputs.batch).unwrap();
     let want_logits = expected.read_as_stored("logits").unwrap();
-    let logits_err = relative_error(&logits.to_vec_f32().unwrap(), &want_logits.to_vec_f32().unwrap());
+    let logits_err = relative_error(
+        &logits.to_vec_f32().unwrap(),
+        &want_logits.to_vec_f32().unwrap(),
+    );
     assert!(
         logits_err < 1e-5,
         "{name}: logits relative error {logits_err:e}"
     );
 
     let loss = scotd::ops::cross_entropy(&logits, &inputs.targets, Reduction::Mean).unwrap();
-    let want_loss = expected.read_as_stored("loss").unwrap().to_vec_f32().unwrap()[0];
+    let want_loss = expected
+        .read_as_stored("loss")
+        .unwrap()
+        .to_vec_f32()
+        .unwrap()[0];
     let got_loss = loss.to_scalar().unwrap();
     let loss_err = ((got_loss - want_loss) / want_loss).abs();
     assert!(

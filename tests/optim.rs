@@ -293,7 +293,11 @@ fn weight_decay_only_touches_the_decayed_parameters() {
     let (params, mut opt) = flat(
         &[
             ("model.layers.0.mlp.up_proj.weight", values0.clone(), true),
-            ("model.layers.0.self_attn.q_proj.bias", values0.clone(), false),
+            (
+                "model.layers.0.self_attn.q_proj.bias",
+                values0.clone(),
+                false,
+            ),
         ],
         config(lr, wd),
     );
@@ -323,12 +327,18 @@ fn the_first_step_moves_each_parameter_by_lr_against_its_gradient_sign() {
 #[test]
 fn clipping_scales_the_step_as_scaling_the_gradients_first() {
     // |(3, 4, 12)| = 13: clipped to 1, every gradient is multiplied by 1 / (13 + 1e-6).
-    let (clipped, mut opt) = flat(&[("a", vec![1.0, 2.0], true), ("b", vec![3.0], true)], config(0.1, 0.1));
+    let (clipped, mut opt) = flat(
+        &[("a", vec![1.0, 2.0], true), ("b", vec![3.0], true)],
+        config(0.1, 0.1),
+    );
     set_grads(&clipped, &[vec![3.0, 4.0], vec![12.0]]);
     let outcome = opt.step(&clipped, 0.1, 1.0).unwrap();
     assert_eq!(outcome.grad_norm, 13.0);
     let c = 1.0f32 / (13.0 + 1e-6);
-    let (scaled, mut opt) = flat(&[("a", vec![1.0, 2.0], true), ("b", vec![3.0], true)], config(0.1, 0.1));
+    let (scaled, mut opt) = flat(
+        &[("a", vec![1.0, 2.0], true), ("b", vec![3.0], true)],
+        config(0.1, 0.1),
+    );
     set_grads(&scaled, &[vec![3.0 * c, 4.0 * c], vec![12.0 * c]]);
     opt.step(&scaled, 0.1, 0.0).unwrap();
     assert_eq!(values(&clipped), values(&scaled));
@@ -400,13 +410,19 @@ fn a_run_resumed_from_saved_state_is_bit_identical() {
         step(&resumed, &mut second, &g, s);
     }
     assert_eq!(second.step_count(), 8);
-    assert!(bits(&resumed.masters) == bits(&straight.masters), "resumed run drifted");
+    assert!(
+        bits(&resumed.masters) == bits(&straight.masters),
+        "resumed run drifted"
+    );
     assert!(moment_bits(&second) == moment_bits(&opt));
 }
 
 #[test]
 fn loading_state_names_a_missing_or_mis_shaped_moment() {
-    let (_params, mut opt) = flat(&[("model.norm.weight", vec![1.0, 2.0], false)], AdamWConfig::default());
+    let (_params, mut opt) = flat(
+        &[("model.norm.weight", vec![1.0, 2.0], false)],
+        AdamWConfig::default(),
+    );
     let mut state = opt.state_tensors().unwrap();
     let lookup = |state: &[(String, Tensor)], name: &str| {
         state

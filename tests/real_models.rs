@@ -32,7 +32,8 @@ fn full_forward_last_logits(model: &Model, prompt: &[u32]) -> Vec<f32> {
     let logits = model
         .forward(&Batch::new(prompt.to_vec(), 1, prompt.len()).unwrap())
         .unwrap()
-        .to_vec_f32().unwrap();
+        .to_vec_f32()
+        .unwrap();
     logits[logits.len() - model.config.vocab_size..].to_vec()
 }
 

@@ -150,7 +150,13 @@ fn prompt_positions_get_no_gradient_and_packing_keeps_per_sequence_losses() {
     let expected = alone(&a) + alone(&b);
     assert!((loss.to_scalar().unwrap() - expected).abs() < 1e-4 * expected.abs());
 
-    let grad = loss.backward().unwrap().get(&logits).unwrap().to_vec_f32().unwrap();
+    let grad = loss
+        .backward()
+        .unwrap()
+        .get(&logits)
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
     let vocab = 50;
     for (t, &target) in packed_targets.iter().enumerate() {
         let row = &grad[t * vocab..(t + 1) * vocab];

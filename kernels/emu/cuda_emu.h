@@ -1,7 +1,7 @@
 // The CUDA execution model on the CPU, so that kernels/*.cu run unchanged as C++ in tests
 // on machines without a GPU (src/backend/cuda/emulator.rs compiles and loads them).
 //
-// A block's threads are fibers (ucontext) on one OS thread, run until they wait:
+// A block's threads are fibers on one OS thread, run until they wait:
 // __syncthreads waits for every live thread of the block, a warp shuffle for every live
 // lane of the warp (values pass through a per-warp exchange buffer). Blocks are spread
 // over a few OS threads; __shared__ is thread_local, so the block an OS thread runs has
@@ -24,6 +24,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <string>
 #include <thread>
 #include <type_traits>
@@ -49,8 +50,24 @@ namespace scotd_emu {
 
 enum class State { Ready, WaitBlock, WaitWarp, Done };
 
+// A fiber's saved execution state. On x86-64 it is the stack pointer alone, the
+// registers the switch saves lying on the stack (runtime.cpp): glibc's swapcontext also
+// saves the signal mask, a system call per switch that made up most of a test's time.
+#if defined(__x86_64__)
+struct Context {
+  void* sp = nullptr;
+};
+extern "C" void scotd_emu_switch(void** save_sp, void* load_sp);
+inline void switch_context(Context& from, Context& to) { scotd_emu_switch(&from.sp, to.sp); }
+#else
+struct Context {
+  ucontext_t uc;
+};
+inline void switch_context(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+#endif
+
 struct Fiber {
-  ucontext_t context;
+  Context context;
   uint3 thread_idx;
   unsigned linear;
   State state;
@@ -64,11 +81,14 @@ constexpr size_t kGatherBytes = 32;
 // What one OS thread needs to run blocks: its fibers, their stacks, the block's state.
 struct BlockRunner {
   std::vector<Fiber> fibers;
-  std::vector<char> stacks;
+  // Left uninitialised: a launch touches only the stack pages its fibers use, where
+  // zeroing 64 KB per thread cost more than most kernels' work.
+  std::unique_ptr<char[]> stacks;
+  size_t stack_count = 0;
   std::vector<uint64_t> warp_slots;
   std::vector<char> gather_slots;
   std::vector<char> dynamic_shared;
-  ucontext_t scheduler;
+  Context scheduler;
   Fiber* current = nullptr;
   uint3 block_idx;
   dim3 block_dim, grid_dim;
@@ -86,12 +106,35 @@ inline Fiber& self() { return *runner->current; }
 inline void wait(State state) {
   Fiber& f = self();
   f.state = state;
-  swapcontext(&f.context, &runner->scheduler);
+  switch_context(f.context, runner->scheduler);
 }
 
-inline void fiber_main() {
+// A fiber's whole life: the kernel body, then back to the scheduler for good.
+[[noreturn]] inline void fiber_main() {
   runner->body(runner->body_arg);
-  self().state = State::Done;
+  wait(State::Done);
+  __builtin_unreachable();
+}
+
+// Makes `f` start fiber_main on its `stack` at its next switch.
+inline void start_context(Fiber& f, char* stack) {
+#if defined(__x86_64__)
+  // The frame scotd_emu_switch pops: MXCSR and the x87 control word (their defaults),
+  // six callee-saved registers, then fiber_main as the return address, placed so that
+  // fiber_main starts with the stack aligned as after a call.
+  auto top = reinterpret_cast<uintptr_t>(stack + kStackBytes) & ~uintptr_t(15);
+  auto* frame = reinterpret_cast<uint64_t*>(top) - 9;
+  frame[0] = 0x1F80 | (uint64_t(0x037F) << 32);
+  for (int i = 1; i <= 6; ++i) frame[i] = 0;
+  frame[7] = reinterpret_cast<uint64_t>(&fiber_main);
+  f.context.sp = frame;
+#else
+  getcontext(&f.context.uc);
+  f.context.uc.uc_stack.ss_sp = stack;
+  f.context.uc.uc_stack.ss_size = kStackBytes;
+  f.context.uc.uc_link = nullptr;
+  makecontext(&f.context.uc, reinterpret_cast<void (*)()>(fiber_main), 0);
+#endif
 }
 
 // Makes every thread of a warp whose live lanes all wait at a warp barrier ready;
@@ -148,11 +191,7 @@ inline void run_block(BlockRunner& r) {
                     (uint64_t(r.block_idx.y) << 20) ^ r.block_idx.z;
   for (size_t i = 0; i < n; ++i) {
     Fiber& f = r.fibers[i];
-    getcontext(&f.context);
-    f.context.uc_stack.ss_sp = r.stacks.data() + i * kStackBytes;
-    f.context.uc_stack.ss_size = kStackBytes;
-    f.context.uc_link = &r.scheduler;
-    makecontext(&f.context, fiber_main, 0);
+    start_context(f, r.stacks.get() + i * kStackBytes);
     f.state = State::Ready;
   }
   for (size_t i = 0; i < n; ++i) r.order[i] = unsigned(i);
@@ -163,7 +202,7 @@ inline void run_block(BlockRunner& r) {
       Fiber& f = r.fibers[i];
       if (f.state != State::Ready) continue;
       r.current = &f;
-      swapcontext(&r.scheduler, &f.context);
+      switch_context(r.scheduler, f.context);
     }
   } while (release_waiters(r));
 }
@@ -172,7 +211,10 @@ inline void prepare(BlockRunner& r, dim3 block, size_t shared_bytes) {
   size_t n = size_t(block.x) * block.y * block.z;
   r.fibers.resize(n);
   r.order.resize(n);
-  r.stacks.resize(n * kStackBytes);
+  if (n > r.stack_count) {
+    r.stacks.reset(new char[n * kStackBytes]);
+    r.stack_count = n;
+  }
   r.warp_slots.assign((n + kWarp - 1) / kWarp * kWarp, 0);
   r.gather_slots.assign((n + kWarp - 1) / kWarp * kWarp * kGatherBytes, 0);
   r.dynamic_shared.assign(shared_bytes, 0);

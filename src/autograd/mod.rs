@@ -326,11 +326,13 @@ impl Backward for CheckpointBackward {
             .inputs
             .iter()
             .zip(inputs)
-            .map(|(t, meta)| match (meta.requires_grad(), meta.grad_buffer()) {
-                (false, _) => Ok(t.detach()),
-                (true, Some(buffer)) => t.detach().into_param_with_grad(buffer.clone()),
-                (true, None) => Ok(t.detach().into_param()),
-            })
+            .map(
+                |(t, meta)| match (meta.requires_grad(), meta.grad_buffer()) {
+                    (false, _) => Ok(t.detach()),
+                    (true, Some(buffer)) => t.detach().into_param_with_grad(buffer.clone()),
+                    (true, None) => Ok(t.detach().into_param()),
+                },
+            )
             .collect::<Result<Vec<_>>>()?;
         let out = {
             let _on = enable_grad();

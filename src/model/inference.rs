@@ -143,7 +143,12 @@ impl Model {
             let attended = if start == 0 && n > 1 {
                 let as_batch = |t: &Tensor, heads| t.reshape([1, n, heads, dims.head_dim]);
                 let kv = dims.kv_heads;
-                ops::attention(&as_batch(&q_rows, dims.q_heads)?, &as_batch(&k, kv)?, &as_batch(&v, kv)?, None)?
+                ops::attention(
+                    &as_batch(&q_rows, dims.q_heads)?,
+                    &as_batch(&k, kv)?,
+                    &as_batch(&v, kv)?,
+                    None,
+                )?
             } else {
                 ops::attention_cached(&q_rows, &k, &v, start)?
             };
@@ -176,7 +181,9 @@ impl Model {
             .collect::<Result<Vec<_>>>()?;
         let mut decoding = Vec::new();
         let mut decoding_rows = Vec::new();
-        for ((rows, &start), (k_cache, v_cache)) in layout.rows.iter().zip(&layout.starts).zip(&reads) {
+        for ((rows, &start), (k_cache, v_cache)) in
+            layout.rows.iter().zip(&layout.starts).zip(&reads)
+        {
             let q_rows = rows.start * q_width..rows.end * q_width;
             if start == 0 && rows.len() > 1 {
                 out[q_rows.clone()]

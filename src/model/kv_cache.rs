@@ -48,8 +48,10 @@ impl KvCache {
             .as_ref()
             .expect("reserve allocated every layer");
         let start = self.len * self.row_width;
-        k.view_of_flat(start, [keys.elem_count()])?.copy_from(keys)?;
-        v.view_of_flat(start, [values.elem_count()])?.copy_from(values)?;
+        k.view_of_flat(start, [keys.elem_count()])?
+            .copy_from(keys)?;
+        v.view_of_flat(start, [values.elem_count()])?
+            .copy_from(values)?;
         Ok(())
     }
 
@@ -83,7 +85,8 @@ impl KvCache {
             let grown = |old: Option<&Tensor>| -> Result<Tensor> {
                 let t = Tensor::zeros_on([capacity, heads, dim], like.dtype(), like.device())?;
                 if let Some(old) = old.filter(|_| kept > 0) {
-                    t.view_of_flat(0, [kept])?.copy_from(&old.view_of_flat(0, [kept])?)?;
+                    t.view_of_flat(0, [kept])?
+                        .copy_from(&old.view_of_flat(0, [kept])?)?;
                 }
                 Ok(t)
             };

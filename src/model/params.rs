@@ -176,7 +176,12 @@ impl Model {
             if t.dims() != spec.shape.as_slice() {
                 return Err(Error::shape(
                     "model",
-                    format!("{} has shape {}, expected {:?}", spec.name, t.shape(), spec.shape),
+                    format!(
+                        "{} has shape {}, expected {:?}",
+                        spec.name,
+                        t.shape(),
+                        spec.shape
+                    ),
                 ));
             }
             *model.param_mut(spec.kind) = t;
@@ -272,7 +277,11 @@ impl Model {
     pub fn to_device(&self, device: Device, dtype: DType) -> Result<Model> {
         Model::build(self.config.clone(), |spec| {
             let t = self.param(spec.kind).to(device)?;
-            let t = if t.dtype() == dtype { t } else { t.to_dtype(dtype)? };
+            let t = if t.dtype() == dtype {
+                t
+            } else {
+                t.to_dtype(dtype)?
+            };
             Ok(t.into_param())
         })
     }
@@ -379,7 +388,11 @@ pub struct FlatParams {
 impl FlatParams {
     /// `params` (name, tensor on any device in any dtype, whether AdamW decays it) copied
     /// into flat buffers on `device`, computing in `dtype` (f32, or bf16 on a GPU).
-    pub fn new(params: &[(String, Tensor, bool)], device: Device, dtype: DType) -> Result<FlatParams> {
+    pub fn new(
+        params: &[(String, Tensor, bool)],
+        device: Device,
+        dtype: DType,
+    ) -> Result<FlatParams> {
         if dtype != DType::F32 && !(device.is_gpu() && dtype == DType::BF16) {
             return Err(Error::DType {
                 op: "FlatParams",
@@ -416,7 +429,9 @@ impl FlatParams {
     /// The parameters the forward and backward use: views of the compute copy (or of the
     /// masters in f32), each with its gradient buffer, in layout order.
     pub fn params(&self) -> Result<Vec<Tensor>> {
-        let data = self.layout.views(self.compute_copy.as_ref().unwrap_or(&self.master))?;
+        let data = self
+            .layout
+            .views(self.compute_copy.as_ref().unwrap_or(&self.master))?;
         let grads = self.layout.views(&self.grads)?;
         data.into_iter()
             .zip(grads)

@@ -38,7 +38,10 @@ pub fn check_bf16_against_cpu(
     let mut rng = Rng::new(77);
     let bf16_rounded = |v: Vec<f32>, shape: &[usize]| {
         let t = Tensor::from_vec(v, shape.to_vec()).unwrap();
-        t.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap()
+        t.to_dtype(DType::BF16)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
     };
     let inputs: Vec<Tensor> = shapes
         .iter()
@@ -55,17 +58,24 @@ pub fn check_bf16_against_cpu(
         let seed = seed.to(on).unwrap().to_dtype(out.dtype()).unwrap();
         let grads = out.backward_with(seed).unwrap();
         let mut values = vec![out.to_vec_f32().unwrap()];
-        values.extend(
-            params
-                .iter()
-                .map(|p| grads.get(p).map_or_else(Vec::new, |g| g.to_vec_f32().unwrap())),
-        );
+        values.extend(params.iter().map(|p| {
+            grads
+                .get(p)
+                .map_or_else(Vec::new, |g| g.to_vec_f32().unwrap())
+        }));
         values
     };
     let (want, got) = (run(Device::Cpu, DType::F32), run(device, DType::BF16));
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-        let what = if i == 0 { "the output".to_string() } else { format!("input {}'s gradient", i - 1) };
+        let what = if i == 0 {
+            "the output".to_string()
+        } else {
+            format!("input {}'s gradient", i - 1)
+        };
         let err = relative_error(g, w);
-        assert!(err <= tol, "{what} on {device} in bf16: relative error {err} > {tol}");
+        assert!(
+            err <= tol,
+            "{what} on {device} in bf16: relative error {err} > {tol}"
+        );
     }
 }

@@ -132,7 +132,11 @@ impl AdamW {
             .collect();
         let plan = match device {
             Device::Cpu => None,
-            _ => Some(AdamwPlan::new(&*crate::tensor::gpu_of(device)?, &segments, len)?),
+            _ => Some(AdamwPlan::new(
+                &*crate::tensor::gpu_of(device)?,
+                &segments,
+                len,
+            )?),
         };
         let names = store
             .layout
@@ -167,7 +171,8 @@ impl AdamW {
         } else {
             f32::INFINITY
         };
-        if store.layout.len != self.exp_avg.elem_count() || store.device() != self.exp_avg.device() {
+        if store.layout.len != self.exp_avg.elem_count() || store.device() != self.exp_avg.device()
+        {
             return Err(Error::shape(
                 "AdamW::step",
                 "the store is not the one the optimizer was built for",
@@ -185,13 +190,7 @@ impl AdamW {
         Ok(StepOutcome { grad_norm, skipped })
     }
 
-    fn cpu_step(
-        &self,
-        store: &FlatParams,
-        max_norm: f32,
-        lr: f32,
-        c: Coefficients,
-    ) -> Result<f32> {
+    fn cpu_step(&self, store: &FlatParams, max_norm: f32, lr: f32, c: Coefficients) -> Result<f32> {
         let g = store.grads.read_f32()?;
         let norm = sum_of_squares(&g).sqrt() as f32;
         if !norm.is_finite() {
@@ -205,21 +204,41 @@ impl AdamW {
         );
         for s in &self.segments {
             let r = s.offset..s.offset + s.len;
-            let wd = if s.decay { self.config.weight_decay } else { 0.0 };
+            let wd = if s.decay {
+                self.config.weight_decay
+            } else {
+                0.0
+            };
             let moments = (&mut m[r.clone()], &mut v[r.clone()]);
-            update(&mut w[r.clone()], &g[r], moments, (decay_factor(lr, wd), clip), c);
+            update(
+                &mut w[r.clone()],
+                &g[r],
+                moments,
+                (decay_factor(lr, wd), clip),
+                c,
+            );
         }
         Ok(norm)
     }
 
-    fn gpu_step(&self, plan: &AdamwPlan, store: &FlatParams, max_norm: f32, lr: f32) -> Result<f32> {
+    fn gpu_step(
+        &self,
+        plan: &AdamwPlan,
+        store: &FlatParams,
+        max_norm: f32,
+        lr: f32,
+    ) -> Result<f32> {
         const OP: &str = "AdamW";
         let rg = store.grads.read_gpu(OP)?;
         let gpu = rg.gpu().clone();
         let clip = grad_norm(&gpu, rg.view::<f32>(OP)?, max_norm)?;
         {
             let mut w = store.master.write_gpu(OP)?;
-            let mut copy = store.compute_copy.as_ref().map(|c| c.write_gpu(OP)).transpose()?;
+            let mut copy = store
+                .compute_copy
+                .as_ref()
+                .map(|c| c.write_gpu(OP))
+                .transpose()?;
             let (mut m, mut v) = (self.exp_avg.write_gpu(OP)?, self.exp_avg_sq.write_gpu(OP)?);
             let buffers = AdamwBuffers {
                 params: w.view_mut(OP)?,
@@ -228,7 +247,15 @@ impl AdamW {
                 exp_avg_sq: v.view_mut(OP)?,
                 grads: rg.view(OP)?,
             };
-            adamw_update(&gpu, plan, buffers, &self.config, self.step + 1, lr, Some(&clip))?;
+            adamw_update(
+                &gpu,
+                plan,
+                buffers,
+                &self.config,
+                self.step + 1,
+                lr,
+                Some(&clip),
+            )?;
         }
         Ok(gpu.download(&clip)?[0])
     }
@@ -245,7 +272,10 @@ impl AdamW {
         let mut out = Vec::with_capacity(2 * self.names.len());
         for (name, shape, start) in &self.names {
             for (prefix, flat) in [("exp_avg", &self.exp_avg), ("exp_avg_sq", &self.exp_avg_sq)] {
-                out.push((format!("{prefix}.{name}"), flat.view_of_flat(*start, shape.clone())?));
+                out.push((
+                    format!("{prefix}.{name}"),
+                    flat.view_of_flat(*start, shape.clone())?,
+                ));
             }
         }
         Ok(out)
@@ -267,7 +297,11 @@ impl AdamW {
             if t.dims() != target.dims() {
                 return Err(Error::shape(
                     "AdamW::load_state",
-                    format!("{name} has shape {:?}, its parameter {:?}", t.dims(), target.dims()),
+                    format!(
+                        "{name} has shape {:?}, its parameter {:?}",
+                        t.dims(),
+                        target.dims()
+                    ),
                 ));
             }
             loaded.push(t);

@@ -13,7 +13,9 @@ use half::bf16;
 
 use super::adamw::{decay_factor, Coefficients};
 use super::AdamWConfig;
-use crate::backend::cuda::{expect_len, Gpu, GpuBuffer, GpuView, GpuViewMut, KernelArg, LaunchConfig};
+use crate::backend::cuda::{
+    expect_len, Gpu, GpuBuffer, GpuView, GpuViewMut, KernelArg, LaunchConfig,
+};
 use crate::{Error, Result};
 
 /// Elements one block of adamw_update handles at most: small enough for tens of

@@ -4,8 +4,9 @@
 //! was given probes, and straight on when not: an unused probe costs one branch per site.
 //!
 //! On top of the API: recording to safetensors (`record`), attention maps, the logit lens,
-//! linear probes and activation patching (`scotd probe …`). Probes run on the CPU model;
-//! the GPU training model (src/model/gpu/) has no sites yet.
+//! linear probes and activation patching (`scotd probe …`). Probes run on the CPU: the
+//! sites are in the one forward on every device, but interventions and recordings read
+//! host tensors.
 
 pub mod attention;
 pub mod lens;

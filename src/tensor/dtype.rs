@@ -108,7 +108,10 @@ mod tests {
         assert_eq!(Device::Cuda(2).to_string(), "cuda:2");
         for bad in ["gpu", "cuda:", "cuda:x", "cuda:-1", ""] {
             let err = bad.parse::<Device>().unwrap_err();
-            assert!(err.contains("expected cpu, emulator, cuda or cuda:N"), "{err}");
+            assert!(
+                err.contains("expected cpu, emulator, cuda or cuda:N"),
+                "{err}"
+            );
         }
     }
 }

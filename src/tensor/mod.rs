@@ -50,7 +50,6 @@ impl Data {
             Data::Gpu(g) => g.data.dtype(),
         }
     }
-
 }
 
 /// A leaf whose gradient is wanted, and the buffer its gradient is added into when it has
@@ -499,7 +498,10 @@ impl Tensor {
     }
 
     fn lock_write(&self) -> RwLockWriteGuard<'_, Data> {
-        self.0.storage.write().expect("tensor storage lock poisoned")
+        self.0
+            .storage
+            .write()
+            .expect("tensor storage lock poisoned")
     }
 
     fn cpu_only(&self, op: &'static str) -> Error {
@@ -770,9 +772,7 @@ fn cast_on_gpu(gpu: &Gpu, data: &GpuData, range: Range<usize>, dtype: DType) -> 
         (GpuData::F32(b), DType::F32) => GpuData::F32(gpu.copy_of(b.view(range)?)?),
         (GpuData::BF16(b), DType::BF16) => GpuData::BF16(gpu.copy_of(b.view(range)?)?),
         (GpuData::F32(b), DType::BF16) => GpuData::BF16(cast_f32_to_bf16(gpu, b.view(range)?)?),
-        (GpuData::BF16(b), DType::F32) => {
-            GpuData::F32(cast_bf16_to_f32(gpu, b.view(range)?)?)
-        }
+        (GpuData::BF16(b), DType::F32) => GpuData::F32(cast_bf16_to_f32(gpu, b.view(range)?)?),
         (_, DType::F16) => return Err(no_f16_on_gpu("to_dtype")),
     })
 }

@@ -132,7 +132,13 @@ pub fn bench_train(
     let batches = [bench_batch(config, options.batch, options.seq)?];
     let mut step = || -> Result<(f64, f32)> {
         let start = Instant::now();
-        let r = train_step((&store, &mut optimizer), &batches, 1e-5, 1.0, options.recompute)?;
+        let r = train_step(
+            (&store, &mut optimizer),
+            &batches,
+            1e-5,
+            1.0,
+            options.recompute,
+        )?;
         Ok((start.elapsed().as_secs_f64() * 1e3, r.loss))
     };
     for i in 0..options.warmup {
@@ -268,6 +274,9 @@ mod tests {
         };
         assert!(bench_train(Device::Emulator, &tiny(), &zero_steps, |_| {}).is_err());
         let on_cpu = bench_train(Device::Cpu, &tiny(), &options, |_| {});
-        assert!(on_cpu.unwrap_err().to_string().contains("--device emulator"));
+        assert!(on_cpu
+            .unwrap_err()
+            .to_string()
+            .contains("--device emulator"));
     }
 }

@@ -290,7 +290,10 @@ impl Gpu {
     }
 
     /// A view's elements (waits for the kernels writing them).
-    pub fn download_view<'a, T: Pod + 'a>(&self, view: impl Into<GpuView<'a, T>>) -> Result<Vec<T>> {
+    pub fn download_view<'a, T: Pod + 'a>(
+        &self,
+        view: impl Into<GpuView<'a, T>>,
+    ) -> Result<Vec<T>> {
         let view = view.into();
         match (&self.backend, &view.buffer.memory) {
             (Backend::Emulated { .. }, Memory::Host(data)) => {
@@ -298,7 +301,8 @@ impl Gpu {
             }
             #[cfg(feature = "cuda")]
             (Backend::Cuda(d), Memory::Device { .. }) => {
-                let bytes = d.download_range(view.address(), view.len * std::mem::size_of::<T>())?;
+                let bytes =
+                    d.download_range(view.address(), view.len * std::mem::size_of::<T>())?;
                 Ok(bytemuck::pod_collect_to_vec(&bytes))
             }
             #[cfg(feature = "cuda")]
@@ -331,7 +335,10 @@ impl Gpu {
     }
 
     /// A new buffer holding a copy of `source`'s elements.
-    pub fn copy_of<'s, T: Pod + 's>(&self, source: impl Into<GpuView<'s, T>>) -> Result<GpuBuffer<T>> {
+    pub fn copy_of<'s, T: Pod + 's>(
+        &self,
+        source: impl Into<GpuView<'s, T>>,
+    ) -> Result<GpuBuffer<T>> {
         let source = source.into();
         let mut out = self.alloc::<T>(source.len)?;
         self.copy(&mut out, source)?;

@@ -252,7 +252,10 @@ impl fmt::Display for ProfileReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let devices = self.devices();
         if devices.is_empty() {
-            return write!(f, "kernel profile: no GPU kernel ran (the work ran on the CPU)");
+            return write!(
+                f,
+                "kernel profile: no GPU kernel ran (the work ran on the CPU)"
+            );
         }
         writeln!(f, "kernel profile on {}", devices.join(", "))?;
         let total_ms = self.total_ms();

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use scotd::model::ModelConfig;
-use scotd::Device;
 use scotd::train::bench::{bench_train, BenchDtype, TrainBenchOptions, TrainBenchReport};
+use scotd::Device;
 
 #[derive(clap::Args)]
 pub struct Args {

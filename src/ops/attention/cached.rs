@@ -11,7 +11,12 @@ use crate::{Device, Error, Result, Tensor};
 /// Attention of one sequence's new queries `q` [n, Hq, Dh] at positions start..start+n
 /// over its cache `k_cache`, `v_cache` [len, Hkv, Dh] (the new keys already in it, len >=
 /// start + n): [n, Hq·Dh] on their device. Inference only: nothing is recorded.
-pub fn attention_cached(q: &Tensor, k_cache: &Tensor, v_cache: &Tensor, start: usize) -> Result<Tensor> {
+pub fn attention_cached(
+    q: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    start: usize,
+) -> Result<Tensor> {
     let dims = cached_dims(q, k_cache, v_cache, start)?;
     let n = q.dims()[0];
     let width = dims.q_heads * dims.head_dim;

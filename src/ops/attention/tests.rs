@@ -4,8 +4,8 @@
 
 use super::*;
 use crate::autograd::{gradcheck, GradcheckConfig};
-use crate::ops::test_util::assert_close_abs as assert_close;
 use crate::backend::cuda::profile::Recorder;
+use crate::ops::test_util::assert_close_abs as assert_close;
 use crate::ops::test_util::check_bf16_against_cpu;
 use crate::rng::Rng;
 use crate::{DType, Device};
@@ -28,7 +28,11 @@ fn random_qkv(seed: u64, [b, t, hq, hkv, dh]: [usize; 5]) -> [Tensor; 3] {
 fn naive_attention(q: &Tensor, k: &Tensor, v: &Tensor, segments: Option<&[u32]>) -> Vec<f32> {
     let [b_n, t_n, hq, dh] = q.dims().try_into().unwrap();
     let hkv = k.dims()[2];
-    let (q, k, v) = (q.to_vec_f32().unwrap(), k.to_vec_f32().unwrap(), v.to_vec_f32().unwrap());
+    let (q, k, v) = (
+        q.to_vec_f32().unwrap(),
+        k.to_vec_f32().unwrap(),
+        v.to_vec_f32().unwrap(),
+    );
     let at = |x: &[f32], heads: usize, b: usize, t: usize, h: usize| {
         let start = ((b * t_n + t) * heads + h) * dh;
         x[start..start + dh]
@@ -118,7 +122,10 @@ fn matches_naive_reference_over_several_row_blocks() {
         })
         .chain((0..150).map(|t| (t / 7) % 3))
         .collect();
-    let out = attention(&q, &k, &v, Some(&segments)).unwrap().to_vec_f32().unwrap();
+    let out = attention(&q, &k, &v, Some(&segments))
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
     assert_close(&out, &naive_attention(&q, &k, &v, Some(&segments)), 1e-5);
 }
 
@@ -155,16 +162,14 @@ fn row_block_size_does_not_change_forward_or_backward() {
     }
 }
 
-fn gradcheck_attention(
-    device: Device,
-    seed: u64,
-    shape: [usize; 5],
-    segments: Option<&[u32]>,
-) {
+fn gradcheck_attention(device: Device, seed: u64, shape: [usize; 5], segments: Option<&[u32]>) {
     let inputs = random_qkv(seed, shape);
     let f = |x: &[Tensor]| attention(&x[0], &x[1], &x[2], segments);
+    // Two emulated forwards per element: a GPU device checks a spread of 64 elements per
+    // input (every head and batch row), the CPU 400.
     let cfg = GradcheckConfig {
         device,
+        max_elements_per_input: if device == Device::Cpu { 400 } else { 64 },
         ..Default::default()
     };
     gradcheck(&inputs, f, &cfg).unwrap();
@@ -201,7 +206,10 @@ crate::device_tests! {
 fn kernels_of_a_bf16_step(device: Device, shape: [usize; 5]) -> Vec<(String, usize)> {
     let recorder = Recorder::start();
     let f = |t: &[Tensor]| attention(&t[0], &t[1], &t[2], None);
-    let shapes: Vec<Vec<usize>> = random_qkv(1, shape).iter().map(|t| t.dims().to_vec()).collect();
+    let shapes: Vec<Vec<usize>> = random_qkv(1, shape)
+        .iter()
+        .map(|t| t.dims().to_vec())
+        .collect();
     let shapes: Vec<&[usize]> = shapes.iter().map(|s| &s[..]).collect();
     check_bf16_against_cpu(device, &shapes, f, 2e-2);
     recorder.kernels()
@@ -253,7 +261,10 @@ fn positions(x: &Tensor, t0: usize, t1: usize) -> Tensor {
 fn packed_sequences_equal_separate_runs() {
     let [q, k, v] = random_qkv(8, [1, 7, 6, 2, 6]);
     let segments = [0, 0, 0, 0, 1, 1, 1];
-    let packed = attention(&q, &k, &v, Some(&segments)).unwrap().to_vec_f32().unwrap();
+    let packed = attention(&q, &k, &v, Some(&segments))
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
     let alone = |t0, t1| {
         let [q, k, v] = [&q, &k, &v].map(|x| positions(x, t0, t1));
         attention(&q, &k, &v, None).unwrap().to_vec_f32().unwrap()

@@ -325,7 +325,12 @@ pub(super) fn lm_head_backward(
             let (rd, rg) = (d.read_gpu(OP)?, grad_output.read_gpu(OP)?);
             let mut target = buffer.write_gpu(OP)?;
             let gpu: Arc<Gpu> = target.gpu();
-            add_scaled(&gpu, target.view_mut::<f32>(OP)?, rd.view::<f32>(OP)?, rg.view::<f32>(OP)?)?;
+            add_scaled(
+                &gpu,
+                target.view_mut::<f32>(OP)?,
+                rd.view::<f32>(OP)?,
+                rg.view::<f32>(OP)?,
+            )?;
             None
         }
     };

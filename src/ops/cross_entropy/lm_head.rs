@@ -81,7 +81,11 @@ pub(super) struct Problem<'a> {
     pub chunk_rows: Option<usize>,
 }
 
-fn check_shapes(hidden: &Tensor, weight: &Tensor, targets: &[i64]) -> Result<(usize, usize, usize)> {
+fn check_shapes(
+    hidden: &Tensor,
+    weight: &Tensor,
+    targets: &[i64],
+) -> Result<(usize, usize, usize)> {
     crate::ops::expect_rank("lm_head_loss", "weight [vocab, hidden]", weight, 2)?;
     let (vocab, dim) = (weight.dims()[0], weight.dims()[1]);
     if hidden.shape().rank() == 0 || hidden.shape().dim(-1) != dim {
@@ -176,10 +180,26 @@ fn cpu_forward(
         let dlogits = cpu::backward(&logits, t, &lse, vocab, scale);
         if let Some(dh) = &mut dh {
             let out = &mut dh[start * dim..(start + r) * dim];
-            matmul(out, &dlogits, Transpose::No, w_f32, Transpose::No, (r, dim, vocab), false);
+            matmul(
+                out,
+                &dlogits,
+                Transpose::No,
+                w_f32,
+                Transpose::No,
+                (r, dim, vocab),
+                false,
+            );
         }
         if let Some(dw) = &mut dw {
-            matmul(dw, &dlogits, Transpose::Yes, h_chunk, Transpose::No, (vocab, dim, r), true);
+            matmul(
+                dw,
+                &dlogits,
+                Transpose::Yes,
+                h_chunk,
+                Transpose::No,
+                (vocab, dim, r),
+                true,
+            );
         }
     }
     let loss = Tensor::from_storage(

@@ -5,8 +5,8 @@ use super::lm_head::lm_head_loss_in_chunks;
 use super::*;
 use crate::autograd::{gradcheck, GradcheckConfig};
 use crate::ops::test_util::assert_close_rel as assert_close;
-use crate::rng::Rng;
 use crate::ops::test_util::check_bf16_against_cpu;
+use crate::rng::Rng;
 use crate::Device;
 
 const V: usize = 7;
@@ -254,7 +254,10 @@ fn loss_and_grads(
     (h, w): (&Tensor, &Tensor),
     f: impl Fn(&Tensor, &Tensor) -> Tensor,
 ) -> (f32, Vec<f32>, Vec<f32>) {
-    let (h, w) = (h.to(device).unwrap().into_param(), w.to(device).unwrap().into_param());
+    let (h, w) = (
+        h.to(device).unwrap().into_param(),
+        w.to(device).unwrap().into_param(),
+    );
     let loss = f(&h, &w);
     assert_eq!(loss.device(), device);
     let grads = loss.backward().unwrap();

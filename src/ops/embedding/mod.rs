@@ -62,16 +62,17 @@ impl Backward for EmbeddingBackward {
         let (vocab, dim) = (weight.shape().dims()[0], weight.shape().dims()[1]);
         match self {
             EmbeddingBackward::Cpu { ids } => {
-                let dweight =
-                    cpu::embedding_weight_grad(&grad_output.read_f32()?, ids, vocab, dim);
+                let dweight = cpu::embedding_weight_grad(&grad_output.read_f32()?, ids, vocab, dim);
                 Ok(vec![Some(Tensor::from_vec(
                     dweight,
                     weight.shape().clone(),
                 )?)])
             }
-            EmbeddingBackward::Gpu(tokens) => {
-                Ok(vec![cuda::embedding_backward_on_gpu(tokens, grad_output, weight)?])
-            }
+            EmbeddingBackward::Gpu(tokens) => Ok(vec![cuda::embedding_backward_on_gpu(
+                tokens,
+                grad_output,
+                weight,
+            )?]),
         }
     }
 }
@@ -80,9 +81,9 @@ impl Backward for EmbeddingBackward {
 mod tests {
     use super::*;
     use crate::autograd::{gradcheck, GradcheckConfig};
+    use crate::ops::test_util::check_bf16_against_cpu;
     use crate::rng::Rng;
     use crate::DType;
-    use crate::ops::test_util::check_bf16_against_cpu;
 
     /// Weight whose element [v, d] is 100·v + d, so every gathered value names its source.
     fn labelled_weight(vocab: usize, dim: usize) -> Tensor {

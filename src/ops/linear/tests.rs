@@ -4,9 +4,9 @@
 use super::*;
 use crate::autograd::{gradcheck, GradcheckConfig};
 use crate::ops::test_util::assert_close_rel as assert_close;
+use crate::ops::test_util::check_bf16_against_cpu;
 use crate::rng::Rng;
 use crate::DType;
-use crate::ops::test_util::check_bf16_against_cpu;
 
 fn random(rng: &mut Rng, dims: &[usize]) -> Tensor {
     let n = dims.iter().product();
@@ -36,7 +36,11 @@ fn forward_matches_naive_loops_with_and_without_bias() {
     let x = random(&mut rng, &[3, 37, 67]);
     let w = random(&mut rng, &[41, 67]);
     let b = random(&mut rng, &[41]);
-    let (xv, wv, bv) = (x.to_vec_f32().unwrap(), w.to_vec_f32().unwrap(), b.to_vec_f32().unwrap());
+    let (xv, wv, bv) = (
+        x.to_vec_f32().unwrap(),
+        w.to_vec_f32().unwrap(),
+        b.to_vec_f32().unwrap(),
+    );
 
     let y = linear(&x, &w, Some(&b)).unwrap();
     assert_eq!(y.dims(), &[3, 37, 41]);
@@ -94,7 +98,11 @@ fn backward_matches_naive_formulas_at_a_larger_size() {
         .unwrap()
         .backward_with(dy.clone())
         .unwrap();
-    let (xv, wv, dyv) = (x.to_vec_f32().unwrap(), w.to_vec_f32().unwrap(), dy.to_vec_f32().unwrap());
+    let (xv, wv, dyv) = (
+        x.to_vec_f32().unwrap(),
+        w.to_vec_f32().unwrap(),
+        dy.to_vec_f32().unwrap(),
+    );
 
     let mut dx = vec![0.0f64; rows * k];
     let mut dw = vec![0.0f64; m * k];
@@ -132,7 +140,12 @@ fn frozen_weight_gets_no_gradient_but_input_does() {
         .map(|i| (0..5).map(|o| wv[o * 7 + i]).sum())
         .collect();
     let want: Vec<f32> = (0..4).flat_map(|_| col_sums.clone()).collect();
-    assert_close(&grads.get(&x).unwrap().to_vec_f32().unwrap(), &want, 1e-5, "dx");
+    assert_close(
+        &grads.get(&x).unwrap().to_vec_f32().unwrap(),
+        &want,
+        1e-5,
+        "dx",
+    );
 }
 
 #[test]
@@ -190,7 +203,12 @@ fn forward_of_few_rows_matches_naive_loops() {
             rows,
             k,
         );
-        assert_close(&y.to_vec_f32().unwrap(), &want, 1e-5, &format!("{rows} rows"));
+        assert_close(
+            &y.to_vec_f32().unwrap(),
+            &want,
+            1e-5,
+            &format!("{rows} rows"),
+        );
     }
 }
 
@@ -206,7 +224,12 @@ fn bf16_weight_acts_as_its_f32_widening() {
         let x = random(&mut rng, &[rows, 21]).into_param();
         let y = linear(&x, &w, Some(&b)).unwrap();
         let want = linear(&x, &widened, Some(&b)).unwrap();
-        assert_close(&y.to_vec_f32().unwrap(), &want.to_vec_f32().unwrap(), 1e-6, "y");
+        assert_close(
+            &y.to_vec_f32().unwrap(),
+            &want.to_vec_f32().unwrap(),
+            1e-6,
+            "y",
+        );
         let dy = random(&mut rng, &[rows, 33]);
         let dx = y.backward_with(dy.clone()).unwrap();
         let want_dx = want.backward_with(dy).unwrap();
@@ -254,8 +277,18 @@ fn linears_equal_separate_calls_forward_and_backward() {
             .unwrap();
         let want1 = linear(&x, &w1, None).unwrap();
         let want2 = linear(&x, &w2, Some(&b2)).unwrap();
-        assert_close(&y1.to_vec_f32().unwrap(), &want1.to_vec_f32().unwrap(), 1e-6, "y1");
-        assert_close(&y2.to_vec_f32().unwrap(), &want2.to_vec_f32().unwrap(), 1e-6, "y2");
+        assert_close(
+            &y1.to_vec_f32().unwrap(),
+            &want1.to_vec_f32().unwrap(),
+            1e-6,
+            "y1",
+        );
+        assert_close(
+            &y2.to_vec_f32().unwrap(),
+            &want2.to_vec_f32().unwrap(),
+            1e-6,
+            "y2",
+        );
 
         let loss = |a: &Tensor, b: &Tensor| {
             let dy1 = Tensor::from_vec(vec![0.5; rows * 40], [rows, 40]).unwrap();
@@ -273,7 +306,12 @@ fn linears_equal_separate_calls_forward_and_backward() {
             (&g2, &want_g2, &b2, "db2"),
         ] {
             let (got, want) = (got.get(t).unwrap(), want.get(t).unwrap());
-            assert_close(&got.to_vec_f32().unwrap(), &want.to_vec_f32().unwrap(), 1e-6, what);
+            assert_close(
+                &got.to_vec_f32().unwrap(),
+                &want.to_vec_f32().unwrap(),
+                1e-6,
+                what,
+            );
         }
     }
 }

@@ -99,9 +99,9 @@ impl Backward for RmsNormBackward {
 mod tests {
     use super::*;
     use crate::autograd::{gradcheck, GradcheckConfig};
+    use crate::ops::test_util::check_bf16_against_cpu;
     use crate::rng::Rng;
     use crate::DType;
-    use crate::ops::test_util::check_bf16_against_cpu;
 
     fn assert_close(got: &[f32], want: &[f32], rtol: f32, atol: f32) {
         assert_eq!(got.len(), want.len());
@@ -158,7 +158,12 @@ mod tests {
         let torch_dweight = [
             0.58514404, 0.026776701, 1.3708407, 0.029849792, -2.0212271, 0.105900675, -0.020850822,
         ];
-        assert_close(&grads.get(&x).unwrap().to_vec_f32().unwrap(), &torch_dx, 1e-6, 0.0);
+        assert_close(
+            &grads.get(&x).unwrap().to_vec_f32().unwrap(),
+            &torch_dx,
+            1e-6,
+            0.0,
+        );
         assert_close(
             &grads.get(&weight).unwrap().to_vec_f32().unwrap(),
             &torch_dweight,

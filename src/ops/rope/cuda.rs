@@ -4,7 +4,9 @@
 use std::sync::{Arc, Mutex};
 
 use super::{RopeBackward, RopeTable};
-use crate::backend::cuda::{expect_len, Gpu, GpuBuffer, GpuFloat, GpuView, KernelArg, LaunchConfig};
+use crate::backend::cuda::{
+    expect_len, Gpu, GpuBuffer, GpuFloat, GpuView, KernelArg, LaunchConfig,
+};
 use crate::ops::{gpu_dtype_of, on_gpu_dtype};
 use crate::{Device, Error, Result, Tensor};
 
@@ -44,7 +46,10 @@ pub struct DeviceTables(Mutex<Vec<(Device, Arc<DeviceRopeTable>)>>);
 
 impl DeviceTables {
     fn get(&self, device: Device, gpu: &Gpu, table: &RopeTable) -> Result<Arc<DeviceRopeTable>> {
-        let mut tables = self.0.lock().expect("the table cache lock is never poisoned");
+        let mut tables = self
+            .0
+            .lock()
+            .expect("the table cache lock is never poisoned");
         if let Some((_, t)) = tables.iter().find(|(d, _)| *d == device) {
             return Ok(t.clone());
         }

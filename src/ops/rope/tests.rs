@@ -3,8 +3,8 @@
 use super::*;
 use crate::autograd::{gradcheck, GradcheckConfig};
 use crate::ops::test_util::assert_close_abs as assert_close;
-use crate::rng::Rng;
 use crate::ops::test_util::check_bf16_against_cpu;
+use crate::rng::Rng;
 
 /// The deterministic input the reference values were computed from (in Python:
 /// `(((arange(n) * 37) % 23).float() - 11) / 7`).
@@ -47,7 +47,10 @@ fn matches_transformers_at_qwen_head_dim_and_large_positions() {
         [-1.5145569, 0.29800314, 1.0586655, -0.15877828, -0.99824876, -0.110633254, -0.115043335, -0.6964148, -1.1443872],
     ];
     let x = Tensor::from_vec(pattern(384), [3, 1, 128]).unwrap();
-    let out = rope(&x, &[4095, 0, 1234], 1e6).unwrap().to_vec_f32().unwrap();
+    let out = rope(&x, &[4095, 0, 1234], 1e6)
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
     for (token, want_token) in want.iter().enumerate() {
         let got: Vec<f32> = SELECTED.iter().map(|&i| out[token * 128 + i]).collect();
         assert_close(&got, want_token, 1e-6);

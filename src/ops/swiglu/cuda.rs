@@ -3,7 +3,9 @@
 
 use super::SwigluBackward;
 use crate::autograd::Input;
-use crate::backend::cuda::{expect_len, Gpu, GpuBuffer, GpuFloat, GpuView, KernelArg, LaunchConfig};
+use crate::backend::cuda::{
+    expect_len, Gpu, GpuBuffer, GpuFloat, GpuView, KernelArg, LaunchConfig,
+};
 use crate::ops::{gpu_dtype_of, on_gpu_dtype};
 use crate::{Result, Tensor};
 

@@ -79,9 +79,9 @@ impl Backward for SwigluBackward {
 mod tests {
     use super::*;
     use crate::autograd::{gradcheck, GradcheckConfig};
+    use crate::ops::test_util::check_bf16_against_cpu;
     use crate::rng::Rng;
     use crate::DType;
-    use crate::ops::test_util::check_bf16_against_cpu;
 
     #[test]
     fn forward_matches_direct_computation() {
@@ -92,7 +92,13 @@ mod tests {
         let up = Tensor::from_vec(u.clone(), [7, 19]).unwrap();
         let got = swiglu(&gate, &up).unwrap();
         assert_eq!(got.dims(), &[7, 19]);
-        for (i, (out, (&g, &u))) in got.to_vec_f32().unwrap().iter().zip(g.iter().zip(&u)).enumerate() {
+        for (i, (out, (&g, &u))) in got
+            .to_vec_f32()
+            .unwrap()
+            .iter()
+            .zip(g.iter().zip(&u))
+            .enumerate()
+        {
             // g / (1 + e^-g) in f64: a different formulation from the op's.
             let want = (g as f64 / (1.0 + (-g as f64).exp()) * u as f64) as f32;
             assert!(
