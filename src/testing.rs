@@ -8,28 +8,12 @@
 #[macro_export]
 macro_rules! device_tests {
     ($(#[$meta:meta])* fn $name:ident($device:ident: Device) $body:block) => {
-        $(#[$meta])*
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-
-            fn run($device: $crate::Device) $body
-
+        $crate::gpu_tests! {
+            $(#[$meta])*
+            fn $name($device: Device) $body
             #[test]
             fn cpu() {
                 run($crate::Device::Cpu)
-            }
-
-            #[test]
-            fn emulator() {
-                run($crate::Device::Emulator)
-            }
-
-            #[cfg(feature = "cuda")]
-            #[test]
-            #[ignore = "needs a GPU: run with --include-ignored on a CUDA machine"]
-            fn cuda() {
-                run($crate::Device::Cuda(0))
             }
         }
     };
@@ -39,13 +23,15 @@ macro_rules! device_tests {
 /// checks of what only a GPU does (bf16 arithmetic, kernel choice).
 #[macro_export]
 macro_rules! gpu_tests {
-    ($(#[$meta:meta])* fn $name:ident($device:ident: Device) $body:block) => {
+    ($(#[$meta:meta])* fn $name:ident($device:ident: Device) $body:block $($more:item)*) => {
         $(#[$meta])*
         mod $name {
             #[allow(unused_imports)]
             use super::*;
 
             fn run($device: $crate::Device) $body
+
+            $($more)*
 
             #[test]
             fn emulator() {

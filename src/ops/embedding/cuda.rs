@@ -123,7 +123,7 @@ pub(super) fn embedding(weight: &Tensor, ids: &[u32]) -> Result<Tensor> {
         let out = embedding_forward::<T>(&gpu, rw.view(OP)?, dim, &tokens)?;
         let on = (rw.device(), &gpu);
         let shape = [ids.len(), dim];
-        Ok(Tensor::from_gpu_op(on, out, shape, &[weight], EmbeddingBackward::Gpu(tokens)))
+        Ok(Tensor::from_gpu_op(on, out, shape, &[weight], EmbeddingBackward::Gpu(Box::new(tokens))))
     })
 }
 

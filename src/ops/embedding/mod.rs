@@ -49,7 +49,7 @@ fn check_ids(ids: &[u32], vocab: usize) -> Result<()> {
 /// device grouped by id as the GPU backward reads them.
 pub(super) enum EmbeddingBackward {
     Cpu { ids: Vec<u32> },
-    Gpu(cuda::DeviceTokens),
+    Gpu(Box<cuda::DeviceTokens>),
 }
 
 impl Backward for EmbeddingBackward {
