@@ -395,3 +395,35 @@ fn the_gpu_step_follows_the_cpu_trainer_and_resumes_across_devices() {
     }
     assert!(gpu_start.final_dir.join("model.safetensors").exists());
 }
+
+#[test]
+fn without_a_terminal_progress_is_a_log_line_every_log_every_steps() {
+    let student = tiny_student(32, 2);
+    let out = tempfile::tempdir().unwrap();
+    let run = out.path().join("logged");
+    let mut cfg = config(student.path(), &run, 5);
+    cfg.log_every = 2;
+    std::fs::write(run.with_extension("toml"), toml::to_string(&cfg).unwrap()).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_scotd"))
+        .args(["train", "--config"])
+        .arg(run.with_extension("toml"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let steps: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("step "))
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
+    // Every second step, and the last.
+    assert_eq!(steps, ["2/5", "4/5", "5/5"], "{stderr}");
+    assert!(
+        stderr.contains(" loss ") && stderr.contains(" tok/s "),
+        "{stderr}"
+    );
+}

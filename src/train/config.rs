@@ -82,6 +82,9 @@ pub struct TrainConfig {
     pub max_grad_norm: f32,
     pub seed: u64,
 
+    /// When standard error is not a terminal (a log file, a CI job), a plain progress
+    /// line every this many steps instead of the progress bar (0: none).
+    pub log_every: u64,
     /// Evaluate every this many steps (0: never).
     pub eval_every: u64,
     /// Save a checkpoint every this many steps (0: only at the end).
@@ -129,6 +132,7 @@ impl Default for TrainConfig {
             eps: 1e-8,
             max_grad_norm: 1.0,
             seed: 0,
+            log_every: 10,
             eval_every: 100,
             save_every: 200,
             keep_last: 2,

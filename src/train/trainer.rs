@@ -2,8 +2,9 @@
 //! supervised token of the whole step) → accumulated gradients → clipping → AdamW, with
 //! metrics, evaluation, checkpoints and exact resume.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -55,7 +56,14 @@ pub fn train(config: TrainConfig, show_progress: bool) -> Result<TrainSummary> {
     let out = run.config.output_dir.clone();
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     let mut log = MetricsLog::open(&out.join("metrics.jsonl"), start)?;
-    let bar = progress_bar(show_progress, start, run.config.steps);
+    let on_terminal = std::io::stderr().is_terminal();
+    let bar = progress_bar(show_progress && on_terminal, start, run.config.steps);
+    let log_every = if show_progress && !on_terminal {
+        run.config.log_every
+    } else {
+        0
+    };
+    let started = Instant::now();
     let mut last_loss = log.last_loss.unwrap_or(f32::NAN);
     for step in start..run.config.steps {
         let m = run.step(step)?;
@@ -70,6 +78,12 @@ pub fn train(config: TrainConfig, show_progress: bool) -> Result<TrainSummary> {
             m.loss, m.lr, m.tokens_per_s
         ));
         bar.inc(1);
+        if log_every > 0 && (done % log_every == 0 || done == run.config.steps) {
+            eprintln!(
+                "{}",
+                log_line(done, run.config.steps, &m, started.elapsed())
+            );
+        }
         let evaluating = run.config.eval_every > 0
             && done % run.config.eval_every == 0
             && !run.eval_examples.is_empty();
@@ -104,6 +118,20 @@ fn progress_bar(show: bool, start: u64, steps: u64) -> ProgressBar {
     );
     bar.set_position(start);
     bar
+}
+
+/// The progress bar's content as one line, for a log: `step 120/1000 loss 1.2345 lr
+/// 2.00e-5 131 tok/s elapsed 12m03s`.
+fn log_line(done: u64, steps: u64, m: &StepMetrics, elapsed: Duration) -> String {
+    let secs = elapsed.as_secs();
+    format!(
+        "step {done}/{steps} loss {:.4} lr {:.2e} {:.0} tok/s elapsed {}m{:02}s",
+        m.loss,
+        m.lr,
+        m.tokens_per_s,
+        secs / 60,
+        secs % 60
+    )
 }
 
 /// A resumed run's position.
