@@ -322,14 +322,23 @@ impl Tensor {
         buffer: GpuBuffer<T>,
         shape: impl Into<Shape>,
     ) -> Tensor {
-        let shape = shape.into();
+        Tensor::gpu_result((device, gpu), buffer, shape.into(), None)
+    }
+
+    /// A GPU op's output buffer as a tensor with tape node `node`.
+    fn gpu_result<T: GpuElement>(
+        (device, gpu): (Device, &Arc<Gpu>),
+        buffer: GpuBuffer<T>,
+        shape: Shape,
+        node: Option<Arc<Node>>,
+    ) -> Tensor {
         debug_assert_eq!(buffer.len(), shape.elem_count());
         let data = Data::Gpu(GpuStorage {
             device,
             gpu: gpu.clone(),
             data: T::wrap(buffer),
         });
-        Tensor::new_data(data, shape, None)
+        Tensor::new_data(data, shape, node)
     }
 
     /// The result of an op: records `op` on the tape when gradients are being recorded
@@ -352,14 +361,8 @@ impl Tensor {
         inputs: &[&Tensor],
         op: impl Backward + 'static,
     ) -> Tensor {
-        let shape = shape.into();
-        debug_assert_eq!(buffer.len(), shape.elem_count());
-        let data = Data::Gpu(GpuStorage {
-            device,
-            gpu: gpu.clone(),
-            data: T::wrap(buffer),
-        });
-        Tensor::new_data(data, shape, autograd::record(inputs, op))
+        let node = autograd::record(inputs, op);
+        Tensor::gpu_result((device, gpu), buffer, shape.into(), node)
     }
 
     /// This tensor's data as the output of `node` (an op recorded after its output was

@@ -234,24 +234,14 @@ impl CudaGpu {
 
     /// Milliseconds of each of `runs` calls of `work`, between CUDA events on the stream.
     pub fn time_ms(&self, runs: usize, mut work: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
-        let timed = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
         let mut times = Vec::with_capacity(runs);
         for _ in 0..runs {
-            let start = self
-                .stream
-                .record_event(timed)
-                .map_err(driver_error("recording an event"))?;
-            work()?;
-            let end = self
-                .stream
-                .record_event(timed)
-                .map_err(driver_error("recording an event"))?;
-            end.synchronize()
+            let events = self.between_events(&mut work)?;
+            events
+                .end
+                .synchronize()
                 .map_err(driver_error("waiting for an event"))?;
-            let ms = start
-                .elapsed_ms(&end)
-                .map_err(driver_error("timing an event"))?;
-            times.push(ms as f64);
+            times.push(events.elapsed_ms()?);
         }
         Ok(times)
     }
@@ -287,6 +277,11 @@ impl CudaGpu {
 
     /// `work` (one launch) between two timing events on the stream, which are read later.
     pub fn timed(&self, work: impl FnOnce() -> Result<()>) -> Result<Box<dyn Timing>> {
+        Ok(Box::new(self.between_events(work)?))
+    }
+
+    /// `work` between two timing events recorded on the stream.
+    fn between_events(&self, work: impl FnOnce() -> Result<()>) -> Result<EventPair> {
         let timed = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
         let start = self
             .stream
@@ -297,7 +292,7 @@ impl CudaGpu {
             .stream
             .record_event(timed)
             .map_err(driver_error("recording an event"))?;
-        Ok(Box::new(EventPair { start, end }))
+        Ok(EventPair { start, end })
     }
 
     /// The kernel's registers, static shared memory and most threads a block, as the driver
