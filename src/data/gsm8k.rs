@@ -2,9 +2,12 @@
 //! notes (`<<48/2=24>>`) ending in `#### N`. The user turn is the question; the assistant
 //! turn is the reasoning format filled with the solution (notes removed) and `\boxed{N}`.
 
+use std::path::Path;
+
 use serde_json::{Map, Value};
 
 use super::formats::{ReasoningFormat, Row};
+use super::questions::Question;
 use super::records::{self, FieldError};
 use crate::tokenizer::Message;
 
@@ -30,6 +33,29 @@ pub fn split_gsm8k_answer(answer: &str) -> Result<Gsm8kAnswer, String> {
         reasoning: without_calculator_notes(solution).trim().to_string(),
         final_answer,
     })
+}
+
+/// Every question of a GSM8K file with its worked solution, in file order: the input of
+/// the teacher that is the dataset's own solutions. Ids and gold answers are read as
+/// [`super::read_questions`] reads them; a row without a GSM8K `answer` is an error naming
+/// the file, the line and the field.
+pub fn read_gsm8k_solutions(path: &Path) -> crate::Result<Vec<(Question, Gsm8kAnswer)>> {
+    let questions = super::read_questions(path)?;
+    let records = records::read_records(path)?;
+    questions
+        .into_iter()
+        .zip(records)
+        .map(|(question, record)| {
+            let solution = record
+                .value
+                .and_then(|value| {
+                    let answer = records::text(records::object(&value)?, "answer")?;
+                    split_gsm8k_answer(answer).map_err(|msg| FieldError::new("answer", msg))
+                })
+                .map_err(|problem| problem.at(path, record.location))?;
+            Ok((question, solution))
+        })
+        .collect()
 }
 
 /// Removes every `<<expression=result>>` note; an unclosed `<<` is left as it is.

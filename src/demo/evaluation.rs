@@ -41,6 +41,7 @@ pub fn evaluate_model(
             ..SamplingConfig::default()
         },
         probes: probes.iter().map(|p| p.to_string()).collect(),
+        chat: None,
     };
     evaluate(&target, questions, &options, out_dir, show_progress)
 }

@@ -1,17 +1,21 @@
 //! Evaluation (`scotd eval`): what a model gained and what it forgot. Greedy answers to
 //! held-out questions, checked by the verifier: accuracy with a 95% confidence interval,
 //! how often the answer uses `<think>` and how often its inner and final answers
-//! disagree; then the chat-forgetting probes ([`probes`]).
+//! disagree; then the chat-forgetting probes ([`probes`]) and, given held-out chat rows,
+//! the chat retention measures ([`retention`]).
 //!
 //! An evaluation writes into one folder: `answers.jsonl` (one [`Answer`] per question,
-//! appended as each finishes, so a killed run resumes), `report.json` ([`EvalReport`])
+//! appended as each finishes, so a killed run resumes), `chat.jsonl` (one
+//! [`ChatReply`] per held-out chat row, likewise), `report.json` ([`EvalReport`])
 //! and `report.md`. `run.json` records what was evaluated; a rerun with another model,
 //! data or decoding settings into the same folder is refused rather than mixed.
 
 pub mod probes;
 mod report;
+mod retention;
 
 pub use report::{compare_markdown, wilson_interval, Answer, EvalReport, ProbeReply, Rate};
+pub use retention::{read_chat_rows, ChatReply, ChatRows, RetentionReport};
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -34,6 +38,8 @@ pub struct EvalOptions {
     pub sampling: SamplingConfig,
     /// Chat probes; empty for none.
     pub probes: Vec<String>,
+    /// Held-out chat rows for the retention measures, and the token limit of their replies.
+    pub chat: Option<(ChatRows, usize)>,
 }
 
 /// What is evaluated, as the report names it (usually the model and data paths).
@@ -57,7 +63,25 @@ pub fn evaluate(
     claim_folder(target, opts, out_dir)?;
     let answers = answer_questions(target, questions, &opts.sampling, out_dir, show_progress)?;
     let probes = run_probes(target, &opts.probes, &opts.sampling)?;
-    let report = EvalReport::new(target.model_name, target.data_name, &answers, probes);
+    let retention = match &opts.chat {
+        Some((rows, max_new_tokens)) => {
+            let sampling = SamplingConfig {
+                max_new_tokens: *max_new_tokens,
+                ..opts.sampling.clone()
+            };
+            let measured =
+                retention::measure_retention(target, rows, &sampling, out_dir, show_progress)?;
+            Some(measured)
+        }
+        None => None,
+    };
+    let report = EvalReport::new(
+        target.model_name,
+        target.data_name,
+        &answers,
+        probes,
+        retention,
+    );
     let json = serde_json::to_vec_pretty(&report)
         .map_err(|e| Error::format(out_dir, "report", e.to_string()))?;
     write_atomic(&out_dir.join("report.json"), &json)?;
@@ -68,7 +92,7 @@ pub fn evaluate(
 /// Writes `run.json`, or checks that the one there describes this same evaluation.
 fn claim_folder(target: &EvalTarget, opts: &EvalOptions, out_dir: &Path) -> Result<()> {
     let s = &opts.sampling;
-    let run = json!({
+    let mut run = json!({
         "model": target.model_name,
         "data": target.data_name,
         "question_format": target.prompter.question_format,
@@ -79,6 +103,10 @@ fn claim_folder(target: &EvalTarget, opts: &EvalOptions, out_dir: &Path) -> Resu
         "top_p": s.top_p,
         "seed": s.seed,
     });
+    if let Some((rows, max_new_tokens)) = &opts.chat {
+        run["chat"] = json!(rows.name);
+        run["chat_max_new_tokens"] = json!(max_new_tokens);
+    }
     let path = out_dir.join("run.json");
     match std::fs::read_to_string(&path) {
         Ok(text) if serde_json::from_str::<serde_json::Value>(&text).ok() == Some(run.clone()) => {

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::retention::RetentionReport;
 use crate::data::TraceId;
 use crate::sample::StopReason;
 use crate::{Error, Result};
@@ -49,7 +50,7 @@ pub struct Rate {
 }
 
 impl Rate {
-    fn of(count: usize, total: usize) -> Rate {
+    pub(super) fn of(count: usize, total: usize) -> Rate {
         let rate = if total == 0 {
             0.0
         } else {
@@ -80,11 +81,20 @@ pub struct EvalReport {
     pub probes: Vec<ProbeReply>,
     pub probes_with_math: usize,
     pub probes_with_think: usize,
+    /// Chat retention on held-out chat rows, when they were given (`--chat`).
+    #[serde(default)]
+    pub retention: Option<RetentionReport>,
 }
 
 impl EvalReport {
     /// The report of `answers` (in any order) and the probes' replies.
-    pub fn new(model: &str, data: &str, answers: &[Answer], probes: Vec<ProbeReply>) -> Self {
+    pub fn new(
+        model: &str,
+        data: &str,
+        answers: &[Answer],
+        probes: Vec<ProbeReply>,
+        retention: Option<RetentionReport>,
+    ) -> Self {
         let n = answers.len();
         let count = |f: &dyn Fn(&Answer) -> bool| answers.iter().filter(|a| f(a)).count();
         let correct = count(&|a| a.correct);
@@ -108,6 +118,7 @@ impl EvalReport {
             probes_with_math: probes.iter().filter(|p| p.math).count(),
             probes_with_think: probes.iter().filter(|p| p.think).count(),
             probes,
+            retention,
         }
     }
 
@@ -126,7 +137,11 @@ impl EvalReport {
     pub fn markdown(&self) -> String {
         let mut md = format!("# Evaluation of {}\n\nData: {}\n\n", self.model, self.data);
         md.push_str(&compare_markdown(std::slice::from_ref(self)));
-        md.push_str("\n## Chat probes\n\n| prompt | math | think | reply |\n|---|---|---|---|\n");
+        if !self.probes.is_empty() {
+            md.push_str(
+                "\n## Chat probes\n\n| prompt | math | think | reply |\n|---|---|---|---|\n",
+            );
+        }
         for p in &self.probes {
             let _ = writeln!(
                 md,
@@ -136,6 +151,9 @@ impl EvalReport {
                 yes_no(p.think),
                 cell(&p.reply, 160)
             );
+        }
+        if let Some(chat) = &self.retention {
+            md.push_str(&chat.markdown());
         }
         md
     }
@@ -153,7 +171,7 @@ pub fn compare_markdown(reports: &[EvalReport]) -> String {
     md.push_str("\n|---|");
     md.push_str(&"--:|".repeat(reports.len()));
     md.push('\n');
-    let rows: [(&str, Column); 8] = [
+    let rows: [(&str, Column); 10] = [
         ("questions", |r| r.questions.to_string()),
         ("accuracy (95% CI)", |r| {
             format!(
@@ -177,6 +195,16 @@ pub fn compare_markdown(reports: &[EvalReport]) -> String {
                 r.probes_with_think,
                 r.probes.len()
             )
+        }),
+        ("held-out chat replies with math or think tags", |r| {
+            r.retention.as_ref().map_or("–".into(), |c| {
+                format!("{} of {}", percent(c.with_math_or_think), c.rows)
+            })
+        }),
+        ("held-out chat reference loss (nats/token)", |r| {
+            r.retention
+                .as_ref()
+                .map_or("–".into(), |c| format!("{:.3}", c.reference_loss))
         }),
     ];
     for (name, value) in rows {
@@ -203,7 +231,7 @@ pub fn wilson_interval(successes: usize, n: usize) -> [f64; 2] {
     [(center - half).max(0.0), (center + half).min(1.0)]
 }
 
-fn percent(rate: Rate) -> String {
+pub(super) fn percent(rate: Rate) -> String {
     format!("{:.1}% ({})", 100.0 * rate.rate, rate.count)
 }
 

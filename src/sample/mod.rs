@@ -8,9 +8,11 @@ use std::collections::VecDeque;
 use indicatif::{ProgressBar, ProgressStyle};
 
 mod prompt;
+mod solutions;
 mod traces;
 
 pub use prompt::Prompter;
+pub use solutions::{solution_traces, write_traces};
 pub(crate) use traces::trace_seed;
 pub use traces::{sample_traces, SampleOptions, SampleSummary};
 

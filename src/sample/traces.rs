@@ -176,7 +176,12 @@ pub(crate) fn trace_seed(seed: u64, id: &TraceId, sample: u64) -> u64 {
     Rng::new(seed ^ id_hash.rotate_left(17) ^ sample.wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64()
 }
 
-fn trace_record(question: &Question, sample: u64, trace: String, tokens: usize) -> TraceRecord {
+pub(super) fn trace_record(
+    question: &Question,
+    sample: u64,
+    trace: String,
+    tokens: usize,
+) -> TraceRecord {
     let answer = verify::extract(&trace).final_answer;
     let correct = verify::is_correct(&question.gold, &trace);
     TraceRecord {

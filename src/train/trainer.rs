@@ -326,9 +326,8 @@ fn pad_id(tokenizer: &Tokenizer) -> u32 {
 }
 
 /// Every dataset's rows, each split into training rows and `eval_rows` held-out rows
-/// (chosen by a seeded shuffle, so the split is the same on every run).
-/// Every dataset's rows, split into training and held-out; with `verbose`, what each
-/// file held (and the lines skipped) on stderr.
+/// (chosen by a seeded shuffle, so the split is the same on every run); with `verbose`,
+/// what each file held (and the lines skipped) on stderr.
 fn read_datasets(config: &TrainConfig, verbose: bool) -> Result<(Vec<DatasetSource>, Vec<Row>)> {
     let reasoning = ReasoningFormat {
         template: config.reasoning_format.clone(),

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use scotd::data::read_questions;
-use scotd::eval::{compare_markdown, evaluate, probes, EvalOptions, EvalReport, EvalTarget};
+use scotd::eval::{
+    compare_markdown, evaluate, probes, read_chat_rows, EvalOptions, EvalReport, EvalTarget,
+};
 use scotd::sample::Prompter;
 
 use crate::prompts::{load_model, DecodingArgs};
@@ -32,6 +34,17 @@ pub struct Args {
     /// Chat probes, one per line, instead of the built-in ones; "none" for no probes.
     #[arg(long)]
     probes: Option<String>,
+    /// Held-out chat rows (Alpaca JSON or `messages` JSONL) for the retention measures: the
+    /// rate of replies with math or think tags, and the mean per-token loss of the rows'
+    /// reference replies under the model.
+    #[arg(long)]
+    chat: Option<PathBuf>,
+    /// Only the first this many chat rows.
+    #[arg(long)]
+    chat_limit: Option<usize>,
+    /// The token limit of the replies to the chat rows.
+    #[arg(long, default_value_t = 256)]
+    chat_max_new_tokens: usize,
     /// Put the reports of earlier evaluations (folders or report.json files) side by side.
     #[arg(long, num_args = 1.., conflicts_with_all = ["model", "data"])]
     compare: Vec<PathBuf>,
@@ -63,9 +76,18 @@ pub fn run(args: Args) -> Result<()> {
         prompter: &prompter,
         data_name: &data_name,
     };
+    let chat = match &args.chat {
+        Some(path) => {
+            let mut chat = read_chat_rows(path, prompter.system.as_deref())?;
+            chat.rows.truncate(args.chat_limit.unwrap_or(usize::MAX));
+            Some((chat, args.chat_max_new_tokens))
+        }
+        None => None,
+    };
     let opts = EvalOptions {
         sampling: args.decoding.sampling(),
         probes: read_probes(args.probes.as_deref())?,
+        chat,
     };
     let report = evaluate(&target, &questions, &opts, out, true)
         .with_context(|| format!("evaluating into {}", out.display()))?;

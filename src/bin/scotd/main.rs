@@ -12,6 +12,7 @@ mod plot;
 mod probe;
 mod prompts;
 mod sample;
+mod solution_traces;
 mod train;
 mod verify;
 
@@ -59,6 +60,9 @@ enum Command {
     /// Sample a teacher's step-by-step traces of every question, verify each against the
     /// gold answer and append them to a trace JSONL; a rerun resumes where it stopped.
     Sample(sample::Args),
+    /// Write a GSM8K file's own worked solutions as a trace JSONL (calculator notes
+    /// removed, `#### N` as `\boxed{N}`, verified): the teacher when no model can be one.
+    SolutionTraces(solution_traces::Args),
     /// Evaluate a model on held-out questions (accuracy, think tags) and chat probes;
     /// or put earlier reports side by side (--compare).
     Eval(eval::Args),
@@ -84,6 +88,7 @@ fn main() {
         Command::Plot(args) => plot::run(args),
         Command::Probe(args) => probe::run(args),
         Command::Sample(args) => sample::run(args),
+        Command::SolutionTraces(args) => solution_traces::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Train(args) => train::run(args),
         Command::Verify(args) => verify::run(args),
