@@ -31,6 +31,8 @@ pub struct EvalMetrics {
     pub step: u64,
     pub eval_loss: f32,
     pub eval_tokens: usize,
+    /// The eval loss of each dataset's held-out rows, by dataset name.
+    pub eval_loss_by_dataset: std::collections::BTreeMap<String, f32>,
 }
 
 pub struct MetricsLog {

@@ -41,7 +41,8 @@ struct Run<'a> {
     optimizer: AdamW,
     tokenizer: &'a Tokenizer,
     examples: MixedExamples<'a>,
-    eval_examples: Vec<Example>,
+    /// Held-out examples and the index of the dataset each came from.
+    eval_examples: Vec<(usize, Example)>,
     schedule: Schedule,
 }
 
@@ -153,7 +154,12 @@ impl<'a> Run<'a> {
         let mixer = Mixer::new(sources, config.seed)?;
         let eval_examples = eval_rows
             .iter()
-            .map(|row| data::tokenize_row(tokenizer, template, &row.messages))
+            .map(|(source, row)| {
+                Ok((
+                    *source,
+                    data::tokenize_row(tokenizer, template, &row.messages)?,
+                ))
+            })
             .collect::<Result<Vec<_>>>()?;
         let dtype = match (config.device, config.gpu_precision) {
             (Device::Cpu, _) | (_, GpuPrecision::F32) => DType::F32,
@@ -267,11 +273,13 @@ impl<'a> Run<'a> {
         })
     }
 
-    /// Mean loss over the supervised tokens of the held-out examples, on the run's device.
+    /// Mean loss over the supervised tokens of the held-out examples, on the run's device:
+    /// of all of them, and of each dataset's.
     fn evaluate(&self, step: u64) -> Result<EvalMetrics> {
         let _no_tape = no_grad();
-        let (mut sum, mut count) = (0.0f64, 0usize);
-        for ex in &self.eval_examples {
+        let datasets = self.config.datasets.len();
+        let (mut sums, mut counts) = (vec![0.0f64; datasets], vec![0usize; datasets]);
+        for (source, ex) in &self.eval_examples {
             let n = ex.input_ids.len().min(self.config.seq_len);
             let batch = Batch::new(ex.input_ids[..n].to_vec(), 1, n)?;
             let supervised = ex.targets[..n]
@@ -281,17 +289,28 @@ impl<'a> Run<'a> {
             if supervised == 0 {
                 continue;
             }
-            sum += self
+            sums[*source] += self
                 .store
                 .model
                 .loss(&batch, &ex.targets[..n], Reduction::Sum)?
                 .to_scalar()? as f64;
-            count += supervised;
+            counts[*source] += supervised;
         }
+        let mean = |sum: f64, count: usize| (sum / count.max(1) as f64) as f32;
+        let by_dataset = self
+            .config
+            .datasets
+            .iter()
+            .zip(sums.iter().zip(&counts))
+            .filter(|(_, (_, &count))| count > 0)
+            .map(|(d, (&sum, &count))| (d.name.clone(), mean(sum, count)))
+            .collect();
+        let count = counts.iter().sum();
         Ok(EvalMetrics {
             step,
-            eval_loss: (sum / count.max(1) as f64) as f32,
+            eval_loss: mean(sums.iter().sum(), count),
             eval_tokens: count,
+            eval_loss_by_dataset: by_dataset,
         })
     }
 
@@ -328,7 +347,10 @@ fn pad_id(tokenizer: &Tokenizer) -> u32 {
 /// Every dataset's rows, each split into training rows and `eval_rows` held-out rows
 /// (chosen by a seeded shuffle, so the split is the same on every run); with `verbose`,
 /// what each file held (and the lines skipped) on stderr.
-fn read_datasets(config: &TrainConfig, verbose: bool) -> Result<(Vec<DatasetSource>, Vec<Row>)> {
+fn read_datasets(
+    config: &TrainConfig,
+    verbose: bool,
+) -> Result<(Vec<DatasetSource>, Vec<(usize, Row)>)> {
     let reasoning = ReasoningFormat {
         template: config.reasoning_format.clone(),
     };
@@ -354,7 +376,7 @@ fn read_datasets(config: &TrainConfig, verbose: bool) -> Result<(Vec<DatasetSour
         }
         let (train_rows, held_out) =
             split_eval(rows, config.eval_rows, config.seed ^ i as u64, &d.path)?;
-        eval.extend(held_out);
+        eval.extend(held_out.into_iter().map(|row| (i, row)));
         sources.push(DatasetSource {
             name: d.name.clone(),
             rows: train_rows,
