@@ -132,3 +132,70 @@ fn bad_outputs_are_refused() {
     let missing = dir.path().join("no/such/folder/loss.png");
     assert!(plot_metrics(&metrics, &missing, (800, 600)).is_err());
 }
+
+#[test]
+fn runs_side_by_side_with_each_datasets_held_out_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = dir.path().join("v1.jsonl");
+    let v2 = dir.path().join("v2.jsonl");
+    let train = |loss: f64| {
+        (1..=30)
+            .map(|s| format!("{{\"step\": {s}, \"loss\": {}}}\n", loss - 0.01 * s as f64))
+            .collect::<String>()
+    };
+    std::fs::write(
+        &v1,
+        train(2.0) + "{\"step\": 10, \"eval_loss\": 1.5}\n{\"step\": 30, \"eval_loss\": 1.2}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &v2,
+        train(2.5)
+            + "{\"step\": 10, \"eval_loss\": 1.6, \"eval_loss_by_dataset\": {\"chat\": 1.9, \"traces\": 1.4}}\n\
+               {\"step\": 30, \"eval_loss\": 1.4, \"eval_loss_by_dataset\": {\"chat\": 1.8, \"traces\": 1.1}}\n",
+    )
+    .unwrap();
+    let runs: Vec<(String, scotd::train::plot::Metrics)> = [("v1", &v1), ("v2", &v2)]
+        .into_iter()
+        .map(|(label, path)| (label.to_string(), read_metrics(path).unwrap()))
+        .collect();
+    assert_eq!(runs[0].1.eval_by_dataset.len(), 0);
+    assert_eq!(
+        runs[1].1.eval_by_dataset["traces"],
+        [(10.0, 1.4), (30.0, 1.1)]
+    );
+    let out = dir.path().join("runs.png");
+    scotd::train::plot::plot_runs(&runs, &out, (800, 600)).unwrap();
+    let img = image::open(&out).unwrap().to_rgb8();
+    let (top, bottom) = (0..300, 300..600);
+    // Training losses: v1 blue, v2 orange on top; held-out: v1, v2 chat, v2 traces below.
+    let (blue, orange, green, red) = ([31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40]);
+    assert!(
+        count_color(&img, blue, top.clone()) > 300,
+        "no v1 train curve"
+    );
+    assert!(
+        count_color(&img, orange, top.clone()) > 300,
+        "no v2 train curve"
+    );
+    for (color, what) in [
+        (blue, "v1 held-out"),
+        (orange, "v2 chat"),
+        (green, "v2 traces"),
+    ] {
+        assert!(
+            count_color(&img, color, bottom.clone()) > 100,
+            "no {what} curve"
+        );
+    }
+    assert_eq!(count_color(&img, red, 0..600), 0, "a fourth held-out curve");
+
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"step\": 1, \"eval_loss_by_dataset\": {\"chat\": \"x\"}}\n",
+    )
+    .unwrap();
+    let err = read_metrics(&bad).unwrap_err().to_string();
+    assert!(err.contains("bad.jsonl:1") && err.contains("chat"), "{err}");
+}

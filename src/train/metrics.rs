@@ -43,12 +43,15 @@ pub struct MetricsLog {
 }
 
 impl MetricsLog {
-    /// Opens `path` for appending, first dropping any line past `keep_through_step`
-    /// (what a resumed run will log again).
-    pub fn open(path: &Path, keep_through_step: u64) -> Result<Self> {
+    /// Opens `path` for appending, first dropping any line past `resumed_step` (what a
+    /// resumed run will log again), or every line when the run starts afresh (`None`).
+    pub fn open(path: &Path, resumed_step: Option<u64>) -> Result<Self> {
         let mut last_loss = None;
         if path.exists() {
-            let kept = lines_through(path, keep_through_step)?;
+            let kept = match resumed_step {
+                Some(step) => lines_through(path, step)?,
+                None => String::new(),
+            };
             last_loss = kept
                 .lines()
                 .rev()

@@ -1,10 +1,14 @@
 //! Training curves from a metrics JSONL file: the loss (and the eval loss when logged)
-//! and the learning rate against the step, drawn into one PNG with two panels.
+//! and the learning rate against the step, drawn into one PNG with two panels; or
+//! several runs side by side ([`plot_runs`]): their training losses in one panel, their
+//! held-out losses (each dataset's, when logged) in the other.
 //!
 //! Each line is a JSON object with an integer `step` and any of `loss`, `lr` and
-//! `eval_loss` (numbers); other fields (tokens, grad_norm, ...) are ignored. Text is
-//! drawn with DejaVu Sans embedded in the binary, so no system fonts are needed.
+//! `eval_loss` (numbers) and `eval_loss_by_dataset` (an object of numbers); other fields
+//! (tokens, grad_norm, ...) are ignored. Text is drawn with DejaVu Sans embedded in the
+//! binary, so no system fonts are needed.
 
+use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -21,6 +25,8 @@ pub struct Metrics {
     pub loss: Vec<(f64, f64)>,
     pub eval_loss: Vec<(f64, f64)>,
     pub lr: Vec<(f64, f64)>,
+    /// Each dataset's eval loss, by dataset name.
+    pub eval_by_dataset: BTreeMap<String, Vec<(f64, f64)>>,
 }
 
 /// Reads a metrics JSONL file. A malformed line is an error naming `file:line` and the
@@ -70,7 +76,35 @@ impl Metrics {
                 series.push((step, value));
             }
         }
+        match obj.get("eval_loss_by_dataset") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(by_dataset)) => {
+                for name in by_dataset.keys() {
+                    let field = format!("eval_loss_by_dataset.{name}");
+                    let value = number(by_dataset, name, at)?
+                        .ok_or_else(|| Error::format(at, &field, "expected a number, got null"))?;
+                    let series = self.eval_by_dataset.entry(name.clone()).or_default();
+                    series.push((step, value));
+                }
+            }
+            Some(other) => {
+                let msg = format!("expected an object of numbers, got {other}");
+                return Err(Error::format(at, "eval_loss_by_dataset", msg));
+            }
+        }
         Ok(())
+    }
+
+    /// The held-out curves: each dataset's, or the overall eval loss when the run logged
+    /// no per-dataset ones.
+    fn held_out_curves(&self) -> Vec<(String, &[(f64, f64)])> {
+        if self.eval_by_dataset.is_empty() {
+            return vec![("held-out".to_string(), &self.eval_loss[..])];
+        }
+        self.eval_by_dataset
+            .iter()
+            .map(|(name, series)| (format!("held-out {name}"), &series[..]))
+            .collect()
     }
 }
 
@@ -89,6 +123,15 @@ fn number(obj: &Map<String, Value>, field: &str, at: &Path) -> Result<Option<f64
 /// through a temporary file renamed into place.
 pub fn plot_metrics(metrics: &Metrics, out: &Path, size: (u32, u32)) -> Result<()> {
     write_png(out, size, |tmp| draw(metrics, tmp, size))
+}
+
+/// Several runs side by side in the PNG file `out`: the training losses in the top panel,
+/// the held-out losses in the bottom one; `runs` are (label, metrics).
+pub fn plot_runs(runs: &[(String, Metrics)], out: &Path, size: (u32, u32)) -> Result<()> {
+    if runs.is_empty() {
+        return Err(Error::format(out, "(runs)", "no run to plot"));
+    }
+    write_png(out, size, |tmp| draw_runs(runs, tmp, size))
 }
 
 /// A PNG drawn by `draw` into a temporary file (its path given) and renamed to `out`;
@@ -149,6 +192,96 @@ fn draw(metrics: &Metrics, path: &Path, size: (u32, u32)) -> std::result::Result
     draw_loss(&panels[0], metrics, steps.clone()).map_err(|e| e.to_string())?;
     draw_lr(&panels[1], &metrics.lr, steps).map_err(|e| e.to_string())?;
     root.present().map_err(|e| e.to_string())
+}
+
+fn draw_runs(
+    runs: &[(String, Metrics)],
+    path: &Path,
+    size: (u32, u32),
+) -> std::result::Result<(), String> {
+    let root = BitMapBackend::new(path, size).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let panels = root.split_evenly((2, 1));
+    let train: Vec<(String, &[(f64, f64)])> = runs
+        .iter()
+        .map(|(label, m)| (format!("{label} train"), &m.loss[..]))
+        .collect();
+    let held_out: Vec<(String, &[(f64, f64)])> = runs
+        .iter()
+        .flat_map(|(label, m)| {
+            m.held_out_curves()
+                .into_iter()
+                .map(move |(name, series)| (format!("{label} {name}"), series))
+        })
+        .collect();
+    let steps = padded_range(
+        train
+            .iter()
+            .chain(&held_out)
+            .flat_map(|(_, s)| s.iter().map(|p| p.0)),
+        0.0,
+    );
+    draw_curves(&panels[0], "training loss", &train, steps.clone(), false)
+        .map_err(|e| e.to_string())?;
+    draw_curves(&panels[1], "held-out loss", &held_out, steps, true).map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())
+}
+
+/// Distinct colours for the curves of a comparison (matplotlib's tab10).
+const PALETTE: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+];
+
+/// One panel of labelled curves; `markers` puts a dot on every point (sparse evals).
+fn draw_curves<'a>(
+    panel: &Panel<'a>,
+    title: &str,
+    curves: &[(String, &[(f64, f64)])],
+    steps: std::ops::Range<f64>,
+    markers: bool,
+) -> DrawResult<'a> {
+    let values = curves.iter().flat_map(|(_, s)| s.iter().map(|p| p.1));
+    let mut chart = ChartBuilder::on(panel)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .margin_right(28)
+        .x_label_area_size(36)
+        .y_label_area_size(64)
+        .build_cartesian_2d(steps, value_range(values))?;
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .x_label_formatter(&|step| format!("{step:.0}"))
+        .y_desc("loss")
+        .label_style(("sans-serif", 14))
+        .draw()?;
+    for (i, (label, series)) in curves.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        chart
+            .draw_series(LineSeries::new(
+                series.iter().copied(),
+                color.stroke_width(2),
+            ))?
+            .label(label.as_str())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+        if markers {
+            chart.draw_series(series.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
+        }
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font(("sans-serif", 14))
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
 }
 
 type Panel<'a> = DrawingArea<BitMapBackend<'a>, Shift>;

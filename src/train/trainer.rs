@@ -56,7 +56,7 @@ pub fn train(config: TrainConfig, show_progress: bool) -> Result<TrainSummary> {
     let mut optimizer_steps = resumed.map_or(0, |s| s.optimizer_steps);
     let out = run.config.output_dir.clone();
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
-    let mut log = MetricsLog::open(&out.join("metrics.jsonl"), start)?;
+    let mut log = MetricsLog::open(&out.join("metrics.jsonl"), resumed.map(|s| s.step))?;
     let on_terminal = std::io::stderr().is_terminal();
     let bar = progress_bar(show_progress && on_terminal, start, run.config.steps);
     let log_every = if show_progress && !on_terminal {
@@ -64,6 +64,10 @@ pub fn train(config: TrainConfig, show_progress: bool) -> Result<TrainSummary> {
     } else {
         0
     };
+    if start == 0 && run.config.eval_every > 0 && !run.eval_examples.is_empty() {
+        // The held-out loss before any step: where the curves start from.
+        log.write(&run.evaluate(0)?)?;
+    }
     let started = Instant::now();
     let mut last_loss = log.last_loss.unwrap_or(f32::NAN);
     for step in start..run.config.steps {
