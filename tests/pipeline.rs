@@ -297,6 +297,8 @@ fn sample_filter_and_eval_end_to_end_with_numbers_recomputed() {
         2,
         "{table}"
     );
+    let paired_row = format!("| 20 | {correct} | 0 | 0 | 1.000 |");
+    assert!(table.contains(&paired_row), "{table}");
 }
 
 #[test]

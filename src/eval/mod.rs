@@ -10,11 +10,15 @@
 //! and `report.md`. `run.json` records what was evaluated; a rerun with another model,
 //! data or decoding settings into the same folder is refused rather than mixed.
 
+mod paired;
 pub mod probes;
 mod report;
 mod retention;
 
-pub use report::{compare_markdown, wilson_interval, Answer, EvalReport, ProbeReply, Rate};
+pub use paired::{mcnemar_exact, paired, paired_markdown, Paired};
+pub use report::{
+    compare_markdown, read_answers, wilson_interval, Answer, EvalReport, ProbeReply, Rate,
+};
 pub use retention::{read_chat_rows, ChatReply, ChatRows, RetentionReport};
 
 use std::collections::{HashMap, HashSet};

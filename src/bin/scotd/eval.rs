@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use scotd::data::read_questions;
 use scotd::eval::{
-    compare_markdown, evaluate, probes, read_chat_rows, EvalOptions, EvalReport, EvalTarget,
+    compare_markdown, evaluate, paired_markdown, probes, read_answers, read_chat_rows, EvalOptions,
+    EvalReport, EvalTarget,
 };
 use scotd::sample::Prompter;
 
@@ -45,7 +46,8 @@ pub struct Args {
     /// The token limit of the replies to the chat rows.
     #[arg(long, default_value_t = 256)]
     chat_max_new_tokens: usize,
-    /// Put the reports of earlier evaluations (folders or report.json files) side by side.
+    /// Put the reports of earlier evaluations (folders or report.json files) side by side;
+    /// folders are also paired with the first, question by question (exact McNemar test).
     #[arg(long, num_args = 1.., conflicts_with_all = ["model", "data"])]
     compare: Vec<PathBuf>,
     #[command(flatten)]
@@ -113,11 +115,21 @@ fn read_probes(arg: Option<&str>) -> Result<Vec<String>> {
 }
 
 fn compare(reports: &[PathBuf], out: Option<&Path>) -> Result<()> {
-    let reports = reports
+    let loaded = reports
         .iter()
         .map(|p| EvalReport::read(p))
         .collect::<scotd::Result<Vec<_>>>()?;
-    let table = compare_markdown(&reports);
+    let mut table = compare_markdown(&loaded);
+    // Folders hold their answers too: each evaluation paired with the first.
+    if reports.len() > 1 && reports.iter().all(|p| p.join("answers.jsonl").is_file()) {
+        let answers = reports
+            .iter()
+            .map(|p| read_answers(p))
+            .collect::<scotd::Result<Vec<_>>>()?;
+        let names: Vec<String> = loaded.iter().map(|r| r.model.clone()).collect();
+        table.push_str("\nPaired with the first, question by question:\n\n");
+        table.push_str(&paired_markdown(&names, &answers));
+    }
     match out {
         Some(path) => scotd::io::write_atomic(path, table.as_bytes())?,
         None => print!("{table}"),
