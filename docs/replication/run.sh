@@ -35,13 +35,13 @@ ln -sfn "$SCOTD_SMOLLM2_DIR" base
 [ -f gsm8k-test.jsonl ] || cp "$DATA/gsm8k/test.jsonl" gsm8k-test.jsonl
 
 for v in v1 v2; do
-    [ -d "$v/checkpoint-270" ] || "$SCOTD" train --config "$REPO/configs/seed-$v-smollm2.toml" \
+    [ -d "$v/checkpoint-350" ] || "$SCOTD" train --config "$REPO/configs/seed-$v-smollm2.toml" \
         --model "$SCOTD_SMOLLM2_DIR" --device "$DEVICE" 2>&1 | tee -a "train-$v.log"
 done
 
 # One greedy evaluation per model: the same prompt (the question alone, the model's own
 # chat template), 512 new tokens, the held-out chat rows, the original's five prompts.
-for model in base v1/checkpoint-270 v2/checkpoint-270; do
+for model in base v1/checkpoint-350 v2/checkpoint-350; do
     name="${model%%/*}"
     "$SCOTD" eval --model "$model" --data gsm8k-test.jsonl --limit "$QUESTIONS" \
         --out "eval/$name" --max-new-tokens 512 --batch-size 32 \
