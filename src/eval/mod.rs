@@ -17,7 +17,8 @@ mod retention;
 
 pub use paired::{mcnemar_exact, paired, paired_markdown, Paired};
 pub use report::{
-    compare_markdown, read_answers, wilson_interval, Answer, EvalReport, ProbeReply, Rate,
+    compare_markdown, probes_markdown, read_answers, wilson_interval, Answer, EvalReport,
+    ProbeReply, Rate,
 };
 pub use retention::{read_chat_rows, ChatReply, ChatRows, RetentionReport};
 

@@ -233,6 +233,24 @@ pub fn compare_markdown(reports: &[EvalReport]) -> String {
     md
 }
 
+/// The chat probes' replies of several reports, prompt by prompt (the prompts of the
+/// first report; a report without that prompt shows a dash). Replies are quoted whole.
+pub fn probes_markdown(reports: &[EvalReport]) -> String {
+    let Some(first) = reports.first() else {
+        return String::new();
+    };
+    let mut md = String::new();
+    for probe in &first.probes {
+        let _ = writeln!(md, "#### {}\n", cell(&probe.prompt, 200));
+        for r in reports {
+            let reply = r.probes.iter().find(|p| p.prompt == probe.prompt);
+            let text = reply.map_or("–".to_string(), |p| p.reply.trim().replace('\n', "\n> "));
+            let _ = writeln!(md, "**{}**\n> {text}\n", r.model);
+        }
+    }
+    md
+}
+
 /// The 95% Wilson score interval of `successes` out of `n` (better than the normal
 /// approximation near 0 and 1, and defined for small n).
 pub fn wilson_interval(successes: usize, n: usize) -> [f64; 2] {
@@ -289,6 +307,39 @@ mod tests {
         let [lo, hi] = wilson_interval(0, 10);
         assert!(lo == 0.0 && (hi - 0.2775).abs() < 1e-4, "{lo} {hi}");
         assert_eq!(wilson_interval(0, 0), [0.0, 1.0]);
+    }
+
+    #[test]
+    fn probe_replies_are_put_side_by_side_prompt_by_prompt() {
+        let probe = |prompt: &str, reply: &str| ProbeReply {
+            prompt: prompt.into(),
+            reply: reply.into(),
+            math: false,
+            think: false,
+        };
+        let base = EvalReport::new(
+            "base",
+            "d",
+            &[],
+            vec![
+                probe("Hello!", "Hi there.\nHow can I help?"),
+                probe("2+2?", "4"),
+            ],
+            None,
+        );
+        let tuned = EvalReport::new(
+            "v1",
+            "d",
+            &[],
+            vec![probe("Hello!", "<think>x</think>")],
+            None,
+        );
+        let md = probes_markdown(&[base, tuned]);
+        assert!(md.starts_with("#### Hello!\n\n**base**\n> Hi there.\n> How can I help?\n\n**v1**\n> <think>x</think>\n"), "{md}");
+        assert!(
+            md.contains("#### 2+2?\n\n**base**\n> 4\n\n**v1**\n> –\n"),
+            "{md}"
+        );
     }
 
     #[test]

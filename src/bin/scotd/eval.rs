@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use scotd::data::read_questions;
 use scotd::eval::{
-    compare_markdown, evaluate, paired_markdown, probes, read_answers, read_chat_rows, EvalOptions,
-    EvalReport, EvalTarget,
+    compare_markdown, evaluate, paired_markdown, probes, probes_markdown, read_answers,
+    read_chat_rows, EvalOptions, EvalReport, EvalTarget,
 };
 use scotd::sample::Prompter;
 
@@ -129,6 +129,10 @@ fn compare(reports: &[PathBuf], out: Option<&Path>) -> Result<()> {
         let names: Vec<String> = loaded.iter().map(|r| r.model.clone()).collect();
         table.push_str("\nPaired with the first, question by question:\n\n");
         table.push_str(&paired_markdown(&names, &answers));
+    }
+    if loaded.iter().any(|r| !r.probes.is_empty()) {
+        table.push_str("\n### The chat probes' replies\n\n");
+        table.push_str(&probes_markdown(&loaded));
     }
     match out {
         Some(path) => scotd::io::write_atomic(path, table.as_bytes())?,
