@@ -100,3 +100,19 @@ pub fn load(dir: &Path, store: &ParamStore, optimizer: &mut AdamW) -> Result<Tra
     )?;
     Ok(state)
 }
+
+#[cfg(test)]
+mod tests {
+    /// A resume compares the saved config with the run's: every f32 setting must come back
+    /// from the JSON text as the same number (serde_json's default float parsing is only
+    /// best-effort, and once refused to resume a run at lr 5e-5 with betas 0.9/0.999).
+    #[test]
+    fn f32_settings_survive_the_json_text_exactly() {
+        for value in [5e-5f32, 0.9, 0.999, 0.95, 1e-8, 3e-3, 1e-5, 2e-5, 0.1, 0.01] {
+            let saved = serde_json::to_value(value).unwrap();
+            let text = serde_json::to_string(&saved).unwrap();
+            let read: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(read, saved, "{value} came back as {text}");
+        }
+    }
+}
