@@ -13,6 +13,7 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use serde_json::{Map, Value};
@@ -248,6 +249,33 @@ fn draw_curves<'a>(
     markers: bool,
 ) -> DrawResult<'a> {
     let values = curves.iter().flat_map(|(_, s)| s.iter().map(|p| p.1));
+    let mut chart = loss_chart(panel, title, steps, values)?;
+    for (i, (label, series)) in curves.iter().enumerate() {
+        let color = PALETTE[i % PALETTE.len()];
+        chart
+            .draw_series(LineSeries::new(
+                series.iter().copied(),
+                color.stroke_width(2),
+            ))?
+            .label(label.as_str())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+        if markers {
+            chart.draw_series(series.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
+        }
+    }
+    draw_legend(&mut chart)
+}
+
+type LossChart<'a, 'b> =
+    ChartContext<'b, BitMapBackend<'a>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A panel's chart of loss against step, its axes drawn.
+fn loss_chart<'a, 'b>(
+    panel: &'b Panel<'a>,
+    title: &str,
+    steps: std::ops::Range<f64>,
+    values: impl Iterator<Item = f64>,
+) -> std::result::Result<LossChart<'a, 'b>, DrawError<'a>> {
     let mut chart = ChartBuilder::on(panel)
         .caption(title, ("sans-serif", 22))
         .margin(12)
@@ -262,19 +290,10 @@ fn draw_curves<'a>(
         .y_desc("loss")
         .label_style(("sans-serif", 14))
         .draw()?;
-    for (i, (label, series)) in curves.iter().enumerate() {
-        let color = PALETTE[i % PALETTE.len()];
-        chart
-            .draw_series(LineSeries::new(
-                series.iter().copied(),
-                color.stroke_width(2),
-            ))?
-            .label(label.as_str())
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
-        if markers {
-            chart.draw_series(series.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
-        }
-    }
+    Ok(chart)
+}
+
+fn draw_legend<'a: 'b, 'b>(chart: &mut LossChart<'a, 'b>) -> DrawResult<'a> {
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)
@@ -285,8 +304,8 @@ fn draw_curves<'a>(
 }
 
 type Panel<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
-type DrawResult<'a> =
-    std::result::Result<(), DrawingAreaErrorKind<<BitMapBackend<'a> as DrawingBackend>::ErrorType>>;
+type DrawError<'a> = DrawingAreaErrorKind<<BitMapBackend<'a> as DrawingBackend>::ErrorType>;
+type DrawResult<'a> = std::result::Result<(), DrawError<'a>>;
 
 const LOSS_COLOR: RGBColor = RGBColor(31, 119, 180);
 const EVAL_COLOR: RGBColor = RGBColor(214, 39, 40);
@@ -298,20 +317,7 @@ fn draw_loss<'a>(
     steps: std::ops::Range<f64>,
 ) -> DrawResult<'a> {
     let values = metrics.loss.iter().chain(&metrics.eval_loss).map(|p| p.1);
-    let mut chart = ChartBuilder::on(panel)
-        .caption("loss", ("sans-serif", 22))
-        .margin(12)
-        .margin_right(28)
-        .x_label_area_size(36)
-        .y_label_area_size(64)
-        .build_cartesian_2d(steps, value_range(values))?;
-    chart
-        .configure_mesh()
-        .x_desc("step")
-        .x_label_formatter(&|step| format!("{step:.0}"))
-        .y_desc("loss")
-        .label_style(("sans-serif", 14))
-        .draw()?;
+    let mut chart = loss_chart(panel, "loss", steps, values)?;
     chart
         .draw_series(LineSeries::new(
             metrics.loss.iter().copied(),
@@ -327,13 +333,7 @@ fn draw_loss<'a>(
             .label("eval loss")
             .legend(|(x, y)| Circle::new((x + 10, y), 4, EVAL_COLOR.filled()));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .label_font(("sans-serif", 14))
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
+    draw_legend(&mut chart)
 }
 
 fn draw_lr<'a>(
