@@ -4,6 +4,7 @@
 #
 #   docs/replication/run.sh                  # run folder: runs/seed-replication
 #   RUN=/big/disk/seed QUESTIONS=1319 docs/replication/run.sh
+#   PUBLISH=1 docs/replication/run.sh        # then copy the results into docs/replication
 #
 # Every step is skipped or resumed when its output is there (the trainer resumes from
 # its last checkpoint, scotd eval from answers.jsonl and chat.jsonl), so after an
@@ -51,3 +52,15 @@ done
 "$SCOTD" eval --compare eval/base eval/v1 eval/v2 --out compare.md
 "$SCOTD" plot v1/metrics.jsonl v2/metrics.jsonl --label v1 --label v2 --out curves.png
 echo "done: $RUN/compare.md, $RUN/curves.png, $RUN/eval/{base,v1,v2}"
+
+# PUBLISH=1: copy what the write-up commits into docs/replication (no checkpoints).
+if [ "${PUBLISH:-0}" = 1 ]; then
+    DOCS="$REPO/docs/replication"
+    for name in base v1 v2; do
+        mkdir -p "$DOCS/$name"
+        cp "eval/$name"/{answers.jsonl,chat.jsonl,report.json,report.md,run.json} "$DOCS/$name/"
+    done
+    cp compare.md curves.png "$DOCS/"
+    cp v1/metrics.jsonl "$DOCS/v1-metrics.jsonl"
+    cp v2/metrics.jsonl "$DOCS/v2-metrics.jsonl"
+fi
