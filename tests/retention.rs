@@ -188,3 +188,20 @@ fn chat_retention_is_recomputed_from_logits_and_resumes() {
     let err = evaluate(&target, &questions[..2], &other, dir.path(), false).unwrap_err();
     assert!(err.to_string().contains("another"), "{err}");
 }
+
+#[test]
+fn chat_rows_with_one_id_twice_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chat.jsonl");
+    let row = |id: &str| {
+        format!("{{\"id\": \"{id}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hi\"}}, {{\"role\": \"assistant\", \"content\": \"Hello!\"}}]}}\n")
+    };
+    std::fs::write(&path, row("a") + &row("b") + &row("a")).unwrap();
+    let err = read_chat_rows(&path, None).err().unwrap().to_string();
+    assert!(
+        err.contains("chat.jsonl") && err.contains("a names two rows"),
+        "{err}"
+    );
+    std::fs::write(&path, row("a") + &row("b")).unwrap();
+    assert_eq!(read_chat_rows(&path, None).unwrap().rows.len(), 2);
+}

@@ -12,7 +12,7 @@
 //! Each row's result is appended to `chat.jsonl` as it finishes, so a killed evaluation
 //! resumes where it stopped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -21,11 +21,13 @@ use super::probes;
 use super::report::{percent, Rate};
 use super::EvalTarget;
 use crate::autograd::no_grad;
-use crate::data::{self, tokenize_row, BadLines, ReasoningFormat, Row};
+use crate::data::{self, tokenize_row, BadLines, ReasoningFormat, Row, TraceId};
 use crate::io::AppendLog;
 use crate::model::Batch;
 use crate::ops::{Reduction, IGNORE_INDEX};
-use crate::sample::{decode, questions_bar, reply_text, Event, Request, SamplingConfig};
+use crate::sample::{
+    decode, questions_bar, reply_text, trace_seed, Event, Request, SamplingConfig,
+};
 use crate::{Error, Result};
 
 /// Held-out chat rows, as read: those that could not be used are counted, not hidden.
@@ -122,6 +124,11 @@ pub fn read_chat_rows(path: &Path, system: Option<&str>) -> Result<ChatRows> {
     let format = data::detect(path)?;
     let reasoning = ReasoningFormat::new("{trace} {answer}")?;
     let (rows, report) = data::read_rows(path, format, &reasoning, system, BadLines::Skip)?;
+    let mut seen = HashSet::new();
+    if let Some(row) = rows.iter().find(|row| !seen.insert(row.id.as_str())) {
+        let msg = format!("{} names two rows: chat rows need distinct ids", row.id);
+        return Err(Error::format(path, "id", msg));
+    }
     Ok(ChatRows {
         name: path.display().to_string(),
         rows,
@@ -155,9 +162,10 @@ pub fn measure_retention(
         .collect::<Result<Vec<_>>>()?;
     let requests: Vec<Request> = prompts
         .iter()
-        .map(|prompt| Request {
+        .zip(&pending)
+        .map(|(prompt, row)| Request {
             prompt,
-            seed: sampling.seed,
+            seed: trace_seed(sampling.seed, &TraceId::Text(row.id.clone()), 0),
         })
         .collect();
     let bar = questions_bar(show_progress, chat.rows.len(), by_id.len());
