@@ -348,13 +348,16 @@ fn pad_id(tokenizer: &Tokenizer) -> u32 {
         .unwrap_or(0)
 }
 
+/// A held-out row and the index of the dataset it came from.
+type HeldOutRow = (usize, Row);
+
 /// Every dataset's rows, each split into training rows and `eval_rows` held-out rows
 /// (chosen by a seeded shuffle, so the split is the same on every run); with `verbose`,
 /// what each file held (and the lines skipped) on stderr.
 fn read_datasets(
     config: &TrainConfig,
     verbose: bool,
-) -> Result<(Vec<DatasetSource>, Vec<(usize, Row)>)> {
+) -> Result<(Vec<DatasetSource>, Vec<HeldOutRow>)> {
     let reasoning = ReasoningFormat {
         template: config.reasoning_format.clone(),
     };
