@@ -427,3 +427,62 @@ fn without_a_terminal_progress_is_a_log_line_every_log_every_steps() {
         "{stderr}"
     );
 }
+
+#[test]
+fn held_out_loss_is_logged_before_the_first_step_and_per_dataset() {
+    let student = tiny_student(32, 1);
+    let out = tempfile::tempdir().unwrap();
+    let run_dir = out.path().join("run");
+    let with_evals = |steps| {
+        let mut cfg = config(student.path(), &run_dir, steps);
+        (cfg.eval_rows, cfg.eval_every, cfg.seq_len) = (2, 2, 512);
+        cfg.datasets[0].path = common::fixture("data/alpaca.json");
+        cfg
+    };
+    let eval_lines = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v.get("eval_loss").is_some())
+            .collect()
+    };
+    train(with_evals(4), false).unwrap();
+    let evals = eval_lines();
+    let steps: Vec<u64> = evals.iter().map(|v| v["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [0, 2, 4]);
+    for v in &evals {
+        let by_dataset = v["eval_loss_by_dataset"].as_object().unwrap();
+        let names: Vec<&str> = by_dataset.keys().map(String::as_str).collect();
+        assert_eq!(names, ["chat", "math"], "{v}");
+        let (chat, math) = (
+            by_dataset["chat"].as_f64().unwrap(),
+            by_dataset["math"].as_f64().unwrap(),
+        );
+        let overall = v["eval_loss"].as_f64().unwrap();
+        assert!(
+            overall > chat.min(math) - 1e-6 && overall < chat.max(math) + 1e-6,
+            "{v}"
+        );
+    }
+    // Continuing the finished run to 6 steps keeps the one step-0 line.
+    train(with_evals(6), false).unwrap();
+    let steps: Vec<u64> = eval_lines()
+        .iter()
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [0, 2, 4, 6]);
+    // A fresh start (no checkpoint left) logs afresh rather than after the old lines.
+    for entry in std::fs::read_dir(&run_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(path).unwrap();
+        }
+    }
+    train(with_evals(2), false).unwrap();
+    let steps: Vec<u64> = eval_lines()
+        .iter()
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [0, 2]);
+}

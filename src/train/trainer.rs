@@ -66,7 +66,7 @@ pub fn train(config: TrainConfig, show_progress: bool) -> Result<TrainSummary> {
     };
     if start == 0 && run.config.eval_every > 0 && !run.eval_examples.is_empty() {
         // The held-out loss before any step: where the curves start from.
-        log.write(&run.evaluate(0)?)?;
+        run.log_evaluation(&mut log, 0)?;
     }
     let started = Instant::now();
     let mut last_loss = log.last_loss.unwrap_or(f32::NAN);
@@ -93,7 +93,7 @@ pub fn train(config: TrainConfig, show_progress: bool) -> Result<TrainSummary> {
             && done % run.config.eval_every == 0
             && !run.eval_examples.is_empty();
         if evaluating {
-            log.write(&run.evaluate(done)?)?;
+            run.log_evaluation(&mut log, done)?;
         }
         let saving = done == run.config.steps
             || (run.config.save_every > 0 && done % run.config.save_every == 0);
@@ -275,6 +275,16 @@ impl<'a> Run<'a> {
             dropped: stats.dropped,
             skipped: result.outcome.skipped,
         })
+    }
+
+    /// Logs the held-out loss, unless no held-out token is left within `seq_len` (a loss of
+    /// nothing would read as a perfect 0).
+    fn log_evaluation(&self, log: &mut MetricsLog, step: u64) -> Result<()> {
+        let metrics = self.evaluate(step)?;
+        if metrics.eval_tokens > 0 {
+            log.write(&metrics)?;
+        }
+        Ok(())
     }
 
     /// Mean loss over the supervised tokens of the held-out examples, on the run's device:
