@@ -177,6 +177,14 @@ impl AppendLog {
     }
 }
 
+/// Every record of a JSONL file that an [`AppendLog`] wrote (blank lines skipped), read
+/// without opening it for appending; a line that does not parse as `T` is an error naming
+/// its line.
+pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    parse_lines(path, &text)
+}
+
 fn parse_lines<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<Vec<T>> {
     text.lines()
         .enumerate()

@@ -40,22 +40,10 @@ pub fn split_gsm8k_answer(answer: &str) -> Result<Gsm8kAnswer, String> {
 /// [`super::read_questions`] reads them; a row without a GSM8K `answer` is an error naming
 /// the file, the line and the field.
 pub fn read_gsm8k_solutions(path: &Path) -> crate::Result<Vec<(Question, Gsm8kAnswer)>> {
-    let questions = super::read_questions(path)?;
-    let records = records::read_records(path)?;
-    questions
-        .into_iter()
-        .zip(records)
-        .map(|(question, record)| {
-            let solution = record
-                .value
-                .and_then(|value| {
-                    let answer = records::text(records::object(&value)?, "answer")?;
-                    split_gsm8k_answer(answer).map_err(|msg| FieldError::new("answer", msg))
-                })
-                .map_err(|problem| problem.at(path, record.location))?;
-            Ok((question, solution))
-        })
-        .collect()
+    super::questions::read_questions_with(path, |obj| {
+        let answer = records::text(obj, "answer")?;
+        split_gsm8k_answer(answer).map_err(|msg| FieldError::new("answer", msg))
+    })
 }
 
 /// Removes every `<<expression=result>>` note; an unclosed `<<` is left as it is.

@@ -24,12 +24,28 @@ pub struct Question {
 
 /// Reads every question of `path`, in file order. Ids must be unique.
 pub fn read_questions(path: &Path) -> Result<Vec<Question>> {
+    let questions = read_questions_with(path, |_| Ok(()))?;
+    Ok(questions
+        .into_iter()
+        .map(|(question, ())| question)
+        .collect())
+}
+
+/// [`read_questions`], each question with what `extra` reads from the same record (a
+/// problem there names the file, the line and the field as well).
+pub(super) fn read_questions_with<T>(
+    path: &Path,
+    extra: impl Fn(&Map<String, Value>) -> std::result::Result<T, FieldError>,
+) -> Result<Vec<(Question, T)>> {
     let mut questions = Vec::new();
     let mut seen: HashMap<TraceId, Location> = HashMap::new();
     for record in records::read_records(path)? {
-        let question = record
+        let (question, more) = record
             .value
-            .and_then(|value| question(records::object(&value)?, record.location))
+            .and_then(|value| {
+                let obj = records::object(&value)?;
+                Ok((question(obj, record.location)?, extra(obj)?))
+            })
             .map_err(|problem| problem.at(path, record.location))?;
         if let Some(first) = seen.insert(question.id.clone(), record.location) {
             return Err(Error::format(
@@ -38,7 +54,7 @@ pub fn read_questions(path: &Path) -> Result<Vec<Question>> {
                 format!("{} repeats the id of {first}", question.id),
             ));
         }
-        questions.push(question);
+        questions.push((question, more));
     }
     if questions.is_empty() {
         return Err(Error::format(

@@ -22,7 +22,7 @@ pub use report::{
 };
 pub use retention::{read_chat_rows, ChatReply, ChatRows, RetentionReport};
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 
 use serde_json::json;
@@ -68,18 +68,17 @@ pub fn evaluate(
     claim_folder(target, opts, out_dir)?;
     let answers = answer_questions(target, questions, &opts.sampling, out_dir, show_progress)?;
     let probes = run_probes(target, &opts.probes, &opts.sampling)?;
-    let retention = match &opts.chat {
-        Some((rows, max_new_tokens)) => {
+    let retention = opts
+        .chat
+        .as_ref()
+        .map(|(rows, max_new_tokens)| {
             let sampling = SamplingConfig {
                 max_new_tokens: *max_new_tokens,
                 ..opts.sampling.clone()
             };
-            let measured =
-                retention::measure_retention(target, rows, &sampling, out_dir, show_progress)?;
-            Some(measured)
-        }
-        None => None,
-    };
+            retention::measure_retention(target, rows, &sampling, out_dir, show_progress)
+        })
+        .transpose()?;
     let report = EvalReport::new(
         target.model_name,
         target.data_name,
@@ -187,25 +186,40 @@ fn known_answers(
     questions: &[Question],
     answers: Vec<Answer>,
 ) -> Result<HashMap<TraceId, Answer>> {
-    let texts: HashMap<&TraceId, &str> = questions
+    let texts = questions
         .iter()
         .map(|q| (&q.id, q.question.as_str()))
         .collect();
-    let mut seen = HashSet::new();
-    let mut by_id = HashMap::new();
-    for (n, answer) in answers.into_iter().enumerate() {
-        if texts.get(&answer.id) != Some(&answer.question.as_str())
-            || !seen.insert(answer.id.clone())
-        {
+    let what = ("answer", "questions");
+    known_records(path, texts, answers, |a| (&a.id, a.question.as_str()), what)
+}
+
+/// The records already in a resumed file, by key. Each must carry the key and text of one
+/// of this run's items (`expected`) and appear once; anything else means the folder holds
+/// another evaluation. `what` names a record and the items in the error.
+fn known_records<K, T>(
+    path: &Path,
+    expected: HashMap<&K, &str>,
+    records: Vec<T>,
+    key_and_text: impl Fn(&T) -> (&K, &str),
+    what: (&str, &str),
+) -> Result<HashMap<K, T>>
+where
+    K: Eq + std::hash::Hash + Clone + std::fmt::Display,
+{
+    let mut by_key = HashMap::new();
+    for (n, record) in records.into_iter().enumerate() {
+        let (key, text) = key_and_text(&record);
+        if expected.get(key) != Some(&text) || by_key.contains_key(key) {
             return Err(Error::format(
                 format!("{}:{}", path.display(), n + 1),
                 "id",
-                format!("answer {} is not one of this run's questions (or repeats one): the folder holds another evaluation", answer.id),
+                format!("{} {key} is not one of this run's {} (or repeats one): the folder holds another evaluation", what.0, what.1),
             ));
         }
-        by_id.insert(answer.id.clone(), answer);
+        by_key.insert(key.clone(), record);
     }
-    Ok(by_id)
+    Ok(by_key)
 }
 
 fn answer(question: &Question, output: String, generated: &Generated) -> Answer {

@@ -161,18 +161,7 @@ impl EvalReport {
 
 /// The answers of an evaluation folder (its `answers.jsonl`), in file order.
 pub fn read_answers(dir: &Path) -> Result<Vec<Answer>> {
-    let path = dir.join("answers.jsonl");
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(n, line)| {
-            serde_json::from_str(line).map_err(|e| {
-                let at = format!("{}:{}", path.display(), n + 1);
-                Error::format(at, "(json)", format!("not an answer line: {e}"))
-            })
-        })
-        .collect()
+    crate::io::read_jsonl(&dir.join("answers.jsonl"))
 }
 
 /// How one row of the comparison table reads a report.

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::probes;
 use super::report::{percent, Rate};
-use super::EvalTarget;
+use super::{known_records, EvalTarget};
 use crate::autograd::no_grad;
 use crate::data::{self, tokenize_row, BadLines, ReasoningFormat, Row, TraceId};
 use crate::io::AppendLog;
@@ -202,34 +202,20 @@ fn known_replies(
     rows: &[Row],
     replies: Vec<ChatReply>,
 ) -> Result<HashMap<String, ChatReply>> {
-    let prompts: HashMap<&str, &str> = rows
+    let prompts = rows
         .iter()
-        .map(|row| (row.id.as_str(), last_user_turn(row)))
+        .map(|row| (&row.id, last_user_turn(row)))
         .collect();
-    let mut by_id = HashMap::new();
-    for (n, reply) in replies.into_iter().enumerate() {
-        if prompts.get(reply.id.as_str()) != Some(&reply.prompt.as_str())
-            || by_id.contains_key(&reply.id)
-        {
-            return Err(Error::format(
-                format!("{}:{}", path.display(), n + 1),
-                "id",
-                format!("row {} is not one of this run's chat rows (or repeats one): the folder holds another evaluation", reply.id),
-            ));
-        }
-        by_id.insert(reply.id.clone(), reply);
-    }
-    Ok(by_id)
+    let what = ("row", "chat rows");
+    known_records(path, prompts, replies, |r| (&r.id, r.prompt.as_str()), what)
 }
 
 /// The conversation up to its last reply, rendered for the model to answer.
 fn prompt_ids(target: &EvalTarget, row: &Row) -> Result<Vec<u32>> {
     let before_reply = &row.messages[..row.messages.len() - 1];
-    let template = &target.prompter.template;
-    let rendered = template.render(before_reply, true)?;
     target
-        .tokenizer
-        .encode(&rendered, template.add_special_tokens())
+        .prompter
+        .conversation_ids(target.tokenizer, before_reply)
 }
 
 /// Summed loss and count of the reference reply's supervised tokens under the model.

@@ -59,7 +59,17 @@ impl Prompter {
             .iter()
             .map(|s| Message::new("system", s.as_str()));
         let messages: Vec<Message> = system.chain([Message::new("user", text)]).collect();
-        let rendered = self.template.render(&messages, true)?;
+        self.conversation_ids(tokenizer, &messages)
+    }
+
+    /// The prompt ids of a whole conversation (its own system message, if any), ready for
+    /// the assistant's next reply.
+    pub fn conversation_ids(
+        &self,
+        tokenizer: &Tokenizer,
+        messages: &[Message],
+    ) -> Result<Vec<u32>> {
+        let rendered = self.template.render(messages, true)?;
         tokenizer.encode(&rendered, self.template.add_special_tokens())
     }
 }
