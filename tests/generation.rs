@@ -183,6 +183,7 @@ fn sampling_is_seeded_and_top_p_narrows_to_greedy() {
             top_p,
             seed,
             batch_size: 3,
+            ..SamplingConfig::default()
         };
         generate(&model, &prompts, &[], &cfg, |_, _| {}).unwrap()
     };

@@ -45,9 +45,10 @@ pub fn sample_and_verify(
         sampling: SamplingConfig {
             max_new_tokens: config.max_new_tokens,
             temperature: config.sample_temperature,
-            top_p: 1.0,
             seed: config.seed,
             batch_size: DECODE_BATCH,
+            vocab_limit: Some(tokenizer.vocab_size()),
+            ..SamplingConfig::default()
         },
     };
     let sampled_file = folder.path("traces/sampled.jsonl");

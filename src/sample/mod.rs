@@ -28,9 +28,17 @@ pub struct SamplingConfig {
     pub temperature: f32,
     /// Nucleus sampling: keep the smallest set of tokens whose probability reaches this.
     pub top_p: f32,
+    /// Keep only the k most likely tokens (before top-p); 0 keeps them all.
+    pub top_k: usize,
     pub seed: u64,
     /// Sequences decoded together at most.
     pub batch_size: usize,
+    /// Ids at or past this are never chosen: a config vocabulary padded past the
+    /// tokenizer's (Qwen2.5: 151,936 rows for 151,665 tokens). `None`: every row.
+    pub vocab_limit: Option<usize>,
+    /// Bytes the KV cache may take at most (reserved up front); `None`: what the batch
+    /// needs at its longest.
+    pub kv_budget: Option<u64>,
 }
 
 impl Default for SamplingConfig {
@@ -39,8 +47,11 @@ impl Default for SamplingConfig {
             max_new_tokens: 256,
             temperature: 0.0,
             top_p: 1.0,
+            top_k: 0,
             seed: 0,
             batch_size: 8,
+            vocab_limit: None,
+            kv_budget: None,
         }
     }
 }

@@ -49,6 +49,7 @@ impl DecodingArgs {
             top_p: self.top_p,
             seed: self.seed,
             batch_size: self.batch_size,
+            ..SamplingConfig::default()
         }
     }
 }
