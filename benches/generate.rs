@@ -49,8 +49,9 @@ fn bench_model(c: &mut Criterion, name: &str, dir: &str) {
     group.bench_function("prefill_256", |b| {
         let p = prompt(0, PROMPT_TOKENS);
         b.iter(|| {
-            let mut cache = vec![KvCache::new(&model.config)];
-            model.forward_step(&[&p], &mut cache).unwrap()
+            let mut cache = KvCache::for_model(&model, p.len()).unwrap();
+            let seq = cache.add_sequence(p.len()).unwrap();
+            model.forward_step(&[(seq, &p)], &mut cache).unwrap()
         })
     });
 

@@ -145,67 +145,6 @@ __device__ void attention_backward_dkv(T* dk, T* dv, const T* q, const T* k, con
   }
 }
 
-// Attention of n new queries of ONE sequence over its key/value cache, for generation
-// (decode: n = 1; a prefill continuation: n > 1). q, out [n, Hq, D] at positions
-// start..start+n; k, v [len, Hkv, D], the new keys already written (len >= start + n);
-// query i sees cache rows 0..=start+i (one sequence per cache: no segment mask).
-//
-// Bytes: memory-bound. A block per (query row, head) reads its kv head's rows of the
-// cache once: Hq·Σ_i (start+i+1)·2·D elements in all, where the minimum is the cache once,
-// (start+n)·Hkv·2·D. The Hq/Hkv query heads of a group read the same rows (7x at
-// Qwen2.5-0.5B's 14:2; L2 absorbs most of it). Decode at Qwen2.5-0.5B shapes with 1024
-// cached tokens: the cache is 1024·2·64·2·2 B = 512 KB a layer, 0.17 µs at the H100's
-// measured 3025 GB/s, far under a launch; the 14 blocks of a decode step also fill only
-// 14 of 132 SMs. Splitting the keys over blocks and merging the parts by their lse
-// (flash-decoding) is the future fix for both; this kernel is the simple exact one.
-//
-// Launch: n·Hq blocks of W warps; dynamic shared memory W·D + start + n floats (the
-// warps' partial output rows, then the scores): contexts up to about 12k, which the
-// launcher checks.
-
-template <class T>
-__device__ void cached_attention_forward(T* out, const T* q, const T* k, const T* v, int start,
-                                        int q_heads, int kv_heads, int head_dim, float scale) {
-  SCOTD_DYNAMIC_SHARED(float, shared);
-  int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-  float* partial = shared;  // [warps][head_dim]
-  float* scores = shared + warps * head_dim;
-  int i = blockIdx.x / q_heads, h = blockIdx.x % q_heads, g = h / (q_heads / kv_heads);
-  int keys = start + i + 1;
-  size_t row = ((size_t)i * q_heads + h) * head_dim;
-  // A warp per key, so each reads a cache row whole (coalesced) and sums it in shuffles.
-  float local_max = neg_infinity();
-  for (int j = warp; j < keys; j += warps) {
-    const T* kj = k + ((size_t)j * kv_heads + g) * head_dim;
-    float s = 0.0f;
-    for (int c = lane; c < head_dim; c += 32) s += to_float(q[row + c]) * to_float(kj[c]);
-    s = warp_sum(s) * scale;
-    if (lane == 0) scores[j] = s;
-    local_max = fmaxf(local_max, s);
-  }
-  float max = block_max(local_max);  // its barrier also publishes the scores
-  float local_sum = 0.0f;
-  for (int j = threadIdx.x; j < keys; j += blockDim.x) {
-    float p = expf(scores[j] - max);
-    scores[j] = p;
-    local_sum += p;
-  }
-  float inv_sum = 1.0f / block_sum(local_sum);  // and this one the probabilities
-  // Each warp sums its keys' share of p·V, lanes over the row; then the warps' parts.
-  for (int c = lane; c < head_dim; c += 32) {
-    float acc = 0.0f;
-    for (int j = warp; j < keys; j += warps)
-      acc += scores[j] * to_float(v[((size_t)j * kv_heads + g) * head_dim + c]);
-    partial[warp * head_dim + c] = acc;
-  }
-  __syncthreads();
-  for (int c = threadIdx.x; c < head_dim; c += blockDim.x) {
-    float sum = 0.0f;
-    for (int w = 0; w < warps; ++w) sum += partial[w * head_dim + c];
-    out[row + c] = from_float<T>(sum * inv_sum);
-  }
-}
-
 // Parameters as separate ints (every launcher passes scalars the same way); Dims is
 // assembled here.
 #define DIMS_PARAMS int batch, int seq, int q_heads, int kv_heads, int head_dim, float scale
@@ -225,11 +164,6 @@ __device__ void cached_attention_forward(T* out, const T* q, const T* k, const T
       T* dk, T* dv, const T* q, const T* k, const T* v, const T* dout, const float* lse,      \
       const float* delta, const int* segments, DIMS_PARAMS) {                                  \
     attention_backward_dkv(dk, dv, q, k, v, dout, lse, delta, segments, DIMS);                 \
-  }                                                                                            \
-  extern "C" __global__ void cached_attention_forward_##SUFFIX(                               \
-      T* out, const T* q, const T* k, const T* v, int start, int q_heads, int kv_heads,       \
-      int head_dim, float scale) {                                                             \
-    cached_attention_forward(out, q, k, v, start, q_heads, kv_heads, head_dim, scale);         \
   }
 
 ATTENTION_KERNELS(float, f32)
@@ -241,5 +175,3 @@ SCOTD_EXPORT(attention_backward_dq_f32);
 SCOTD_EXPORT(attention_backward_dq_bf16);
 SCOTD_EXPORT(attention_backward_dkv_f32);
 SCOTD_EXPORT(attention_backward_dkv_bf16);
-SCOTD_EXPORT(cached_attention_forward_f32);
-SCOTD_EXPORT(cached_attention_forward_bf16);

@@ -53,7 +53,12 @@ fn cached_prefill_and_decode_match_the_full_forward() {
     let seq_a: Vec<u32> = vec![3, 17, 5, 40, 0, 9, 22, 31, 8];
     let seq_b: Vec<u32> = vec![12, 1, 30, 7, 7, 19];
     let (full_a, full_b) = (full_logits(&model, &seq_a), full_logits(&model, &seq_b));
-    let mut caches = vec![KvCache::new(&model.config), KvCache::new(&model.config)];
+    // The second sequence reserves nothing: its first step takes a block from the pool.
+    let mut cache = KvCache::for_model(&model, 32).unwrap();
+    let (a, b) = (
+        cache.add_sequence(9).unwrap(),
+        cache.add_sequence(0).unwrap(),
+    );
     // Prefill of different lengths in one step, then mixed chunk sizes.
     let steps: [(&[u32], &[u32]); 3] = [
         (&seq_a[..4], &seq_b[..2]),
@@ -63,7 +68,7 @@ fn cached_prefill_and_decode_match_the_full_forward() {
     let (mut end_a, mut end_b) = (0, 0);
     for (chunk_a, chunk_b) in steps {
         let logits = model
-            .forward_step(&[chunk_a, chunk_b], &mut caches)
+            .forward_step(&[(a, chunk_a), (b, chunk_b)], &mut cache)
             .unwrap()
             .to_vec_f32()
             .unwrap();
@@ -80,7 +85,7 @@ fn cached_prefill_and_decode_match_the_full_forward() {
             "sequence b",
         );
     }
-    assert_eq!((caches[0].len(), caches[1].len()), (9, 6));
+    assert_eq!((cache.len(a).unwrap(), cache.len(b).unwrap()), (9, 6));
 }
 
 /// Greedy decoding the slow way: the whole sequence through the full forward each step.

@@ -160,11 +160,16 @@ fn smollm2_kv_cache_decoding_equals_the_full_forward() {
     check_logits("full forward", &full, &check["last_logits"]);
 
     // Prefill half, then one token at a time through the cache.
-    let mut cache = vec![scotd::model::KvCache::new(&model.config)];
+    let mut cache = scotd::model::KvCache::for_model(&model, input.len()).unwrap();
+    let seq = cache.add_sequence(input.len()).unwrap();
     let half = input.len() / 2;
-    let mut last = model.forward_step(&[&input[..half]], &mut cache).unwrap();
+    let mut last = model
+        .forward_step(&[(seq, &input[..half])], &mut cache)
+        .unwrap();
     for t in half..input.len() {
-        last = model.forward_step(&[&input[t..=t]], &mut cache).unwrap();
+        last = model
+            .forward_step(&[(seq, &input[t..=t])], &mut cache)
+            .unwrap();
     }
     let cached = last.to_vec_f32().unwrap();
     let scale = full.iter().fold(0.0f32, |m, x| m.max(x.abs()));

@@ -1,102 +1,207 @@
-//! The key/value cache of one sequence: every layer's rotated keys and values so far, so
-//! each generated token costs one row of work instead of a whole forward. The rows live
-//! on the model's device, in its dtype, in buffers that grow by doubling.
+//! The key/value cache of generation: every layer's rotated keys and values of every
+//! sequence being decoded, so each new token costs one row of work instead of a whole
+//! forward. Paged: a layer's cache is one pool of blocks of [`KV_BLOCK`] positions on
+//! the model's device, in its activations' dtype (bf16 on a GPU running bf16), reserved
+//! whole when the cache is made; a sequence owns the blocks its table lists, so
+//! sequences of any lengths share the pool without padding, and a finished sequence
+//! hands its blocks back for the next one (continuous batching).
 
-use super::ModelConfig;
-use crate::{Result, Tensor};
+use super::{Model, ModelConfig};
+use crate::ops::PagedRows;
+use crate::{DType, Device, Error, Result, Tensor};
 
-/// Rows a cache reserves at least when it first grows.
-const MIN_CAPACITY: usize = 64;
+/// Positions a block holds.
+pub const KV_BLOCK: usize = 16;
 
-#[derive(Clone, Debug)]
-pub struct KvCache {
-    /// Per layer: keys and values, each [capacity, Hkv, Dh]; the first `len` rows hold
-    /// the sequence. Empty until the first write.
-    layers: Vec<Option<(Tensor, Tensor)>>,
+/// A sequence of a [`KvCache`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SeqId(usize);
+
+struct Sequence {
+    blocks: Vec<u32>,
     len: usize,
-    capacity: usize,
-    row_width: usize,
-    heads_dims: [usize; 2],
+}
+
+pub struct KvCache {
+    /// Per layer: keys and values, each [blocks, KV_BLOCK, Hkv, Dh].
+    layers: Vec<(Tensor, Tensor)>,
+    free: Vec<u32>,
+    sequences: Vec<Option<Sequence>>,
+    blocks: usize,
 }
 
 impl KvCache {
-    pub fn new(config: &ModelConfig) -> Self {
-        KvCache {
-            layers: vec![None; config.num_hidden_layers],
+    /// A cache of `tokens` positions (rounded up to whole blocks) for models of `config`,
+    /// on `device` in `dtype`, all of it allocated now.
+    pub fn new(
+        config: &ModelConfig,
+        device: Device,
+        dtype: DType,
+        tokens: usize,
+    ) -> Result<KvCache> {
+        let blocks = tokens.div_ceil(KV_BLOCK).max(1);
+        if u32::try_from(blocks).is_err() {
+            return Err(Error::shape(
+                "KvCache",
+                format!("{tokens} positions are too many"),
+            ));
+        }
+        let shape = [
+            blocks,
+            KV_BLOCK,
+            config.num_key_value_heads,
+            config.head_dim,
+        ];
+        let layers = (0..config.num_hidden_layers)
+            .map(|_| {
+                Ok((
+                    Tensor::zeros_on(shape, dtype, device)?,
+                    Tensor::zeros_on(shape, dtype, device)?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        Ok(KvCache {
+            layers,
+            free: (0..blocks as u32).rev().collect(),
+            sequences: Vec::new(),
+            blocks,
+        })
+    }
+
+    /// A cache of `tokens` positions for `model`, where its forward puts keys: its device,
+    /// in the dtype of its activations there.
+    pub fn for_model(model: &Model, tokens: usize) -> Result<KvCache> {
+        KvCache::new(
+            &model.config,
+            model.device(),
+            model.activation_dtype(),
+            tokens,
+        )
+    }
+
+    /// Bytes one cached position takes over all layers: keys and values of every KV head.
+    pub fn bytes_per_token(config: &ModelConfig, dtype: DType) -> usize {
+        2 * config.num_hidden_layers
+            * config.num_key_value_heads
+            * config.head_dim
+            * dtype.size_in_bytes()
+    }
+
+    /// Blocks `tokens` positions need.
+    pub fn blocks_for(tokens: usize) -> usize {
+        tokens.div_ceil(KV_BLOCK)
+    }
+
+    /// Blocks of the pool, and those no sequence holds.
+    pub fn blocks(&self) -> usize {
+        self.blocks
+    }
+
+    pub fn free_blocks(&self) -> usize {
+        self.free.len()
+    }
+
+    /// A new, empty sequence with room for `reserve` positions taken from the pool now
+    /// (so it cannot run out mid-decode); an error when the pool has not that many free.
+    pub fn add_sequence(&mut self, reserve: usize) -> Result<SeqId> {
+        let mut sequence = Sequence {
+            blocks: Vec::new(),
             len: 0,
-            capacity: 0,
-            row_width: config.num_key_value_heads * config.head_dim,
-            heads_dims: [config.num_key_value_heads, config.head_dim],
+        };
+        self.grow(&mut sequence, reserve)?;
+        let id = match self.sequences.iter().position(Option::is_none) {
+            Some(free_slot) => free_slot,
+            None => {
+                self.sequences.push(None);
+                self.sequences.len() - 1
+            }
+        };
+        self.sequences[id] = Some(sequence);
+        Ok(SeqId(id))
+    }
+
+    /// Ends a sequence, its blocks back in the pool.
+    pub fn remove_sequence(&mut self, id: SeqId) {
+        if let Some(sequence) = self.sequences.get_mut(id.0).and_then(Option::take) {
+            self.free.extend(sequence.blocks);
         }
     }
 
-    /// Number of positions cached.
-    pub fn len(&self) -> usize {
-        self.len
+    /// Positions cached of sequence `id`.
+    pub fn len(&self, id: SeqId) -> Result<usize> {
+        Ok(self.sequence(id)?.len)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
+    /// Makes room for sequence `id` to hold `tokens` positions (more blocks from the pool
+    /// when its reservation is short).
+    pub(crate) fn ensure(&mut self, id: SeqId, tokens: usize) -> Result<()> {
+        let index = self.index(id)?;
+        let mut sequence = self.sequences[index].take().expect("index checked it");
+        let grown = self.grow(&mut sequence, tokens);
+        self.sequences[index] = Some(sequence);
+        grown
     }
 
-    /// Writes layer `layer`'s keys and values [n, Hkv, Dh] of the next `n` positions (at
-    /// rows len..len + n); [`KvCache::advance`] counts them once every layer has them.
-    pub(crate) fn write(&mut self, layer: usize, keys: &Tensor, values: &Tensor) -> Result<()> {
-        let n = keys.elem_count() / self.row_width;
-        self.reserve(self.len + n, keys)?;
-        let (k, v) = self.layers[layer]
-            .as_ref()
-            .expect("reserve allocated every layer");
-        let start = self.len * self.row_width;
-        k.view_of_flat(start, [keys.elem_count()])?
-            .copy_from(keys)?;
-        v.view_of_flat(start, [values.elem_count()])?
-            .copy_from(values)?;
+    fn grow(&mut self, sequence: &mut Sequence, tokens: usize) -> Result<()> {
+        let needed = Self::blocks_for(tokens).saturating_sub(sequence.blocks.len());
+        if needed > self.free.len() {
+            return Err(Error::shape(
+                "KvCache",
+                format!(
+                    "{tokens} positions need {needed} more blocks of {KV_BLOCK}; {} of the pool's {} are free",
+                    self.free.len(),
+                    self.blocks
+                ),
+            ));
+        }
+        let at = self.free.len() - needed;
+        sequence.blocks.extend(self.free.drain(at..).rev());
         Ok(())
     }
 
-    /// Counts `n` more cached positions (after every layer wrote them).
-    pub(crate) fn advance(&mut self, n: usize) {
-        self.len += n;
-    }
-
-    /// Layer `layer`'s first `rows` rows of keys and values, [rows, Hkv, Dh] each.
-    pub(crate) fn layer(&self, layer: usize, rows: usize) -> Result<(Tensor, Tensor)> {
-        let (k, v) = self.layers[layer]
-            .as_ref()
-            .expect("a layer is read only after it was written");
-        let [heads, dim] = self.heads_dims;
-        Ok((
-            k.view_of_flat(0, [rows, heads, dim])?,
-            v.view_of_flat(0, [rows, heads, dim])?,
-        ))
-    }
-
-    /// Room for `rows` rows in every layer, on the device and in the dtype of `like`:
-    /// the buffers double (copying the rows so far) when they are too small.
-    fn reserve(&mut self, rows: usize, like: &Tensor) -> Result<()> {
-        if rows <= self.capacity {
-            return Ok(());
-        }
-        let capacity = rows.max(2 * self.capacity).max(MIN_CAPACITY);
-        let [heads, dim] = self.heads_dims;
-        let kept = self.len * self.row_width;
-        for slot in &mut self.layers {
-            let grown = |old: Option<&Tensor>| -> Result<Tensor> {
-                let t = Tensor::zeros_on([capacity, heads, dim], like.dtype(), like.device())?;
-                if let Some(old) = old.filter(|_| kept > 0) {
-                    t.view_of_flat(0, [kept])?
-                        .copy_from(&old.view_of_flat(0, [kept])?)?;
-                }
-                Ok(t)
-            };
-            let (k, v) = match slot {
-                Some((k, v)) => (grown(Some(k))?, grown(Some(v))?),
-                None => (grown(None)?, grown(None)?),
-            };
-            *slot = Some((k, v));
-        }
-        self.capacity = capacity;
+    /// Counts `n` more cached positions of sequence `id` (after every layer wrote them).
+    pub(crate) fn advance(&mut self, id: SeqId, n: usize) -> Result<()> {
+        let index = self.index(id)?;
+        let sequence = self.sequences[index].as_mut().expect("index checked it");
+        sequence.len += n;
         Ok(())
+    }
+
+    /// Sequence `id`'s block table.
+    pub(crate) fn table(&self, id: SeqId) -> Result<&[u32]> {
+        Ok(&self.sequence(id)?.blocks)
+    }
+
+    /// The rows of a step over this cache: `rows[r] = (i, p)`, query row r at position p of
+    /// sequence `sequences[i]`.
+    pub(crate) fn paged_rows(
+        &self,
+        sequences: &[SeqId],
+        rows: &[(usize, usize)],
+    ) -> Result<PagedRows> {
+        let tables = sequences
+            .iter()
+            .map(|&s| self.table(s))
+            .collect::<Result<Vec<_>>>()?;
+        PagedRows::new(KV_BLOCK, &tables, rows)
+    }
+
+    /// Layer `layer`'s pools of keys and values, [blocks, KV_BLOCK, Hkv, Dh] each.
+    pub(crate) fn layer(&self, layer: usize) -> (&Tensor, &Tensor) {
+        let (k, v) = &self.layers[layer];
+        (k, v)
+    }
+
+    fn index(&self, id: SeqId) -> Result<usize> {
+        self.sequence(id).map(|_| id.0)
+    }
+
+    fn sequence(&self, id: SeqId) -> Result<&Sequence> {
+        self.sequences
+            .get(id.0)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| {
+                Error::shape("KvCache", format!("sequence {} is not in the cache", id.0))
+            })
     }
 }

@@ -13,7 +13,7 @@ mod weights;
 pub use batch::Batch;
 pub use checkpoint::save_checkpoint;
 pub use config::{Architecture, ModelConfig};
-pub use kv_cache::KvCache;
+pub use kv_cache::{KvCache, SeqId, KV_BLOCK};
 pub use params::{
     parameter_specs, FlatLayout, FlatParam, FlatParams, Init, LayerParam, ParamKind, ParamSpec,
     ParamStore, Projection,

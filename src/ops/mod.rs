@@ -17,9 +17,7 @@ pub mod swiglu;
 pub(crate) mod test_util;
 
 pub use add::add;
-pub use attention::{
-    attention, attention_cached, attention_with_caches, CachedDims, CachedQueries,
-};
+pub use attention::{attention, kv_cache_write, paged_attention, PagedDims, PagedRows};
 pub use cross_entropy::{cross_entropy, lm_head_loss, Reduction, IGNORE_INDEX};
 pub use embedding::embedding;
 pub use linear::{linear, linears};

@@ -16,7 +16,7 @@ pub use solutions::{solution_traces, write_traces};
 pub(crate) use traces::trace_seed;
 pub use traces::{sample_traces, SampleOptions, SampleSummary};
 
-use crate::model::{KvCache, Model};
+use crate::model::{KvCache, Model, SeqId, KV_BLOCK};
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
@@ -86,6 +86,7 @@ impl Generated {
 /// One sequence being decoded.
 struct Slot {
     request: usize,
+    seq: SeqId,
     next_chunk: Vec<u32>,
     generated: Vec<u32>,
     rng: Rng,
@@ -159,29 +160,31 @@ pub fn decode(
         }
         return Ok(());
     }
+    let needs: Vec<usize> = prompts
+        .iter()
+        .map(|p| reservation(model, p.len(), cfg))
+        .collect();
+    let mut cache = KvCache::for_model(model, pool_tokens(model, &needs, cfg)?)?;
     let mut waiting: VecDeque<usize> = (0..requests.len()).collect();
     let mut slots: Vec<Slot> = Vec::new();
-    let mut caches: Vec<KvCache> = Vec::new();
     loop {
-        while slots.len() < cfg.batch_size.max(1) {
-            let Some(r) = waiting.pop_front() else { break };
-            slots.push(Slot {
-                request: r,
-                next_chunk: requests[r].prompt.to_vec(),
-                generated: Vec::new(),
-                rng: Rng::new(requests[r].seed),
-            });
-            caches.push(KvCache::new(&model.config));
-        }
+        admit(
+            &mut waiting,
+            &mut slots,
+            &mut cache,
+            (requests, &needs),
+            cfg,
+        )?;
         if slots.is_empty() {
             return Ok(());
         }
-        let chunks: Vec<&[u32]> = slots.iter().map(|s| s.next_chunk.as_slice()).collect();
-        let logits = model.forward_step(&chunks, &mut caches)?;
-        let logits = logits.read_f32_on_host()?;
-        let vocab = model.config.vocab_size;
-        for (i, slot) in slots.iter_mut().enumerate() {
-            let token = choose(&logits[i * vocab..(i + 1) * vocab], cfg, &mut slot.rng);
+        let chunks: Vec<(SeqId, &[u32])> = slots
+            .iter()
+            .map(|s| (s.seq, s.next_chunk.as_slice()))
+            .collect();
+        let logits = model.forward_step(&chunks, &mut cache)?;
+        let tokens = next_tokens(model, &logits, &mut slots, cfg)?;
+        for (slot, token) in slots.iter_mut().zip(tokens) {
             slot.generated.push(token);
             slot.next_chunk = vec![token];
             on_event(Event::Token {
@@ -191,10 +194,10 @@ pub fn decode(
         }
         let mut i = 0;
         while i < slots.len() {
-            match stop_reason(model, &slots[i], &caches[i], eos_ids, cfg) {
+            match stop_reason(model, &slots[i], &cache, eos_ids, cfg)? {
                 Some(stop) => {
                     let slot = slots.swap_remove(i);
-                    caches.swap_remove(i);
+                    cache.remove_sequence(slot.seq);
                     let result = Generated {
                         ids: slot.generated,
                         stop,
@@ -208,6 +211,89 @@ pub fn decode(
             }
         }
     }
+}
+
+/// Positions a request may fill: its prompt and every new token, within the context.
+fn reservation(model: &Model, prompt: usize, cfg: &SamplingConfig) -> usize {
+    let end = prompt + cfg.max_new_tokens;
+    model
+        .config
+        .max_position_embeddings
+        .map_or(end, |m| end.min(m))
+}
+
+/// Positions of the KV cache: what the `batch_size` longest requests need together,
+/// within `cfg.kv_budget`; an error when the budget cannot hold even the longest alone.
+fn pool_tokens(model: &Model, needs: &[usize], cfg: &SamplingConfig) -> Result<usize> {
+    let mut blocks: Vec<usize> = needs.iter().map(|&n| KvCache::blocks_for(n)).collect();
+    blocks.sort_unstable_by(|a, b| b.cmp(a));
+    let wanted: usize = blocks.iter().take(cfg.batch_size.max(1)).sum();
+    let Some(budget) = cfg.kv_budget else {
+        return Ok(wanted * KV_BLOCK);
+    };
+    let per_token = KvCache::bytes_per_token(&model.config, model.activation_dtype()) as u64;
+    let affordable = (budget / (per_token * KV_BLOCK as u64)) as usize;
+    let longest = blocks.first().copied().unwrap_or(0);
+    if affordable < longest {
+        let (r, need) = needs
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, &n)| n)
+            .expect("a request");
+        return Err(Error::shape(
+            "generate",
+            format!(
+                "the KV budget of {budget} bytes holds {} positions ({per_token} bytes each); \
+                 request {r} needs {need} (its prompt and max_new_tokens {}): raise the budget or lower max_new_tokens",
+                affordable * KV_BLOCK,
+                cfg.max_new_tokens
+            ),
+        ));
+    }
+    Ok(wanted.min(affordable) * KV_BLOCK)
+}
+
+/// Moves waiting requests into free slots, in order, while the cache has room to reserve
+/// each one's whole length (so no sequence runs out mid-decode).
+fn admit(
+    waiting: &mut VecDeque<usize>,
+    slots: &mut Vec<Slot>,
+    cache: &mut KvCache,
+    (requests, needs): (&[Request], &[usize]),
+    cfg: &SamplingConfig,
+) -> Result<()> {
+    while slots.len() < cfg.batch_size.max(1) {
+        let Some(&r) = waiting.front() else { break };
+        if KvCache::blocks_for(needs[r]) > cache.free_blocks() {
+            break;
+        }
+        waiting.pop_front();
+        slots.push(Slot {
+            request: r,
+            seq: cache.add_sequence(needs[r])?,
+            next_chunk: requests[r].prompt.to_vec(),
+            generated: Vec::new(),
+            rng: Rng::new(requests[r].seed),
+        });
+    }
+    Ok(())
+}
+
+/// Each slot's next token from its row of `logits`.
+fn next_tokens(
+    model: &Model,
+    logits: &crate::Tensor,
+    slots: &mut [Slot],
+    cfg: &SamplingConfig,
+) -> Result<Vec<u32>> {
+    let vocab = model.config.vocab_size;
+    let limit = cfg.vocab_limit.unwrap_or(vocab).min(vocab);
+    let logits = logits.read_f32_on_host()?;
+    Ok(slots
+        .iter_mut()
+        .enumerate()
+        .map(|(i, slot)| choose(&logits[i * vocab..i * vocab + limit], cfg, &mut slot.rng))
+        .collect())
 }
 
 fn validate(model: &Model, prompts: &[&[u32]], cfg: &SamplingConfig) -> Result<()> {
@@ -248,22 +334,25 @@ fn stop_reason(
     cache: &KvCache,
     eos_ids: &[u32],
     cfg: &SamplingConfig,
-) -> Option<StopReason> {
-    let last = *slot.generated.last()?;
-    if eos_ids.contains(&last) {
+) -> Result<Option<StopReason>> {
+    let Some(&last) = slot.generated.last() else {
+        return Ok(None);
+    };
+    let cached = cache.len(slot.seq)?;
+    Ok(if eos_ids.contains(&last) {
         Some(StopReason::Eos)
     } else if slot.generated.len() >= cfg.max_new_tokens {
         Some(StopReason::MaxNewTokens)
     } else if model
         .config
         .max_position_embeddings
-        .is_some_and(|m| cache.len() + 1 >= m)
+        .is_some_and(|m| cached + 1 >= m)
     {
         // The new token is not cached yet: prompt + generated now fill the context.
         Some(StopReason::ContextFull)
     } else {
         None
-    }
+    })
 }
 
 /// The next token from one row of logits.

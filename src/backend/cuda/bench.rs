@@ -6,12 +6,13 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Gpu, GpuBuffer, GpuFloat};
+use crate::model::KV_BLOCK;
 use crate::ops::add::cuda::add_forward;
 use crate::ops::attention::cuda::{
-    cached_attention_forward, simple_attention_backward, simple_attention_forward,
-    AttentionBackwardFn, AttentionForwardFn,
+    simple_attention_backward, simple_attention_forward, AttentionBackwardFn, AttentionForwardFn,
 };
-use crate::ops::attention::{flash, AttentionDims, CachedDims};
+use crate::ops::attention::paged_cuda::paged_attention_forward;
+use crate::ops::attention::{flash, AttentionDims, PagedDims, PagedRows};
 use crate::ops::cross_entropy::cuda::{cross_entropy_fused, device_targets};
 use crate::ops::embedding::cuda::{embedding_backward, embedding_forward, DeviceTokens};
 use crate::ops::rmsnorm::cuda::{rmsnorm_backward, rmsnorm_forward};
@@ -346,7 +347,7 @@ fn attention(gpu: &Gpu, s: &Shapes) -> Result<Vec<KernelTiming>> {
     for (name, forward, backward) in kernels {
         out.extend(attention_kernels(gpu, s, name, (forward, backward))?);
     }
-    out.push(cached_attention(gpu, s)?);
+    out.push(paged_attention(gpu, s)?);
     Ok(out)
 }
 
@@ -404,31 +405,41 @@ fn attention_kernels(
     ])
 }
 
-/// One decode step (a query per head at the last position) over a KV cache as long as an
-/// attention row; its bytes are the cache read once, the least any kernel must move.
-fn cached_attention(gpu: &Gpu, s: &Shapes) -> Result<KernelTiming> {
+/// One decode step of 64 sequences (a query per head at the last position) over a paged
+/// KV cache as long as an attention row each; its bytes are the caches read once, the
+/// least any kernel must move.
+fn paged_attention(gpu: &Gpu, s: &Shapes) -> Result<KernelTiming> {
+    const SEQUENCES: usize = 64;
     let mut rng = Rng::new(8);
-    let dims = CachedDims {
+    let dims = PagedDims {
         q_heads: 14,
         kv_heads: 2,
         head_dim: 64,
     };
     let len = s.attention_seq;
-    let q = random_bf16(gpu, &mut rng, dims.q_heads * dims.head_dim)?;
-    let k = random_bf16(gpu, &mut rng, len * dims.kv_heads * dims.head_dim)?;
-    let v = random_bf16(gpu, &mut rng, k.len())?;
+    let blocks = len.div_ceil(KV_BLOCK);
+    let tables: Vec<Vec<u32>> = (0..SEQUENCES)
+        .map(|q| (0..blocks).map(|b| (q * blocks + b) as u32).collect())
+        .collect();
+    let tables: Vec<&[u32]> = tables.iter().map(Vec::as_slice).collect();
+    let rows: Vec<(usize, usize)> = (0..SEQUENCES).map(|q| (q, len - 1)).collect();
+    let rows = PagedRows::new(KV_BLOCK, &tables, &rows)?;
+    let q = random_bf16(gpu, &mut rng, SEQUENCES * dims.q_heads * dims.head_dim)?;
+    let pool = SEQUENCES * blocks * KV_BLOCK * dims.kv_heads * dims.head_dim;
+    let k = random_bf16(gpu, &mut rng, pool)?;
+    let v = random_bf16(gpu, &mut rng, pool)?;
     let times = gpu.time_ms(s.runs, || {
-        cached_attention_forward(gpu, (&q).into(), (&k).into(), (&v).into(), len - 1, dims)
-            .map(drop)
+        paged_attention_forward(gpu, (&q).into(), ((&k).into(), (&v).into()), &rows, dims).map(drop)
     })?;
-    // K and V read, q read and out written, 2 bytes an element.
-    let bytes = (2 * (k.len() + q.len()) * 2) as f64;
+    // The cached K and V rows read, q read and out written, 2 bytes an element.
+    let cached = SEQUENCES * len * dims.kv_heads * dims.head_dim;
+    let bytes = (2 * (2 * cached + q.len()) * 2) as f64;
     let shape = format!(
-        "1x{}/{}x{len}x{}",
+        "{SEQUENCES}x{}/{}x{len}x{}",
         dims.q_heads, dims.kv_heads, dims.head_dim
     );
     Ok(timing(
-        "cached_attention_forward (decode)",
+        "paged_attention_decode (decode)",
         ("", ""),
         shape,
         Some(bytes),

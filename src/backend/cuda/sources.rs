@@ -27,6 +27,10 @@ pub const SOURCES: &[(&str, &str)] = &[
         include_str!("../../../kernels/attention.cu"),
     ),
     (
+        "paged_attention.cu",
+        include_str!("../../../kernels/paged_attention.cu"),
+    ),
+    (
         "flash_attention.cu",
         include_str!("../../../kernels/flash_attention.cu"),
     ),

@@ -8,8 +8,8 @@
 //! - `attention_forward` / `attention_backward`: the choice, flash where it applies and
 //!   simple otherwise.
 //!
-//! `cached_attention_forward` is the generation kernel: new queries of one sequence over
-//! its key/value cache. At the end, the attention op on GPU tensors, through the choice.
+//! At the end, the attention op on GPU tensors, through the choice. Generation's kernels
+//! over the paged cache are paged_cuda.rs.
 //!
 //! Tensor inputs are views, so they may be parts of larger buffers (a flat parameter
 //! buffer, a KV cache): `(&buffer).into()` for a whole buffer, `buffer.view(range)?` for
@@ -18,7 +18,7 @@
 use half::bf16;
 
 use super::cpu::AttentionDims;
-use super::{flash, AttentionBackward, CachedDims};
+use super::{flash, AttentionBackward};
 use crate::backend::cuda::{
     expect_len, Gpu, GpuBuffer, GpuFloat, GpuView, KernelArg, LaunchConfig,
 };
@@ -291,81 +291,6 @@ pub fn simple_attention_backward<T: GpuFloat>(
     Ok((dq, dk, dv))
 }
 
-/// Warps of a cached-attention block (kernels/attention.cu): each keeps a partial output
-/// row in shared memory.
-const CACHED_WARPS: usize = 4;
-
-/// Attention of `n` new queries of one sequence, q [n, Hq, D] at positions
-/// start..start + n, over its key/value cache k_cache, v_cache [len, Hkv, D] (len >=
-/// start + n: the new keys are already in the cache); query i sees cache rows 0..=start+i.
-/// Returns out [n, Hq, D]. As `attention_with_caches` for one sequence; any dtype and head
-/// dim, contexts (start + n) up to about 12k.
-pub fn cached_attention_forward<T: GpuFloat>(
-    gpu: &Gpu,
-    q: GpuView<'_, T>,
-    k_cache: GpuView<'_, T>,
-    v_cache: GpuView<'_, T>,
-    start: usize,
-    dims: CachedDims,
-) -> Result<GpuBuffer<T>> {
-    let op = "cached_attention_forward";
-    let CachedDims {
-        q_heads,
-        kv_heads,
-        head_dim,
-    } = dims;
-    check_heads(op, q_heads, kv_heads, head_dim)?;
-    let whole_rows = |what: &str, len: usize, width: usize| {
-        if len == 0 || !len.is_multiple_of(width) {
-            return Err(Error::shape(
-                op,
-                format!("{what} holds {len} elements, not a nonzero number of rows of {width}"),
-            ));
-        }
-        Ok(len / width)
-    };
-    let n = whole_rows("q", q.len(), q_heads * head_dim)?;
-    let cached = whole_rows("k_cache", k_cache.len(), kv_heads * head_dim)?;
-    expect_len(op, "v_cache", &v_cache, k_cache.len())?;
-    let context = start + n;
-    if context > cached {
-        return Err(Error::shape(
-            op,
-            format!(
-                "queries at positions {start}..{context} need their keys in the cache, which holds {cached} rows"
-            ),
-        ));
-    }
-    let floats = context + CACHED_WARPS * head_dim;
-    let what = format!("a context of {context} at head dim {head_dim}");
-    let shared = check_shared(op, floats, "a score per cache row", &what)?;
-    let mut out = gpu.alloc::<T>(q.len())?;
-    let args = [
-        KernelArg::output(&mut out),
-        KernelArg::input(q),
-        KernelArg::input(k_cache),
-        KernelArg::input(v_cache),
-        KernelArg::int(start)?,
-        KernelArg::int(q_heads)?,
-        KernelArg::int(kv_heads)?,
-        KernelArg::int(head_dim)?,
-        KernelArg::F32(scale(head_dim)),
-    ];
-    let grid = u32::try_from(n * q_heads).map_err(|_| Error::shape(op, "too many query rows"))?;
-    let cfg = LaunchConfig::linear(grid, 32 * CACHED_WARPS as u32, shared);
-    // SAFETY: q holds n rows, the caches at least start + n (the most a block reads);
-    // every row and head of out is written by its block; the scores and the warps'
-    // partial rows fit the shared memory.
-    unsafe {
-        gpu.launch(
-            &format!("cached_attention_forward_{}", T::SUFFIX),
-            cfg,
-            &args,
-        )?
-    };
-    Ok(out)
-}
-
 /// Segment ids as the kernels take them (i32), uploaded.
 fn device_segments(gpu: &Gpu, segments: Option<&[u32]>) -> Result<Option<GpuBuffer<i32>>> {
     let Some(segments) = segments else {
@@ -446,7 +371,7 @@ mod tests {
 
     use super::*;
     use crate::backend::cuda::test_gpus;
-    use crate::ops::attention::{attention_with_caches, cpu, CachedQueries};
+    use crate::ops::attention::cpu;
     use crate::ops::test_util::assert_close_abs;
     use crate::rng::Rng;
 
@@ -817,107 +742,5 @@ mod tests {
         // 12100 scores are 48400 bytes; the backward's two rows of 6100, 48864.
         assert_eq!(too_long(12100), (true, true));
         assert_eq!(too_long(6100), (false, true));
-    }
-
-    const CACHED: CachedDims = CachedDims {
-        q_heads: 6,
-        kv_heads: 2,
-        head_dim: 8,
-    };
-
-    /// `n` queries at `start` against a cache of start + n + 3 rows (the 3 past the
-    /// queries' reach must not count), GQA 3:1, k and v read as views of one buffer, at
-    /// head dims 8 and 64: f32 against the CPU reference to 1e-5; bf16 within the
-    /// rounding of the output (half an ulp: 2^-8 relative).
-    fn check_cached(n: usize, start: usize) {
-        for head_dim in [8, 64] {
-            let dims = CachedDims { head_dim, ..CACHED };
-            check_cached_in::<f32>(n, start, dims, &|a, b| (a - b).abs() <= 1e-5);
-            check_cached_in::<bf16>(n, start, dims, &|a, b| {
-                (a - b).abs() <= 4e-3 * b.abs() + 1e-5
-            });
-        }
-    }
-
-    fn check_cached_in<T: GpuFloat>(
-        n: usize,
-        start: usize,
-        dims: CachedDims,
-        close: &dyn Fn(f32, f32) -> bool,
-    ) {
-        let mut rng = Rng::new((n * 1000 + start) as u64);
-        let len = start + n + 3;
-        let q: Vec<T> = random(&mut rng, n * dims.q_heads * dims.head_dim);
-        let k: Vec<T> = random(&mut rng, len * dims.kv_heads * dims.head_dim);
-        let v: Vec<T> = random(&mut rng, k.len());
-        let (qf, kf, vf) = (widen(&q), widen(&k), widen(&v));
-        let seq = CachedQueries {
-            q: &qf,
-            k_cache: &kf,
-            v_cache: &vf,
-            start,
-        };
-        let want = attention_with_caches(&[seq], dims);
-        for gpu in test_gpus() {
-            let (cache, at) = upload_views(&gpu, &[&k, &v], 5);
-            let q_gpu = gpu.upload(&q).unwrap();
-            let (k_view, v_view) = (
-                cache.view(at[0].clone()).unwrap(),
-                cache.view(at[1].clone()).unwrap(),
-            );
-            let out = cached_attention_forward(&gpu, (&q_gpu).into(), k_view, v_view, start, dims)
-                .unwrap();
-            let got = widen(&gpu.download(&out).unwrap());
-            assert_eq!(got.len(), want.len());
-            for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    close(a, b),
-                    "{} {} n {n} start {start} {dims:?} [{i}]: {a} vs {b}",
-                    gpu.describe(),
-                    T::SUFFIX
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn cached_attention_matches_the_cpu_reference_decoding_at_start_0() {
-        check_cached(1, 0);
-    }
-
-    #[test]
-    fn cached_attention_matches_the_cpu_reference_decoding_at_start_37() {
-        check_cached(1, 37);
-    }
-
-    #[test]
-    fn cached_attention_matches_the_cpu_reference_continuing_a_prefill_of_5_at_start_9() {
-        check_cached(5, 9);
-    }
-
-    #[test]
-    fn cached_attention_refuses_missing_keys_and_contexts_longer_than_its_shared_memory() {
-        let gpu = Gpu::emulated().unwrap();
-        let width = CACHED.kv_heads * CACHED.head_dim;
-        let q = gpu
-            .zeros::<f32>(2 * CACHED.q_heads * CACHED.head_dim)
-            .unwrap();
-        let cache = gpu.zeros::<f32>(12100 * width).unwrap();
-        let run = |rows: usize, start: usize| {
-            let kv = cache.view(0..rows * width).unwrap();
-            cached_attention_forward(&gpu, (&q).into(), kv, kv, start, CACHED)
-                .unwrap_err()
-                .to_string()
-        };
-        let err = run(10, 9);
-        assert!(
-            err.contains("positions 9..11") && err.contains("10 rows"),
-            "{err}"
-        );
-        let err = run(12100, 12000);
-        assert!(
-            err.contains("a context of 12002") && err.contains("too long"),
-            "{err}"
-        );
     }
 }

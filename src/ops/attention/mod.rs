@@ -1,12 +1,13 @@
 //! Causal grouped-query self-attention, softmax(q·kᵀ/√Dh)·v, with an optional segment
 //! mask so that sequences packed into one row never attend to each other.
 
-mod cached;
 mod cpu;
 pub mod cuda;
 pub mod flash;
+mod paged;
+pub mod paged_cuda;
 
-pub use cached::{attention_cached, attention_with_caches, CachedDims, CachedQueries};
+pub use paged::{kv_cache_write, paged_attention, PagedDims, PagedRows};
 
 pub use cpu::AttentionDims;
 
