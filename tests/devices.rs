@@ -179,3 +179,68 @@ scotd::gpu_tests! {
         }
     }
 }
+
+/// Five prompts of different lengths (one of a single token).
+fn ragged_prompts(vocab: usize) -> Vec<Vec<u32>> {
+    let mut rng = Rng::new(29);
+    [9, 3, 1, 14, 6]
+        .into_iter()
+        .map(|n| (0..n).map(|_| rng.below(vocab) as u32).collect())
+        .collect()
+}
+
+fn decode_all(model: &Model, prompts: &[Vec<u32>], cfg: &SamplingConfig) -> Vec<Vec<u32>> {
+    let got = generate(model, prompts, &[], cfg, |_, _| {}).unwrap();
+    got.into_iter().map(|g| g.ids).collect()
+}
+
+scotd::gpu_tests! {
+    /// Greedy continuations of five ragged prompts, two slots at a time (the others join
+    /// as sequences finish) and under a KV budget that holds two sequences only (the
+    /// third waits for blocks), are the CPU's decoded alone, at every shape.
+    fn greedy_decoding_with_joins_and_a_tight_kv_budget_matches_the_cpu(device: Device) {
+        for (what, config) in shapes() {
+            let cpu_model = sharp_model(&config);
+            let model = cpu_model.to_device(device, DType::F32).unwrap();
+            let prompts = ragged_prompts(config.vocab_size);
+            let alone = SamplingConfig { max_new_tokens: 7, batch_size: 1, ..SamplingConfig::default() };
+            let want = decode_all(&cpu_model, &prompts, &alone);
+            let per_token = scotd::model::KvCache::bytes_per_token(&config, DType::F32) as u64;
+            let block = scotd::model::KV_BLOCK as u64;
+            let tight = SamplingConfig {
+                batch_size: 4,
+                kv_budget: Some(2 * 2 * block * per_token), // two sequences of 2 blocks
+                ..alone.clone()
+            };
+            for cfg in [SamplingConfig { batch_size: 2, ..alone.clone() }, tight] {
+                assert_eq!(decode_all(&model, &prompts, &cfg), want, "{what}: {cfg:?}");
+            }
+        }
+    }
+}
+
+scotd::device_tests! {
+    /// Sampled continuations (temperature, top-k, top-p) seeded per prompt: the same on a
+    /// second run, and the same whatever the batch size and whichever prompts share the
+    /// batch.
+    fn seeded_sampling_reproduces_and_ignores_the_batch(device: Device) {
+        let (_, config) = shapes().remove(1);
+        let model = Model::random(config.clone(), 5).to_device(device, DType::F32).unwrap();
+        let prompts = ragged_prompts(config.vocab_size);
+        let cfg = SamplingConfig {
+            max_new_tokens: 8,
+            temperature: 0.9,
+            top_k: 20,
+            top_p: 0.9,
+            seed: 41,
+            batch_size: 3,
+            ..SamplingConfig::default()
+        };
+        let first = decode_all(&model, &prompts, &cfg);
+        assert_eq!(decode_all(&model, &prompts, &cfg), first, "a second run");
+        let one_by_one = SamplingConfig { batch_size: 1, ..cfg.clone() };
+        assert_eq!(decode_all(&model, &prompts, &one_by_one), first, "batch size 1");
+        let distinct = first.iter().collect::<std::collections::HashSet<_>>().len();
+        assert!(distinct > 1, "five prompts sampled alike: {first:?}");
+    }
+}

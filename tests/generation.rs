@@ -220,3 +220,20 @@ fn streaming_callback_sees_every_token_in_order() {
     assert_eq!(seen[0], out[0].ids);
     assert_eq!(seen[1], out[1].ids);
 }
+
+#[test]
+fn a_kv_budget_too_small_for_the_longest_request_is_refused() {
+    let model = model(64);
+    let cfg = SamplingConfig {
+        max_new_tokens: 20,
+        kv_budget: Some(100),
+        ..SamplingConfig::default()
+    };
+    let err = generate(&model, &[vec![1, 2, 3]], &[], &cfg, |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("KV budget of 100 bytes") && err.contains("needs 23"),
+        "{err}"
+    );
+}
