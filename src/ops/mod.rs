@@ -12,6 +12,7 @@ pub mod embedding;
 pub mod linear;
 pub mod rmsnorm;
 pub mod rope;
+pub mod sampling;
 pub mod swiglu;
 #[cfg(test)]
 pub(crate) mod test_util;
@@ -23,6 +24,7 @@ pub use embedding::embedding;
 pub use linear::{linear, linears};
 pub use rmsnorm::rmsnorm;
 pub use rope::{rope, rope_table, rope_with_table, RopeTable};
+pub use sampling::{choose_tokens, TokenChoice};
 pub use swiglu::swiglu;
 
 use crate::backend::cpu::WeightRows;

@@ -18,6 +18,8 @@ use crate::ops::embedding::cuda::{embedding_backward, embedding_forward, DeviceT
 use crate::ops::rmsnorm::cuda::{rmsnorm_backward, rmsnorm_forward};
 use crate::ops::rope::cuda::{rope_rotate, DeviceRopeTable};
 use crate::ops::rope::RopeTable;
+use crate::ops::sampling::cuda::{choose_tokens_into, DeviceChoices};
+use crate::ops::sampling::TokenChoice;
 use crate::ops::swiglu::cuda::{swiglu_backward, swiglu_forward};
 use crate::optim::cuda::{adamw_update, grad_norm, AdamwBuffers, AdamwPlan, FlatSegment};
 use crate::optim::AdamWConfig;
@@ -90,6 +92,7 @@ pub fn bench_kernels(gpu: &Gpu, scale: Scale) -> Result<Vec<KernelTiming>> {
     out.extend(embedding(gpu, &s)?);
     out.extend(rope(gpu, &s)?);
     out.push(cross_entropy(gpu, &s)?);
+    out.extend(sampling(gpu, &s)?);
     out.extend(elementwise(gpu, &s)?);
     out.extend(optimizer(gpu, &s)?);
     out.extend(attention(gpu, &s)?);
@@ -233,6 +236,45 @@ fn cross_entropy(gpu: &Gpu, s: &Shapes) -> Result<KernelTiming> {
         None,
         times,
     ))
+}
+
+/// The next token of a decode step's 64 sequences from their bf16 logits, greedy and by
+/// top-p. The rate is of the logits read; a sampled row also rereads its probabilities
+/// (f32, from L2) once per bit of its threshold, which the rate does not count.
+fn sampling(gpu: &Gpu, s: &Shapes) -> Result<Vec<KernelTiming>> {
+    const ROWS: usize = 64;
+    let mut rng = Rng::new(9);
+    let vocab = s.vocab;
+    let logits = random_bf16(gpu, &mut rng, ROWS * vocab)?;
+    let mut ids = gpu.alloc::<u32>(ROWS)?;
+    let top_p = TokenChoice {
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 0.9,
+        uniform: 0.0,
+    };
+    let mut out = Vec::new();
+    for (name, rule) in [("greedy", TokenChoice::greedy()), ("top-p 0.9", top_p)] {
+        let choices: Vec<TokenChoice> = (0..ROWS)
+            .map(|_| TokenChoice {
+                uniform: rng.uniform(),
+                ..rule
+            })
+            .collect();
+        let choices = DeviceChoices::new(gpu, &choices, vocab)?;
+        let times = gpu.time_ms(s.runs, || {
+            choose_tokens_into(gpu, &logits, vocab, &choices, &mut ids)
+        })?;
+        out.push(timing(
+            &format!("choose_tokens ({name})"),
+            ("", ""),
+            format!("{ROWS}x{vocab}"),
+            Some((ROWS * vocab * 2) as f64),
+            None,
+            times,
+        ));
+    }
+    Ok(out)
 }
 
 /// SwiGLU over the MLP's activations and the residual add over the hidden states.

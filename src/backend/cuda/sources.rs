@@ -53,6 +53,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ),
     ("adamw.cu", include_str!("../../../kernels/adamw.cu")),
     ("scale.cu", include_str!("../../../kernels/scale.cu")),
+    ("sampling.cu", include_str!("../../../kernels/sampling.cu")),
 ];
 
 /// The kernel files (`.cu`), each one compilation unit.
