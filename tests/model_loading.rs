@@ -1,9 +1,12 @@
 //! Loading checkpoints: round trips, sharded indexes, and bad files that must give an
 //! error naming the file and the tensor, never a panic.
 
+mod common;
+
 use std::path::Path;
 
 use scotd::model::{Batch, Model, ModelConfig};
+use scotd::{DType, Device, Tensor};
 
 fn tiny_config(tied: bool) -> ModelConfig {
     let json = format!(
@@ -61,29 +64,120 @@ fn save_then_load_gives_the_same_logits() {
     }
 }
 
-#[test]
-fn sharded_checkpoint_loads_like_a_single_file() {
-    let (dir, model) = saved_model(false);
-    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
-    let params = model.parameters();
+/// Writes `params` into `dir` as two safetensors shards and the index naming them.
+fn save_two_shards(dir: &Path, params: &[(String, Tensor)]) {
     let (first, second) = params.split_at(params.len() / 2);
     let mut weight_map = serde_json::Map::new();
     for (file, part) in [
         ("model-00001-of-00002.safetensors", first),
         ("model-00002-of-00002.safetensors", second),
     ] {
-        scotd::model::save_safetensors(&dir.path().join(file), part).unwrap();
+        scotd::model::save_safetensors(&dir.join(file), part).unwrap();
         for (name, _) in part {
             weight_map.insert(name.clone(), file.into());
         }
     }
     let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
-    std::fs::write(
-        dir.path().join("model.safetensors.index.json"),
-        index.to_string(),
-    )
-    .unwrap();
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+}
+
+#[test]
+fn sharded_checkpoint_loads_like_a_single_file() {
+    let (dir, model) = saved_model(false);
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    save_two_shards(dir.path(), &model.parameters());
     assert_eq!(logits(&Model::load(dir.path()).unwrap()), logits(&model));
+}
+
+/// Every parameter's name, device, dtype and stored bytes.
+fn placed_bits(model: &Model) -> Vec<(String, Device, DType, Vec<u8>)> {
+    model
+        .parameters()
+        .into_iter()
+        .map(|(name, t)| {
+            let bytes = t.host_storage().unwrap().to_le_bytes();
+            (name, t.device(), t.dtype(), bytes)
+        })
+        .collect()
+}
+
+/// The golden tiny Qwen2 (f32, one file), and the golden tiny untied Llama stored in bf16
+/// as two shards.
+fn checkpoints_to_place() -> Vec<(&'static str, tempfile::TempDir)> {
+    let qwen2 = tempfile::tempdir().unwrap();
+    let golden = common::fixture("golden/qwen2_tied");
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(golden.join(file), qwen2.path().join(file)).unwrap();
+    }
+    let llama = tempfile::tempdir().unwrap();
+    let golden = common::fixture("golden/llama_untied");
+    std::fs::copy(golden.join("config.json"), llama.path().join("config.json")).unwrap();
+    let bf16: Vec<(String, Tensor)> = Model::load(&golden)
+        .unwrap()
+        .parameters()
+        .into_iter()
+        .map(|(name, t)| (name, t.to_dtype(DType::BF16).unwrap()))
+        .collect();
+    save_two_shards(llama.path(), &bf16);
+    vec![
+        ("f32 qwen2, one file", qwen2),
+        ("bf16 llama, two shards", llama),
+    ]
+}
+
+scotd::gpu_tests! {
+    /// Loading straight onto a GPU device, tensor by tensor, places the bits that loading
+    /// on the host and moving the model would.
+    fn load_on_places_the_bits_of_load_then_to_device(device: Device) {
+        for (what, dir) in checkpoints_to_place() {
+            for dtype in [DType::F32, DType::BF16] {
+                let placed = Model::load_on(dir.path(), device, dtype).unwrap();
+                let moved = Model::load(dir.path())
+                    .unwrap()
+                    .to_device(device, dtype)
+                    .unwrap();
+                let bits = placed_bits(&placed);
+                assert!(
+                    bits.iter().all(|(_, d, t, _)| (*d, *t) == (device, dtype)),
+                    "{what}, {dtype:?}: a parameter is elsewhere or in another dtype"
+                );
+                assert!(bits == placed_bits(&moved), "{what}, {dtype:?}: the bits differ");
+            }
+        }
+    }
+}
+
+#[test]
+fn load_on_the_cpu_is_load_in_f32_and_load_for_inference_in_bf16() {
+    for (what, dir) in checkpoints_to_place() {
+        let f32 = Model::load_on(dir.path(), Device::Cpu, DType::F32).unwrap();
+        assert!(
+            placed_bits(&f32) == placed_bits(&Model::load(dir.path()).unwrap()),
+            "{what}: f32"
+        );
+        let bf16 = Model::load_on(dir.path(), Device::Cpu, DType::BF16).unwrap();
+        let kept = Model::load_for_inference(dir.path()).unwrap();
+        assert!(placed_bits(&bf16) == placed_bits(&kept), "{what}: bf16");
+    }
+    let (_, bf16_llama) = checkpoints_to_place().pop().unwrap();
+    let model = Model::load_on(bf16_llama.path(), Device::Cpu, DType::BF16).unwrap();
+    assert_eq!(model.layers[0].q_proj.weight.dtype(), DType::BF16);
+    assert_eq!(model.norm.dtype(), DType::F32);
+}
+
+#[test]
+fn load_on_refuses_f16() {
+    let (dir, _) = saved_model(true);
+    for device in [Device::Cpu, Device::Emulator] {
+        let err = Model::load_on(dir.path(), device, DType::F16)
+            .err()
+            .expect("f16 is no compute dtype")
+            .to_string();
+        assert!(
+            err.contains("load_on") && err.contains("F32 or BF16"),
+            "{err}"
+        );
+    }
 }
 
 #[test]

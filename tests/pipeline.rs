@@ -1,7 +1,8 @@
 //! The distillation pipeline's sampling and evaluation commands, run as the built binary
 //! on the real SmolLM2-135M-Instruct from the test-model cache: `scotd sample` killed
-//! with SIGKILL mid-run and resumed, `sample` → `verify --filter` → `eval` end to end with
-//! every reported number recomputed from the written JSONL, and bad input.
+//! with SIGKILL mid-run and resumed (on the CPU and on the emulator), `sample` →
+//! `verify --filter` → `eval` end to end with every reported number recomputed from the
+//! written JSONL, and bad input.
 
 mod common;
 
@@ -53,8 +54,21 @@ fn json_lines(path: &Path) -> Vec<Value> {
 }
 
 fn sample_args<'a>(out: &'a str, limit: &'a str, model: &'a str, data: &'a str) -> Vec<&'a str> {
+    sample_args_on(("cpu", "40"), out, limit, model, data)
+}
+
+/// `scotd sample` on a device, with at most this many new tokens a trace.
+fn sample_args_on<'a>(
+    (device, max_new_tokens): (&'a str, &'a str),
+    out: &'a str,
+    limit: &'a str,
+    model: &'a str,
+    data: &'a str,
+) -> Vec<&'a str> {
     vec![
         "sample",
+        "--device",
+        device,
         "--teacher",
         model,
         "--data",
@@ -64,7 +78,7 @@ fn sample_args<'a>(out: &'a str, limit: &'a str, model: &'a str, data: &'a str) 
         "--out",
         out,
         "--max-new-tokens",
-        "40",
+        max_new_tokens,
         "--batch-size",
         "4",
     ]
@@ -86,15 +100,45 @@ fn wait_for_lines(path: &Path, n: usize, limit: Duration) -> usize {
 
 #[test]
 fn sample_resumes_after_kill_9_with_no_duplicate_or_torn_line() {
+    sample_resumes_after_kill_9(KillRun {
+        device: "cpu",
+        questions: 12,
+        max_new_tokens: "40",
+    });
+}
+
+#[test]
+fn sample_resumes_after_kill_9_on_the_emulator() {
+    // The emulator decodes about 15 times slower than the CPU: a smaller run.
+    sample_resumes_after_kill_9(KillRun {
+        device: "emulator",
+        questions: 8,
+        max_new_tokens: "16",
+    });
+}
+
+/// A `scotd sample` run of the kill -9 test: its device, and a size that keeps it going
+/// there long enough to be killed in the middle.
+struct KillRun {
+    device: &'static str,
+    questions: usize,
+    max_new_tokens: &'static str,
+}
+
+/// `scotd sample` killed with SIGKILL mid-run, a torn line appended, and rerun: the file
+/// ends up holding exactly an uninterrupted run's lines, on the same device.
+fn sample_resumes_after_kill_9(run: KillRun) {
     let dir = tempfile::tempdir().unwrap();
-    let (model, data) = (smollm2(), questions());
+    let (model, data, n) = (smollm2(), questions(), run.questions);
     let reference = path_arg(&dir.path().join("reference.jsonl"));
     let resumed = dir.path().join("resumed.jsonl");
     let resumed_arg = path_arg(&resumed);
-    succeed(&sample_args(&reference, "12", &model, &data));
+    let (on, limit) = ((run.device, run.max_new_tokens), n.to_string());
+    let resumed_args = sample_args_on(on, &resumed_arg, &limit, &model, &data);
+    succeed(&sample_args_on(on, &reference, &limit, &model, &data));
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_scotd"))
-        .args(sample_args(&resumed_arg, "12", &model, &data))
+        .args(&resumed_args)
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -102,21 +146,21 @@ fn sample_resumes_after_kill_9_with_no_duplicate_or_torn_line() {
     child.kill().unwrap();
     let status = child.wait().unwrap();
     assert!(!status.success(), "the run finished before it was killed");
-    assert!((3..12).contains(&at_kill), "{at_kill} lines when killed");
+    assert!((3..n).contains(&at_kill), "{at_kill} lines when killed");
     // A write cut short mid-line, as a crash during the write leaves it.
     let mut text = std::fs::read_to_string(&resumed).unwrap();
     text.push_str("{\"id\":12,\"question\":\"Tor");
     std::fs::write(&resumed, &text).unwrap();
 
-    let stderr = succeed(&sample_args(&resumed_arg, "12", &model, &data));
+    let stderr = succeed(&resumed_args);
     assert!(stderr.contains("cut a torn last line"), "{stderr}");
     let lines = json_lines(&resumed);
     let pairs: HashSet<String> = lines
         .iter()
         .map(|l| format!("{}/{}", l["id"], l["sample"]))
         .collect();
-    assert_eq!(lines.len(), 12);
-    assert_eq!(pairs.len(), 12, "duplicate (id, sample) pairs");
+    assert_eq!(lines.len(), n);
+    assert_eq!(pairs.len(), n, "duplicate (id, sample) pairs");
     // Greedy decoding does not depend on batch composition, so the resumed file holds
     // exactly the uninterrupted run's lines (in another order).
     let sorted = |mut v: Vec<Value>| {
@@ -125,8 +169,11 @@ fn sample_resumes_after_kill_9_with_no_duplicate_or_torn_line() {
     };
     assert_eq!(sorted(lines), sorted(json_lines(Path::new(&reference))));
     // A third run finds nothing to do.
-    let stderr = succeed(&sample_args(&resumed_arg, "12", &model, &data));
-    assert!(stderr.contains("12 traces were already in"), "{stderr}");
+    let stderr = succeed(&resumed_args);
+    assert!(
+        stderr.contains(&format!("{n} traces were already in")),
+        "{stderr}"
+    );
     assert!(stderr.contains("0 generated"), "{stderr}");
 }
 
@@ -345,6 +392,13 @@ fn bad_input_is_refused_and_loses_nothing() {
     greedy_many.extend(["--n", "2"]);
     let err = fail(&greedy_many);
     assert!(err.contains("temperature"), "{err}");
+    let mut bad_budget = sample_args(&out_arg, "2", &model, &data);
+    bad_budget.extend(["--kv-budget", "8 parsecs"]);
+    let err = fail(&bad_budget);
+    assert!(
+        err.contains("--kv-budget") && err.contains("512MiB"),
+        "{err}"
+    );
     assert_eq!(
         std::fs::read(&out).unwrap(),
         before,

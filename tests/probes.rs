@@ -1,13 +1,19 @@
 //! The probe API on a tiny random model: recording changes nothing, a same-prompt patch
 //! changes nothing, zeroing the residual stream changes everything, recorded attention
-//! probabilities are the softmax of the recorded queries and keys; and the `scotd probe`
-//! commands end to end.
+//! probabilities are the softmax of the recorded queries and keys; every probe kind on a
+//! GPU device (the emulator) gives the CPU's numbers; and the `scotd probe` commands end
+//! to end on the CPU and the emulator.
 
 mod common;
 
 use scotd::model::Model;
+use scotd::probe::lens::logit_lens;
+use scotd::probe::linear::{probe_layers, probed_sites, residual_features, Pooling};
+use scotd::probe::patch::{patch, PatchReport};
 use scotd::probe::record::{record, run_probes};
 use scotd::probe::{Intervention, Probes, Site, SiteKind};
+use scotd::testing::relative_error;
+use scotd::DType;
 
 const CONFIG: &str = r#"{"model_type": "qwen2", "hidden_size": 32, "num_hidden_layers": 3,
     "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 64,
@@ -22,9 +28,8 @@ const PROMPT: [u32; 9] = [5, 17, 3, 88, 42, 42, 7, 60, 1];
 fn logits(model: &Model, probes: &mut Probes) -> Vec<f32> {
     run_probes(model, &PROMPT, probes)
         .unwrap()
-        .read_f32()
+        .to_vec_f32()
         .unwrap()
-        .to_vec()
 }
 
 fn every_site(layers: usize) -> Vec<Site> {
@@ -160,6 +165,111 @@ fn bad_site_names_and_layers_are_clear_errors() {
     assert!(err.contains("no tokens"), "{err}");
 }
 
+/// `got` within 1e-4 of `want`, relative to the largest |want| (f32 on two devices).
+fn assert_close(what: &str, got: &[f32], want: &[f32]) {
+    let error = relative_error(got, want);
+    assert!(error < 1e-4, "{what}: relative error {error}");
+}
+
+/// The lens' probability of every token, [layer][position][token].
+fn lens_probabilities(model: &Model) -> Vec<f32> {
+    let lens = logit_lens(model, &PROMPT, 97).unwrap();
+    let mut out = Vec::new();
+    for position in lens.top.iter().flatten() {
+        let mut by_token = vec![0.0; 97];
+        for &(id, p) in position {
+            by_token[id as usize] = p;
+        }
+        out.extend(by_token);
+    }
+    out
+}
+
+/// Pooled residual features of a few prompts of two made-up sets, and their labels.
+fn linear_features(model: &Model, pooling: Pooling) -> (Vec<Vec<Vec<f32>>>, Vec<bool>) {
+    let prompts: Vec<Vec<u32>> = (0..8u32)
+        .map(|i| (0..4 + i).map(|j| (i * 31 + j * 7) % 97).collect())
+        .collect();
+    let features = prompts
+        .iter()
+        .map(|ids| residual_features(model, ids, pooling).unwrap())
+        .collect();
+    (features, (0..8).map(|i| i % 2 == 0).collect())
+}
+
+/// Every number of a patch report, in a fixed order.
+fn patch_numbers(report: &PatchReport) -> Vec<f32> {
+    let mut out = vec![report.probability_a, report.probability_b];
+    out.extend(report.patched.iter().flatten());
+    out.extend(report.heads.iter().flatten().flatten());
+    out
+}
+
+scotd::gpu_tests! {
+    /// Each probe kind on a model on a GPU device gives the CPU's numbers (f32): every
+    /// site recorded, the interventions, the logit lens, linear probes and patching.
+    fn every_probe_kind_gives_the_cpus_numbers(device: Device) {
+        let cpu = model();
+        let gpu = cpu.to_device(device, DType::F32).unwrap();
+        let sites = every_site(3);
+        let (want, got) = (record(&cpu, &PROMPT, &sites).unwrap(), record(&gpu, &PROMPT, &sites).unwrap());
+        for site in &sites {
+            assert_eq!(got[site].dims(), want[site].dims(), "{site}");
+            let values = |r: &std::collections::BTreeMap<Site, scotd::Tensor>| r[site].to_vec_f32().unwrap();
+            assert_close(&format!("record {site}"), &values(&got), &values(&want));
+        }
+        for (what, site, intervention) in [
+            ("zero", Site::layer(SiteKind::ResidPost, 1), Intervention::Zero),
+            ("steer", Site::layer(SiteKind::ResidMid, 0), Intervention::Add { vector: (0..32).map(|i| i as f32 / 32.0).collect(), scale: 2.0 }),
+        ] {
+            let run = |model: &Model| {
+                let mut probes = Probes::default();
+                probes.intervene(site, intervention.clone());
+                run_probes(model, &PROMPT, &mut probes).unwrap().to_vec_f32().unwrap()
+            };
+            assert_close(what, &run(&gpu), &run(&cpu));
+        }
+        assert_close("logit lens", &lens_probabilities(&gpu), &lens_probabilities(&cpu));
+        for pooling in [Pooling::Last, Pooling::Mean] {
+            let (want, labels) = linear_features(&cpu, pooling);
+            let (got, _) = linear_features(&gpu, pooling);
+            let flat = |f: &[Vec<Vec<f32>>]| f.iter().flatten().flatten().copied().collect::<Vec<f32>>();
+            assert_close(&format!("linear features, {pooling:?}"), &flat(&got), &flat(&want));
+            let names: Vec<String> = probed_sites(3).iter().map(|s| s.to_string()).collect();
+            let accuracies = |f: &[Vec<Vec<f32>>]| {
+                let probes = probe_layers(f, &labels, &names, 0).unwrap();
+                probes.iter().map(|p| (p.train_accuracy, p.held_out_accuracy)).collect::<Vec<_>>()
+            };
+            assert_eq!(accuracies(&got), accuracies(&want), "linear probes, {pooling:?}");
+        }
+        let other = [9, 3, 77, 12, 1];
+        let report = |model: &Model| patch(model, (&PROMPT, &other), 5, true).unwrap();
+        assert_close("patch", &patch_numbers(&report(&gpu)), &patch_numbers(&report(&cpu)));
+    }
+}
+
+scotd::gpu_tests! {
+    /// In bf16 the probes still leave the forward alone: recording changes no logit, and a
+    /// site or head patched with its own recorded value (read back to the host and put
+    /// back as bf16) changes nothing.
+    fn bf16_probes_record_and_patch_without_changing_the_forward(device: Device) {
+        let model = model().to_device(device, DType::BF16).unwrap();
+        let plain = logits(&model, &mut Probes::default());
+        let mut recording = Probes::recording(every_site(3));
+        assert_eq!(logits(&model, &mut recording), plain);
+        for (site, head) in [
+            (Site::layer(SiteKind::ResidPost, 1), None),
+            (Site::layer(SiteKind::AttnHeads, 2), Some(1)),
+        ] {
+            let value = recording.recorded[&site].clone();
+            assert_eq!(value.dtype(), DType::BF16, "{site}");
+            let mut probes = Probes::default();
+            probes.intervene(site, Intervention::Replace { value, head });
+            assert_eq!(logits(&model, &mut probes), plain, "{site} head {head:?}");
+        }
+    }
+}
+
 /// A tiny random Qwen2 with the fixture tokenizer (ChatML, `<think>`), as a checkpoint
 /// folder the CLI can load.
 fn tiny_checkpoint() -> tempfile::TempDir {
@@ -197,6 +307,17 @@ fn png_size(path: &std::path::Path) -> (u32, u32) {
 
 #[test]
 fn every_probe_command_runs_end_to_end_on_a_tiny_model() {
+    every_probe_command_runs_on("cpu");
+}
+
+#[test]
+fn every_probe_command_runs_end_to_end_on_the_emulator() {
+    every_probe_command_runs_on("emulator");
+}
+
+/// Each `scotd probe` command on a tiny checkpoint with `--device device`, its files checked.
+fn every_probe_command_runs_on(device: &str) {
+    let scotd = |args: &[&str]| scotd(&[args, &["--device", device]].concat());
     let ckpt = tiny_checkpoint();
     let model = ckpt.path().to_str().unwrap();
     let out = tempfile::tempdir().unwrap();

@@ -107,6 +107,10 @@ fn claim_folder(target: &EvalTarget, opts: &EvalOptions, out_dir: &Path) -> Resu
         "top_p": s.top_p,
         "seed": s.seed,
     });
+    // Only when set, so that folders written before top-k existed still resume.
+    if s.top_k != 0 {
+        run["top_k"] = json!(s.top_k);
+    }
     if let Some((rows, max_new_tokens)) = &opts.chat {
         run["chat"] = json!(rows.name);
         run["chat_max_new_tokens"] = json!(max_new_tokens);

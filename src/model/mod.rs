@@ -26,7 +26,7 @@ use std::sync::Arc;
 use crate::ops::{self, Reduction, RopeTable};
 use crate::probe::{self, Probes, Site, SiteKind};
 use crate::rng::Rng;
-use crate::{autograd, Result, Tensor};
+use crate::{autograd, DType, Device, Error, Result, Tensor};
 
 /// A linear layer's parameters, in Hugging Face layout (weight [out, in]).
 #[derive(Clone)]
@@ -99,6 +99,41 @@ impl Model {
             };
             Ok(t.into_param())
         })
+    }
+
+    /// Loads a model for inference on `device` with every parameter in `dtype`. On a GPU
+    /// (f32 or bf16) each tensor is read from the memory map in its stored dtype, moved to
+    /// the device and converted there before the next is read, so the host holds one
+    /// tensor at a time: a 7B bf16 checkpoint never exists as a whole f32 copy. The bits
+    /// are those of [`Model::load`] followed by [`Model::to_device`]. On the CPU, which
+    /// computes in f32 either way, `F32` is [`Model::load`] and `BF16` is
+    /// [`Model::load_for_inference`] (bf16-stored matrices stay bf16).
+    pub fn load_on(dir: &Path, device: Device, dtype: DType) -> Result<Model> {
+        match (device, dtype) {
+            (Device::Cpu, DType::F32) => Self::load(dir),
+            (Device::Cpu, DType::BF16) => Self::load_for_inference(dir),
+            (_, DType::F16) => Err(Error::DType {
+                op: "Model::load_on",
+                got: dtype,
+                expected: "F32 or BF16",
+            }),
+            _ => {
+                let config = ModelConfig::from_file(&dir.join("config.json"))?;
+                let weights = Weights::open(dir)?;
+                Self::build(config, |spec| {
+                    // The host copy is dropped at the end of this statement.
+                    let on_device = weights
+                        .read_for_inference(&spec.name, &spec.shape)?
+                        .to(device)?;
+                    let t = if on_device.dtype() == dtype {
+                        on_device
+                    } else {
+                        on_device.to_dtype(dtype)?
+                    };
+                    Ok(t.into_param())
+                })
+            }
+        }
     }
 
     /// A model with random weights (each spec's init: normal with std 0.02, norms at 1,

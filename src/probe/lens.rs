@@ -28,7 +28,7 @@ pub fn logit_lens(model: &Model, ids: &[u32], k: usize) -> Result<LogitLens> {
         .map(|site| {
             let _no_tape = crate::autograd::no_grad();
             let logits = model.unembed(&recorded[site])?;
-            let logits = logits.read_f32()?;
+            let logits = logits.to_vec_f32()?;
             Ok(logits.chunks(vocab).map(|row| top_k(row, k)).collect())
         })
         .collect::<Result<_>>()?;

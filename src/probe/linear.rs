@@ -58,7 +58,7 @@ pub fn residual_features(model: &Model, ids: &[u32], pooling: Pooling) -> Result
     sites
         .iter()
         .map(|site| {
-            let rows = recorded[site].read_f32()?;
+            let rows = recorded[site].to_vec_f32()?;
             if pooling == Pooling::Last {
                 return Ok(rows[rows.len() - hidden..].to_vec());
             }

@@ -4,9 +4,10 @@
 //! was given probes, and straight on when not: an unused probe costs one branch per site.
 //!
 //! On top of the API: recording to safetensors (`record`), attention maps, the logit lens,
-//! linear probes and activation patching (`scotd probe …`). Probes run on the CPU: the
-//! sites are in the one forward on every device, but interventions and recordings read
-//! host tensors.
+//! linear probes and activation patching (`scotd probe …`). Probes run on every device:
+//! a recording is the forward's own tensor (on the model's device, in its dtype; read it
+//! with [`Tensor::to_vec_f32`]), and an intervention reads the site's value back to the
+//! host, changes it there and puts the result where the value was.
 
 pub mod attention;
 pub mod lens;
@@ -199,7 +200,8 @@ pub enum Intervention {
 pub struct Probes {
     record: BTreeSet<Site>,
     interventions: BTreeMap<Site, Intervention>,
-    /// Each recorded site's value (after its intervention, if any).
+    /// Each recorded site's value (after its intervention, if any), on the model's
+    /// device; attention probabilities are computed on the host, in f32.
     pub recorded: BTreeMap<Site, Tensor>,
     /// The head dim of the model running the probes (set by its forward), so a head
     /// intervention knows its columns.
@@ -277,7 +279,7 @@ fn apply(
         return Err(Error::shape("probe", format!("{site}: {msg}")));
     }
     let dims = value.dims().to_vec();
-    let mut data = value.read_f32()?.to_vec();
+    let mut data = value.to_vec_f32()?;
     let width = *dims.last().unwrap_or(&1);
     match intervention {
         Intervention::Zero => data.fill(0.0),
@@ -294,14 +296,25 @@ fn apply(
                 let msg = format!("the replacement is {:?}, the site {dims:?}", new.dims());
                 return Err(Error::shape("probe", format!("{site}: {msg}")));
             }
-            let new = new.read_f32()?;
+            let new = new.to_vec_f32()?;
             match head {
                 None => data.copy_from_slice(&new),
                 Some(h) => replace_head(&mut data, &new, (*h, head_dim), width, site)?,
             }
         }
     }
-    Tensor::from_vec(data, dims)
+    tensor_like(data, dims, value)
+}
+
+/// `data` as a tensor of `dims` on `like`'s device, in its dtype: an intervention's result
+/// continues the forward where the site's value was.
+fn tensor_like(data: Vec<f32>, dims: Vec<usize>, like: &Tensor) -> Result<Tensor> {
+    let t = Tensor::from_vec(data, dims)?.to(like.device())?;
+    if t.dtype() == like.dtype() {
+        Ok(t)
+    } else {
+        t.to_dtype(like.dtype())
+    }
 }
 
 fn check_width(site: Site, got: usize, width: usize) -> Result<()> {

@@ -107,7 +107,7 @@ fn head_effects(
 fn target_probability(model: &Model, ids: &[u32], target: u32, probes: &mut Probes) -> Result<f32> {
     let logits = run_probes(model, ids, probes)?;
     let vocab = model.config.vocab_size;
-    let last = &logits.read_f32()?[(ids.len() - 1) * vocab..];
+    let last = &logits.to_vec_f32()?[(ids.len() - 1) * vocab..];
     Ok(probability(last, target))
 }
 
@@ -115,8 +115,8 @@ fn target_probability(model: &Model, ids: &[u32], target: u32, probes: &mut Prob
 fn last_row_from(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let dims = a.dims().to_vec();
     let width = dims[dims.len() - 1];
-    let mut data = a.read_f32()?.to_vec();
-    let b = b.read_f32()?;
+    let mut data = a.to_vec_f32()?;
+    let b = b.to_vec_f32()?;
     let (len_a, len_b) = (data.len(), b.len());
     data[len_a - width..].copy_from_slice(&b[len_b - width..]);
     Tensor::from_vec(data, dims)

@@ -99,7 +99,7 @@ fn split_heads(
     }
     let dims = value.dims();
     let (heads, t) = (dims[1], dims[2]);
-    let data = value.read_f32()?;
+    let data = value.to_vec_f32()?;
     (0..heads)
         .map(|h| {
             let map = data[h * t * t..(h + 1) * t * t].to_vec();

@@ -689,17 +689,20 @@ impl Tensor {
         if device == self.device() {
             return Ok(self.clone());
         }
-        let host = self.host_storage()?;
         if device == Device::Cpu {
-            return Tensor::from_storage(host, self.shape().clone());
+            return Tensor::from_storage(self.host_storage()?, self.shape().clone());
         }
         let gpu = gpu_of(device)?;
-        let data = match host {
-            Storage::F32(v) => GpuData::F32(gpu.upload(&v)?),
-            Storage::BF16(v) => GpuData::BF16(gpu.upload(&v)?),
-            Storage::F16(v) => {
-                let wide: Vec<f32> = v.iter().map(|x| x.to_f32()).collect();
-                GpuData::F32(gpu.upload(&wide)?)
+        let data = match self.device() {
+            // Uploaded from the storage in place: a checkpoint loaded onto a GPU tensor by
+            // tensor never holds a second host copy of one.
+            Device::Cpu => match &*self.lock_read() {
+                Data::Host(host) => upload(&gpu, host, self.range())?,
+                Data::Gpu(_) => unreachable!("a CPU tensor's data is on the host"),
+            },
+            _ => {
+                let host = self.host_storage()?;
+                upload(&gpu, &host, 0..host.len())?
             }
         };
         let storage = Data::Gpu(GpuStorage { device, gpu, data });
@@ -759,6 +762,19 @@ impl Tensor {
     pub fn backward_with(&self, grad: Tensor) -> Result<autograd::Gradients> {
         autograd::backward(self, grad)
     }
+}
+
+/// `range` of host storage as a buffer of `gpu`; f16 is widened to f32 (the GPU holds
+/// f32 and bf16).
+fn upload(gpu: &Gpu, host: &Storage, range: Range<usize>) -> Result<GpuData> {
+    Ok(match host {
+        Storage::F32(v) => GpuData::F32(gpu.upload(&v[range])?),
+        Storage::BF16(v) => GpuData::BF16(gpu.upload(&v[range])?),
+        Storage::F16(v) => {
+            let wide: Vec<f32> = v[range].iter().map(|x| x.to_f32()).collect();
+            GpuData::F32(gpu.upload(&wide)?)
+        }
+    })
 }
 
 fn no_f16_on_gpu(op: &'static str) -> Error {

@@ -16,7 +16,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let loaded = load(&args.model)?;
-    let mut sampling = args.model.decoding.sampling();
+    let mut sampling = args.model.decoding.sampling(&loaded.tokenizer);
     sampling.batch_size = 1;
     let mut turns: Vec<Message> = Vec::new();
     eprintln!(

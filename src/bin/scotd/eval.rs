@@ -11,7 +11,7 @@ use scotd::eval::{
 };
 use scotd::sample::Prompter;
 
-use crate::prompts::{load_model, DecodingArgs};
+use crate::prompts::{load_model, DecodingArgs, DeviceArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -51,6 +51,8 @@ pub struct Args {
     #[arg(long, num_args = 1.., conflicts_with_all = ["model", "data"])]
     compare: Vec<PathBuf>,
     #[command(flatten)]
+    placement: DeviceArgs,
+    #[command(flatten)]
     decoding: DecodingArgs,
 }
 
@@ -63,7 +65,7 @@ pub fn run(args: Args) -> Result<()> {
     };
     let mut questions = read_questions(data)?;
     questions.truncate(args.limit.unwrap_or(usize::MAX));
-    let (model, tokenizer) = load_model(model_dir)?;
+    let (model, tokenizer) = load_model(model_dir, &args.placement)?;
     let prompter = Prompter::new(
         &tokenizer,
         Some(&args.prompt),
@@ -87,7 +89,7 @@ pub fn run(args: Args) -> Result<()> {
         None => None,
     };
     let opts = EvalOptions {
-        sampling: args.decoding.sampling(),
+        sampling: args.decoding.sampling(&tokenizer),
         probes: read_probes(args.probes.as_deref())?,
         chat,
     };

@@ -67,7 +67,7 @@ pub fn run(args: Args) -> Result<()> {
         &loaded.model,
         &ids,
         loaded.tokenizer.eos_ids(),
-        &args.model.decoding.sampling(),
+        &args.model.decoding.sampling(&loaded.tokenizer),
         |_, _| bar.inc(1),
     )?;
     bar.finish_and_clear();

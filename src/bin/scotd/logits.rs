@@ -5,19 +5,21 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use scotd::autograd::no_grad;
 use scotd::model::{Batch, Model};
-use scotd::tokenizer::{ChatTemplate, Message, Tokenizer};
+use scotd::tokenizer::{ChatTemplate, Message};
 use serde::Serialize;
 
-use crate::prompts::{conversation, Loaded};
+use crate::prompts::{conversation, load_model, DeviceArgs, Loaded};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// A Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer.json).
     #[arg(long)]
     model: PathBuf,
+    #[command(flatten)]
+    placement: DeviceArgs,
     /// Prompt texts, each one user message rendered through the chat template.
     #[arg(long = "prompt", required = true, num_args = 1..)]
     prompts: Vec<String>,
@@ -85,9 +87,7 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 fn load(args: &Args) -> Result<Loaded> {
-    let model = Model::load_for_inference(&args.model)
-        .with_context(|| format!("loading the model from {}", args.model.display()))?;
-    let tokenizer = Tokenizer::from_dir(&args.model)?;
+    let (model, tokenizer) = load_model(&args.model, &args.placement)?;
     // --raw uses no template, so a model without one works then.
     let template = if args.raw {
         ChatTemplate::Raw

@@ -14,6 +14,9 @@ use scotd::probe::record::{read_prompts, record, write_recordings, Recorded};
 use scotd::probe::{Site, SiteKind};
 use scotd::sample::Prompter;
 use scotd::tokenizer::Tokenizer;
+use scotd::Device;
+
+use crate::prompts::{load_model, DeviceArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -42,6 +45,8 @@ struct ModelArgs {
     /// A Hugging Face checkpoint folder.
     #[arg(long)]
     model: PathBuf,
+    #[command(flatten)]
+    placement: DeviceArgs,
     /// Chat template for the prompts: the model's own by default; chatml, deepseek, a
     /// .jinja file, or raw (the text as it is).
     #[arg(long)]
@@ -145,7 +150,7 @@ pub fn run(args: Args) -> Result<()> {
     }
 }
 
-/// The model (f32, as probes compute), its tokenizer, and the prompt renderer.
+/// The model, its tokenizer, and the prompt renderer.
 struct Loaded {
     model: Model,
     tokenizer: Tokenizer,
@@ -154,9 +159,7 @@ struct Loaded {
 
 impl ModelArgs {
     fn load(&self) -> Result<Loaded> {
-        let model = Model::load(&self.model)
-            .with_context(|| format!("loading the model from {}", self.model.display()))?;
-        let tokenizer = Tokenizer::from_dir(&self.model)?;
+        let (model, tokenizer) = load_model(&self.model, &self.placement)?;
         let prompter = Prompter::new(
             &tokenizer,
             None,
@@ -211,7 +214,12 @@ fn run_record(args: RecordArgs) -> Result<()> {
         let ids = m
             .ids(&prompt)
             .with_context(|| format!("{}: prompt {}", args.prompts.display(), i + 1))?;
-        let sites = record(&m.model, &ids, &sites)?;
+        // Moved to the host as they come: the recordings of many prompts must not fill a
+        // GPU's memory, and they are written from the host.
+        let sites = record(&m.model, &ids, &sites)?
+            .into_iter()
+            .map(|(site, t)| Ok((site, t.to(Device::Cpu)?)))
+            .collect::<Result<_>>()?;
         recordings.push(Recorded { prompt, ids, sites });
         progress.inc(1);
     }
@@ -246,7 +254,7 @@ fn run_attention(args: PromptArgs) -> Result<()> {
     let (heads, t) = (c.num_attention_heads, ids.len());
     let progress = bar(sites.len() * heads, "maps");
     for site in &sites {
-        let probs = recorded[site].read_f32()?;
+        let probs = recorded[site].to_vec_f32()?;
         for h in 0..heads {
             let title = format!("attention, layer {} head {h}", site.layer.unwrap_or(0));
             let map = Heatmap {

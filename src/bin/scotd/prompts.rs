@@ -1,5 +1,6 @@
-//! What generate and chat share: loading a model with its tokenizer, choosing the chat
-//! template, and turning a prompt into token ids.
+//! What the commands that run a model share: the device flags and the one loader of a
+//! model with its tokenizer, the decoding flags, choosing the chat template, and turning
+//! a prompt into token ids.
 
 use std::path::{Path, PathBuf};
 
@@ -7,6 +8,7 @@ use anyhow::{Context, Result};
 use scotd::model::Model;
 use scotd::sample::SamplingConfig;
 use scotd::tokenizer::{ChatTemplate, Message, Tokenizer};
+use scotd::{DType, Device};
 
 /// The model every generating command runs, and how it decodes.
 #[derive(clap::Args, Clone, Debug)]
@@ -15,7 +17,42 @@ pub struct ModelArgs {
     #[arg(long, visible_alias = "teacher")]
     pub model: PathBuf,
     #[command(flatten)]
+    pub placement: DeviceArgs,
+    #[command(flatten)]
     pub decoding: DecodingArgs,
+}
+
+/// Where a model runs and the precision of its weights and arithmetic.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DeviceArgs {
+    /// cpu, emulator (the CUDA kernels run on the CPU: slow, for checks), cuda (device 0)
+    /// or cuda:N (a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    pub device: Device,
+    /// f32 or bf16 [default: bf16 on cuda, f32 on cpu and emulator]. The CPU computes in
+    /// f32 either way: bf16 there keeps a bf16 checkpoint's matrices in bf16 (half the
+    /// memory, faster decoding, the same numbers).
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
+}
+
+/// The values of `--precision`, as `gpu_precision` of the training config spells them.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    Bf16,
+}
+
+impl DeviceArgs {
+    /// The parameters' dtype: the one asked for, else bf16 on a CUDA device and f32
+    /// elsewhere (the emulator is for checking against the CPU's numbers).
+    pub fn dtype(&self) -> DType {
+        match (self.precision, self.device) {
+            (Some(Precision::F32), _) => DType::F32,
+            (Some(Precision::Bf16), _) | (None, Device::Cuda(_)) => DType::BF16,
+            (None, _) => DType::F32,
+        }
+    }
 }
 
 /// Prompting and decoding options.
@@ -34,24 +71,69 @@ pub struct DecodingArgs {
     pub temperature: f32,
     #[arg(long, default_value_t = 1.0)]
     pub top_p: f32,
+    /// Keep only the k most likely tokens before top-p; 0 keeps them all.
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Sequences decoded together.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
+    /// The most memory the KV cache may take: bytes, or a size such as 512MiB, 8GiB, 2GB
+    /// [default: what the batch needs at its longest].
+    #[arg(long, value_name = "SIZE", value_parser = parse_byte_size)]
+    pub kv_budget: Option<u64>,
 }
 
 impl DecodingArgs {
-    pub fn sampling(&self) -> SamplingConfig {
+    /// The decoding settings for a model whose tokens `tokenizer` spells: ids past its
+    /// vocabulary (the padding rows of a config's) are never chosen.
+    pub fn sampling(&self, tokenizer: &Tokenizer) -> SamplingConfig {
         SamplingConfig {
             max_new_tokens: self.max_new_tokens,
             temperature: self.temperature,
             top_p: self.top_p,
+            top_k: self.top_k,
             seed: self.seed,
             batch_size: self.batch_size,
-            ..SamplingConfig::default()
+            vocab_limit: Some(tokenizer.vocab_size()),
+            kv_budget: self.kv_budget,
         }
     }
+}
+
+/// A byte count: plain bytes, or a number with a unit, decimal (kB, MB, GB, TB) or binary
+/// (KiB, MiB, GiB, TiB), case-insensitive: `8GiB`, `1.5GB`, `512 MiB`.
+pub fn parse_byte_size(text: &str) -> std::result::Result<u64, String> {
+    let expected = "expected bytes or a size such as 512MiB, 8GiB or 2GB";
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = (&text[..split], text[split..].trim());
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size: {expected}"))?;
+    let scale: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => return Err(format!("unknown unit {unit:?} in {text:?}: {expected}")),
+    };
+    let bytes = number * scale as f64;
+    if bytes < 1.0 {
+        return Err(format!("{text:?} is less than a byte: {expected}"));
+    }
+    if bytes > u64::MAX as f64 {
+        return Err(format!("{text:?} is more bytes than a u64 counts"));
+    }
+    Ok(bytes as u64)
 }
 
 pub struct Loaded {
@@ -60,16 +142,22 @@ pub struct Loaded {
     pub template: ChatTemplate,
 }
 
-/// The model for inference (matrices kept in their stored dtype) and its tokenizer.
-pub fn load_model(dir: &Path) -> Result<(Model, Tokenizer)> {
-    let model = Model::load_for_inference(dir)
-        .with_context(|| format!("loading the model from {}", dir.display()))?;
+/// The model for inference on the device and in the precision asked for, and its
+/// tokenizer: what every command that runs a model loads.
+pub fn load_model(dir: &Path, placement: &DeviceArgs) -> Result<(Model, Tokenizer)> {
+    let model = Model::load_on(dir, placement.device, placement.dtype()).with_context(|| {
+        format!(
+            "loading the model from {} onto {}",
+            dir.display(),
+            placement.device
+        )
+    })?;
     let tokenizer = Tokenizer::from_dir(dir)?;
     Ok((model, tokenizer))
 }
 
 pub fn load(args: &ModelArgs) -> Result<Loaded> {
-    let (model, tokenizer) = load_model(&args.model)?;
+    let (model, tokenizer) = load_model(&args.model, &args.placement)?;
     let template = tokenizer.resolve_chat_template(args.decoding.template.as_deref())?;
     Ok(Loaded {
         model,
@@ -94,5 +182,45 @@ impl Loaded {
         Ok(self
             .tokenizer
             .encode(&text, self.template.add_special_tokens())?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes_parse_in_decimal_and_binary_units() {
+        for (text, bytes) in [
+            ("4096", 4096),
+            ("512MiB", 512 << 20),
+            ("8GiB", 8 << 30),
+            ("2GB", 2_000_000_000),
+            ("1.5 kib", 1536),
+            ("3 b", 3),
+        ] {
+            assert_eq!(parse_byte_size(text), Ok(bytes), "{text}");
+        }
+        for (text, complaint) in [
+            ("8parsecs", "unknown unit \"parsecs\""),
+            ("GiB", "not a size"),
+            ("0", "less than a byte"),
+            ("-1MiB", "not a size"),
+            ("1e30", "unknown unit"),
+            ("99999999999TiB", "more bytes than a u64"),
+        ] {
+            let err = parse_byte_size(text).unwrap_err();
+            assert!(err.contains(complaint), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn precision_defaults_to_bf16_on_cuda_only() {
+        let dtype = |device, precision| DeviceArgs { device, precision }.dtype();
+        assert_eq!(dtype(Device::Cuda(1), None), DType::BF16);
+        assert_eq!(dtype(Device::Cpu, None), DType::F32);
+        assert_eq!(dtype(Device::Emulator, None), DType::F32);
+        assert_eq!(dtype(Device::Cuda(0), Some(Precision::F32)), DType::F32);
+        assert_eq!(dtype(Device::Cpu, Some(Precision::Bf16)), DType::BF16);
     }
 }

@@ -36,7 +36,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let mut questions = read_questions(&args.data)?;
     questions.truncate(args.limit.unwrap_or(usize::MAX));
-    let (model, tokenizer) = load_model(&args.model.model)?;
+    let (model, tokenizer) = load_model(&args.model.model, &args.model.placement)?;
     let prompter = Prompter::new(
         &tokenizer,
         Some(&args.prompt),
@@ -45,7 +45,7 @@ pub fn run(args: Args) -> Result<()> {
     )?;
     let opts = SampleOptions {
         samples_per_question: args.n,
-        sampling: args.model.decoding.sampling(),
+        sampling: args.model.decoding.sampling(&tokenizer),
     };
     let summary = sample_traces(
         &model, &tokenizer, &prompter, &questions, &opts, &args.out, true,
