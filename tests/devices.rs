@@ -213,7 +213,13 @@ scotd::gpu_tests! {
                 ..alone.clone()
             };
             for cfg in [SamplingConfig { batch_size: 2, ..alone.clone() }, tight] {
+                let recorder = Recorder::start();
                 assert_eq!(decode_all(&model, &prompts, &cfg), want, "{what}: {cfg:?}");
+                // Prompts through attention, the rest over the paged cache, tokens chosen
+                // on the device.
+                for kernel in ["attention_forward_f32", "kv_cache_write_f32", "paged_attention_decode_f32", "choose_tokens_f32"] {
+                    assert!(recorder.launches(kernel) > 0, "{what}: {kernel}: {:?}", recorder.kernels());
+                }
             }
         }
     }

@@ -3,7 +3,8 @@
 #
 # Run it on a machine with CUDA, PyTorch and transformers (no Rust needed):
 #
-#     tools/gpu-check.sh "$OUT"            # the real run (estimated 1 to 2 minutes on an H100)
+#     tools/gpu-check.sh "$OUT"            # the real run (estimated 1 to 2 minutes on an H100,
+#                                          # plus up to GENERATE_BUDGET for generate_bench)
 #     tools/gpu-check.sh --smoke "$OUT"    # tiny shapes, CPU allowed: tests this script anywhere
 #
 # It writes its report into OUT (created if missing), a handful of files only:
@@ -17,6 +18,9 @@
 #                    beside PyTorch's times from torch_gpu.json
 #   train-*.json     the Qwen2.5-0.5B training step, scotd (bin/scotd bench train) and
 #                    PyTorch (tools/bench_torch.py) at each shape, and train.md, the table
+#   generate-*.json  greedy generation, scotd (bin/scotd bench generate) and PyTorch
+#                    (tools/bench_generate.py) at the Qwen2.5-0.5B and 7B shapes, and
+#                    generate.md, the table with the GSM8K sampling job's estimated time
 #
 # Each section runs in its own subshell: a failing section is recorded and the next one
 # still runs. The script exits 1 if any section failed, 2 on bad usage.
@@ -27,6 +31,11 @@
 #   TORCH_BENCH_TIMEOUT  seconds before the PyTorch benchmark is interrupted (default 240;
 #                        interrupted, it still writes what it measured)
 #   TORCH_BENCH_ARGS     extra arguments for bench_torch_gpu.py, e.g. "--compile"
+#   GENERATE_RUNS        generate_bench's runs, NAME:CONFIG:BATCH:PROMPT:NEW each
+#   GENERATE_BUDGET      seconds for the whole generate_bench section (default 230); a run
+#                        is skipped, and the section fails, when under 20 s are left
+#   GENERATE_RUN_TIMEOUT seconds one generate run may take at most (default 90)
+#   GENERATE_TORCH_ARGS  extra arguments for bench_generate.py, e.g. "--compile"
 #
 # Our binaries are built on the CPU machine by tools/build-gpu-binaries.sh into bin/ (the
 # GPU machine may have no Rust); they load libcuda, libnvrtc and cuBLAS at run time, from
@@ -36,7 +45,7 @@
 
 set -uo pipefail   # no -e: a failing command must not end the run, each section reports its own status
 
-SECTIONS="env torch_bench kernel_tests kernel_bench train_bench"
+SECTIONS="env torch_bench kernel_tests kernel_bench train_bench generate_bench"
 
 usage() { echo "usage: $0 [--smoke] OUT_DIR" >&2; exit 2; }
 SMOKE=0
@@ -171,6 +180,55 @@ section_train_bench() {
             --json "$OUT/train-torch-$shape.json" || rc=1
     done
     "$PYTHON" tools/train_bench_table.py "$OUT" || rc=1
+    return $rc
+}
+
+# Greedy generation through our decoder and through transformers' generate, one run of
+# each per GENERATE_RUNS entry (NAME:CONFIG:BATCH:PROMPT:NEW): Qwen2.5-0.5B at batch 1,
+# the 7B teacher's shape at batch 1, both at batch 64 (the sampling job's batches; the
+# teacher's first). Every run has a timeout, and the section a budget, so that a slow run
+# cannot eat the GPU session; generate.md holds the table.
+section_generate_bench() {
+    [[ -x bin/scotd ]] || { echo "bin/scotd missing: run tools/build-gpu-binaries.sh"; return 1; }
+    local small=benches/configs/qwen2.5-0.5b.json teacher=benches/configs/deepseek-math-7b.json
+    local runs=${GENERATE_RUNS:-"qwen0.5b-b1:$small:1:128:256 7b-b1:$teacher:1:128:128 7b-b64:$teacher:64:256:512 qwen0.5b-b64:$small:64:256:512"}
+    local budget=${GENERATE_BUDGET:-230} run_timeout=${GENERATE_RUN_TIMEOUT:-90} rc=0
+    local deadline=$((SECONDS + budget)) ours_args=() torch_args=()
+    # word splitting of GENERATE_TORCH_ARGS is intended: it holds several arguments
+    # shellcheck disable=SC2206
+    torch_args=(${GENERATE_TORCH_ARGS:-})
+    if [[ $SMOKE == 1 ]]; then
+        runs="tiny-b2:benches/configs/tiny-qwen2.json:2:8:4"
+        ours_args=(--device emulator)
+        torch_args+=(--smoke)
+    fi
+    local run name config b p n engine limit status
+    for run in $runs; do
+        IFS=: read -r name config b p n <<<"$run"
+        for engine in scotd torch; do
+            limit=$((deadline - SECONDS))
+            ((limit > run_timeout)) && limit=$run_timeout
+            if ((limit < 20)); then
+                echo "generate_bench: skipped $engine $name, ${budget} s budget spent"
+                rc=1
+                continue
+            fi
+            local shape=(--model "$config" --batch "$b" --prompt-len "$p" --new "$n")
+            local json=$OUT/generate-$engine-$name.json
+            if [[ $engine == scotd ]]; then
+                timeout -k 10 "$limit" bin/scotd bench generate "${shape[@]}" "${ours_args[@]}" --json "$json"
+            else
+                timeout -k 10 "$limit" "$PYTHON" tools/bench_generate.py "${shape[@]}" "${torch_args[@]}" --json "$json"
+            fi
+            status=$?
+            if [[ $status != 0 ]]; then
+                [[ $status == 124 ]] && echo "generate_bench: $engine $name timed out after $limit s"
+                echo "generate_bench: $engine $name failed (exit $status)"
+                rc=1
+            fi
+        done
+    done
+    "$PYTHON" tools/generate_bench_table.py "$OUT" || rc=1
     return $rc
 }
 

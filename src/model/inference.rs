@@ -35,10 +35,13 @@ impl Model {
     /// in `cache`; returns the logits at each chunk's last token, [chunks.len(), vocab],
     /// on the model's device.
     pub fn forward_step(&self, chunks: &[(SeqId, &[u32])], cache: &mut KvCache) -> Result<Tensor> {
-        // A decode step is hundreds of small parallel ops. Run on a pool thread, each one
-        // forks inside the pool instead of handing its work over from this thread and
-        // sleeping until it is done.
-        rayon::scope(|_| self.step_in_pool(chunks, cache))
+        // On the CPU a decode step is hundreds of small parallel ops. Run on a pool thread,
+        // each one forks inside the pool instead of handing its work over from this
+        // thread and sleeping until it is done. A GPU's launches stay on this thread.
+        match self.device() {
+            Device::Cpu => rayon::scope(|_| self.step(chunks, cache)),
+            _ => self.step(chunks, cache),
+        }
     }
 
     /// The dtype of the activations a forward makes: f32 on the CPU (whatever the weights'
@@ -50,7 +53,7 @@ impl Model {
         }
     }
 
-    fn step_in_pool(&self, chunks: &[(SeqId, &[u32])], cache: &mut KvCache) -> Result<Tensor> {
+    fn step(&self, chunks: &[(SeqId, &[u32])], cache: &mut KvCache) -> Result<Tensor> {
         let _no_tape = no_grad();
         let plan = self.plan_step(chunks, cache)?;
         let mut x = ops::embedding(&self.embed_tokens, &plan.ids)?;

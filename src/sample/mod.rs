@@ -1,7 +1,9 @@
-//! Batched decoding with the KV cache: greedy by default, temperature / top-p sampling
-//! with a seed for several traces per question (SCoTD samples many). Prompts of any
-//! lengths share a batch without padding; a finished sequence frees its slot for the
-//! next waiting prompt.
+//! Batched decoding on the model's device: greedy by default, temperature / top-k /
+//! top-p sampling seeded per sequence for several traces per question (SCoTD samples
+//! many). Prompts of any lengths share a batch without padding (a paged KV cache,
+//! reserved up front within `kv_budget`); a finished sequence frees its slot and blocks
+//! for the next waiting prompt (continuous batching), and the next tokens are chosen
+//! where the logits are, so only their ids come back from a GPU.
 
 use std::collections::VecDeque;
 
@@ -17,6 +19,7 @@ pub(crate) use traces::trace_seed;
 pub use traces::{sample_traces, SampleOptions, SampleSummary};
 
 use crate::model::{KvCache, Model, SeqId, KV_BLOCK};
+use crate::ops::{self, TokenChoice};
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
@@ -279,7 +282,8 @@ fn admit(
     Ok(())
 }
 
-/// Each slot's next token from its row of `logits`.
+/// Each slot's next token from its row of `logits`, chosen where the logits are (only
+/// the ids come back from a GPU); a sampling slot draws its uniform from its own stream.
 fn next_tokens(
     model: &Model,
     logits: &crate::Tensor,
@@ -287,13 +291,24 @@ fn next_tokens(
     cfg: &SamplingConfig,
 ) -> Result<Vec<u32>> {
     let vocab = model.config.vocab_size;
-    let limit = cfg.vocab_limit.unwrap_or(vocab).min(vocab);
-    let logits = logits.read_f32_on_host()?;
-    Ok(slots
+    let choices: Vec<TokenChoice> = slots
         .iter_mut()
-        .enumerate()
-        .map(|(i, slot)| choose(&logits[i * vocab..i * vocab + limit], cfg, &mut slot.rng))
-        .collect())
+        .map(|slot| TokenChoice {
+            temperature: cfg.temperature,
+            top_k: cfg.top_k,
+            top_p: cfg.top_p,
+            uniform: if cfg.temperature > 0.0 {
+                slot.rng.uniform()
+            } else {
+                0.0
+            },
+        })
+        .collect();
+    ops::choose_tokens(
+        logits,
+        &choices,
+        cfg.vocab_limit.unwrap_or(vocab).min(vocab),
+    )
 }
 
 fn validate(model: &Model, prompts: &[&[u32]], cfg: &SamplingConfig) -> Result<()> {
@@ -303,6 +318,9 @@ fn validate(model: &Model, prompts: &[&[u32]], cfg: &SamplingConfig) -> Result<(
     }
     if !(cfg.top_p > 0.0 && cfg.top_p <= 1.0) {
         return fail(format!("top_p must be in (0, 1], got {}", cfg.top_p));
+    }
+    if cfg.vocab_limit == Some(0) {
+        return fail("vocab_limit must leave at least one id to choose".into());
     }
     let vocab = model.config.vocab_size as u32;
     for (i, p) in prompts.iter().enumerate() {
@@ -353,37 +371,6 @@ fn stop_reason(
     } else {
         None
     })
-}
-
-/// The next token from one row of logits.
-fn choose(logits: &[f32], cfg: &SamplingConfig, rng: &mut Rng) -> u32 {
-    if cfg.temperature == 0.0 {
-        return argmax(logits);
-    }
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let inv_t = 1.0 / cfg.temperature as f64;
-    let mut probs: Vec<(u32, f64)> = logits
-        .iter()
-        .enumerate()
-        .map(|(i, &l)| (i as u32, ((l - max) as f64 * inv_t).exp()))
-        .collect();
-    let total: f64 = probs.iter().map(|p| p.1).sum();
-    // Most likely first; ties by id so the order (and so the draw) is deterministic.
-    probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    let mut kept = 0;
-    let mut mass = 0.0;
-    while kept < probs.len() && (kept == 0 || mass < cfg.top_p as f64 * total) {
-        mass += probs[kept].1;
-        kept += 1;
-    }
-    let mut target = rng.uniform() * mass;
-    for &(id, p) in &probs[..kept] {
-        if target < p {
-            return id;
-        }
-        target -= p;
-    }
-    probs[kept - 1].0
 }
 
 /// The text of a generated reply: its ids up to (not including) a final end-of-sequence

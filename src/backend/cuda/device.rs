@@ -191,6 +191,15 @@ impl CudaGpu {
             .map_err(driver_error("zeroing device memory"))
     }
 
+    /// Free and total bytes of the device's memory.
+    pub fn memory_info(&self) -> Result<(u64, u64)> {
+        let (free, total) = self
+            .context
+            .mem_get_info()
+            .map_err(driver_error("reading the free device memory"))?;
+        Ok((free as u64, total as u64))
+    }
+
     /// The most bytes the memory pool has had in use since the last
     /// [`reset_peak_memory`](Self::reset_peak_memory); `None` without pool support.
     pub fn peak_memory(&self) -> Option<u64> {

@@ -395,6 +395,16 @@ impl Gpu {
         }
     }
 
+    /// Free and total bytes of device memory as the driver counts them (blocks the memory
+    /// pool keeps for reuse count as used); `None` on the emulator.
+    pub fn memory_info(&self) -> Result<Option<(u64, u64)>> {
+        match &self.backend {
+            Backend::Emulated { .. } => Ok(None),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda(d) => d.memory_info().map(Some),
+        }
+    }
+
     pub fn reset_peak_memory(&self) -> Result<()> {
         match &self.backend {
             Backend::Emulated { .. } => Ok(()),
