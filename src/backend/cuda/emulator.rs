@@ -230,16 +230,21 @@ fn compiled_library() -> Result<PathBuf> {
     if library.is_file() {
         return Ok(library);
     }
-    let src = dir.join("src");
+    // Sources in a folder of this process's own, compiled under a temporary name and
+    // renamed: processes compiling at once never read each other's half-written files,
+    // and a crash never leaves a torn library.
+    let pid = std::process::id();
+    let src = dir.join(format!("src.tmp{pid}"));
     for (name, text) in SOURCES {
         let path = src.join(name);
         std::fs::create_dir_all(path.parent().expect("a file in src/"))
             .map_err(|e| Error::io(&src, e))?;
         std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
     }
-    // Compiled under a temporary name and renamed, so a crash never leaves a torn library.
-    let partial = dir.join(format!("libscotd_kernels.so.tmp{}", std::process::id()));
-    compile(&compiler, &src, &partial)?;
+    let partial = dir.join(format!("libscotd_kernels.so.tmp{pid}"));
+    let compiled = compile(&compiler, &src, &partial);
+    let _ = std::fs::remove_dir_all(&src);
+    compiled?;
     std::fs::rename(&partial, &library).map_err(|e| Error::io(&library, e))?;
     Ok(library)
 }
