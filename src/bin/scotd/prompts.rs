@@ -29,9 +29,9 @@ pub struct DeviceArgs {
     /// or cuda:N (a build with --features cuda).
     #[arg(long, default_value = "cpu")]
     pub device: Device,
-    /// f32 or bf16 [default: bf16 on cuda, f32 on cpu and emulator]. The CPU computes in
-    /// f32 either way: bf16 there keeps a bf16 checkpoint's matrices in bf16 (half the
-    /// memory, faster decoding, the same numbers).
+    /// f32 or bf16 [default: bf16 on cuda and cpu, f32 on the emulator]. The CPU computes
+    /// in f32 either way: bf16 there keeps a bf16 checkpoint's matrices in bf16 (half the
+    /// memory, faster decoding, the same numbers; an f32 checkpoint stays f32).
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,
 }
@@ -44,13 +44,12 @@ pub enum Precision {
 }
 
 impl DeviceArgs {
-    /// The parameters' dtype: the one asked for, else bf16 on a CUDA device and f32
-    /// elsewhere (the emulator is for checking against the CPU's numbers).
+    /// The parameters' dtype: the one asked for, else f32 on the emulator (it is for
+    /// checking against the CPU's numbers) and bf16 elsewhere (on the CPU: as stored).
     pub fn dtype(&self) -> DType {
         match (self.precision, self.device) {
-            (Some(Precision::F32), _) => DType::F32,
-            (Some(Precision::Bf16), _) | (None, Device::Cuda(_)) => DType::BF16,
-            (None, _) => DType::F32,
+            (Some(Precision::F32), _) | (None, Device::Emulator) => DType::F32,
+            (Some(Precision::Bf16), _) | (None, _) => DType::BF16,
         }
     }
 }
@@ -215,10 +214,10 @@ mod tests {
     }
 
     #[test]
-    fn precision_defaults_to_bf16_on_cuda_only() {
+    fn precision_defaults_to_f32_on_the_emulator_only() {
         let dtype = |device, precision| DeviceArgs { device, precision }.dtype();
         assert_eq!(dtype(Device::Cuda(1), None), DType::BF16);
-        assert_eq!(dtype(Device::Cpu, None), DType::F32);
+        assert_eq!(dtype(Device::Cpu, None), DType::BF16);
         assert_eq!(dtype(Device::Emulator, None), DType::F32);
         assert_eq!(dtype(Device::Cuda(0), Some(Precision::F32)), DType::F32);
         assert_eq!(dtype(Device::Cpu, Some(Precision::Bf16)), DType::BF16);
