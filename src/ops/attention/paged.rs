@@ -109,11 +109,14 @@ impl PagedRows {
         self.meta[2 * self.rows + r] as usize
     }
 
-    /// The pool row of position `p` of row r's sequence.
-    fn pool_row(&self, r: usize, p: usize) -> usize {
+    /// The pool rows of positions 0..=p of row r's sequence (r at position p).
+    fn pool_rows(&self, r: usize) -> Vec<usize> {
+        let keys = self.position(r) + 1;
         let seq = self.meta[r] as usize;
-        let tables = 3 * self.rows + seq * self.table_width;
-        self.meta[tables + p / self.block_size] as usize * self.block_size + p % self.block_size
+        let table = &self.meta[3 * self.rows + seq * self.table_width..][..self.table_width];
+        let rows_of =
+            |&block: &i32| (0..self.block_size).map(move |i| block as usize * self.block_size + i);
+        table.iter().flat_map(rows_of).take(keys).collect()
     }
 
     /// The largest block id the tables name (to check them against a pool).
@@ -291,49 +294,42 @@ fn attention_over_pool(
     if dims.head_dim == 0 {
         return out;
     }
+    // Each row's pool rows once, block by block, shared by its heads.
+    let slots: Vec<Vec<usize>> = (0..rows.len()).map(|r| rows.pool_rows(r)).collect();
     out.par_chunks_mut(dims.head_dim)
         .enumerate()
         .for_each(|(unit, o)| {
             let (r, head) = (unit / dims.q_heads, unit % dims.q_heads);
             let qv = &q[unit * dims.head_dim..][..dims.head_dim];
-            attend(
-                o,
-                qv,
-                (k, v),
-                |p| rows.pool_row(r, p),
-                rows.position(r) + 1,
-                head,
-                dims,
-            );
+            attend(o, qv, (k, v), &slots[r], head, dims);
         });
     out
 }
 
-/// Output `o` of one query head over `keys` positions whose pool rows `pool_row` gives.
+/// Output `o` of one query head over the positions held at pool rows `slots`.
 fn attend(
     o: &mut [f32],
     qv: &[f32],
     (k, v): (&[f32], &[f32]),
-    pool_row: impl Fn(usize) -> usize,
-    keys: usize,
+    slots: &[usize],
     head: usize,
     dims: PagedDims,
 ) {
     let dh = dims.head_dim;
     let kv = head / (dims.q_heads / dims.kv_heads);
-    let offset = |p: usize| (pool_row(p) * dims.kv_heads + kv) * dh;
+    let offset = |slot: usize| (slot * dims.kv_heads + kv) * dh;
     let scale = (1.0 / (dh as f64).sqrt()) as f32;
-    let scores: Vec<f32> = (0..keys)
-        .map(|p| dot(qv, &k[offset(p)..][..dh]) * scale)
+    let scores: Vec<f32> = slots
+        .iter()
+        .map(|&slot| dot(qv, &k[offset(slot)..][..dh]) * scale)
         .collect();
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let probs: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
     let inv_sum = (1.0 / probs.iter().map(|&p| p as f64).sum::<f64>()) as f32;
-    for (p, w) in probs.iter().enumerate() {
-        let value = &v[offset(p)..][..dh];
-        o.iter_mut()
-            .zip(value)
-            .for_each(|(o, v)| *o += w * inv_sum * v);
+    for (&slot, p) in slots.iter().zip(&probs) {
+        let w = p * inv_sum;
+        let value = &v[offset(slot)..][..dh];
+        o.iter_mut().zip(value).for_each(|(o, v)| *o += w * v);
     }
 }
 
