@@ -250,3 +250,22 @@ scotd::device_tests! {
         assert!(distinct > 1, "five prompts sampled alike: {first:?}");
     }
 }
+
+scotd::gpu_tests! {
+    /// bf16 at head dim 128: fresh prompts through the flash kernel (two of one length
+    /// side by side in one call), decoding over the paged cache in bf16; the greedy tokens
+    /// of a sharp model are the f32 CPU's.
+    fn bf16_decoding_prefills_on_flash_and_follows_the_cpu(device: Device) {
+        let (what, config) = shapes().pop().unwrap();
+        let cpu_model = sharp_model(&config);
+        let model = cpu_model.to_device(device, DType::BF16).unwrap();
+        let prompts = vec![vec![3, 9, 27, 1, 40], vec![8, 2, 33, 15, 4], vec![12, 6]];
+        let cfg = SamplingConfig { max_new_tokens: 5, batch_size: 3, ..SamplingConfig::default() };
+        let want = decode_all(&cpu_model, &prompts, &cfg);
+        let recorder = Recorder::start();
+        assert_eq!(decode_all(&model, &prompts, &cfg), want, "{what}");
+        // One flash call for the two 5-token prompts and one for the 2-token one.
+        assert_eq!(recorder.launches("flash_attention_forward_d128"), 2 * config.num_hidden_layers);
+        assert!(recorder.launches("paged_attention_decode_bf16") > 0, "{:?}", recorder.kernels());
+    }
+}
