@@ -16,39 +16,42 @@
 // group share every read (a block holds up to 8 of them).
 //
 // Work split (flash-decoding): a block per (query row, kv head, chunk of <= 8 query
-// heads, part of the keys). A long context is cut into parts of split_keys keys so that
-// even batch 1 fills the SMs (7B, 1,024 positions, 256-key parts: 32·4 = 128 blocks a
+// heads, part of the keys). A long context is cut into parts of PAGED_SPLIT_KEYS keys so
+// that even batch 1 fills the SMs (7B, 1,024 positions, 256-key parts: 32·4 = 128 blocks a
 // layer); each part writes its unnormalised output with its max and sum, and
-// paged_attention_combine merges the parts. split_keys is a constant of the launcher,
+// paged_attention_combine merges the parts. The part size is a constant of the kernel,
 // never a function of the batch, so a row's arithmetic does not depend on its
 // neighbours. With one part in the grid the block writes the final output itself, in
 // the same operations the combine would do (o / sum).
 //
+// Each warp keeps PAGED_KEYS_IN_FLIGHT rows' loads in flight before it reduces any, and
+// the part's pool rows are looked up once into shared memory, so no row load waits on a
+// table load (a review of the first version's machine code found one row in flight a
+// warp, about 1–1.5 TB/s at best; this one is unmeasured too: no GPU has run it).
+//
 // Launch: grid (rows·Hkv·chunks, parts), W warps; dynamic shared memory
-// (8·D + 8·split_keys + W·8·D) floats.
+// (G·D + G·PAGED_SPLIT_KEYS + W·G·D) floats, G = min(8, Hq/Hkv).
 
 #include "common.cuh"
 
-#define PAGED_MAX_HEADS 8  // query heads a block serves: 8 × 4 accumulators a lane
-#define PAGED_MAX_COLS 4   // head_dim <= 128: a lane holds columns lane, lane+32, ...
+#define PAGED_MAX_HEADS 8    // query heads a block serves: 8 × 4 accumulators a lane
+#define PAGED_MAX_COLS 4     // head_dim <= 128: a lane holds columns lane, lane+32, ...
+#define PAGED_SPLIT_KEYS 256  // keys of one part (the launcher's SPLIT_KEYS)
+#define PAGED_KEYS_IN_FLIGHT 4  // rows a warp loads before it reduces any: loads overlap
 
 struct PagedDims {
-  int rows, q_heads, kv_heads, head_dim, block_size, table_width, split_keys;
+  int rows, q_heads, kv_heads, head_dim, block_size, table_width;
   float scale;
 };
 
-// Row `p`'s place in the pool of a sequence whose table is `table`.
-__device__ __forceinline__ size_t paged_row(const int* table, int p, int block_size) {
-  return (size_t)table[p / block_size] * block_size + p % block_size;
-}
-
-// One K or V row's columns of this lane.
+// One K or V row's columns of this lane; zeros for a key past the part.
 template <class T>
-__device__ __forceinline__ void load_lane_columns(float* cols, const T* row, int lane,
-                                                  int head_dim) {
+__device__ __forceinline__ void load_lane_columns(float* cols, const T* row, bool valid,
+                                                  int lane, int head_dim) {
+#pragma unroll
   for (int t = 0; t < PAGED_MAX_COLS; ++t) {
     int c = lane + 32 * t;
-    cols[t] = c < head_dim ? to_float(row[c]) : 0.0f;
+    cols[t] = valid && c < head_dim ? to_float(row[c]) : 0.0f;
   }
 }
 
@@ -61,8 +64,10 @@ __device__ void paged_attention_decode(T* out, float* part_out, float* part_stat
                                        PagedDims d) {
   SCOTD_DYNAMIC_SHARED(float, shared);
   __shared__ float head_max[PAGED_MAX_HEADS], head_sum[PAGED_MAX_HEADS];
+  __shared__ int key_rows[PAGED_SPLIT_KEYS];  // the part's keys' pool rows
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
   const int group = d.q_heads / d.kv_heads;
+  const int stride = min(PAGED_MAX_HEADS, group);  // heads a block's shared layout holds
   const int chunks = (group + PAGED_MAX_HEADS - 1) / PAGED_MAX_HEADS;
   const int r = blockIdx.x / (d.kv_heads * chunks);
   const int g = (blockIdx.x / chunks) % d.kv_heads;
@@ -71,8 +76,8 @@ __device__ void paged_attention_decode(T* out, float* part_out, float* part_stat
   const int heads = min(PAGED_MAX_HEADS, group - chunk * PAGED_MAX_HEADS);
   const int part = blockIdx.y, parts = gridDim.y;
   const int* table = meta + 3 * d.rows + meta[r] * d.table_width;
-  const int k0 = part * d.split_keys;
-  const int n = min(meta[d.rows + r] + 1 - k0, d.split_keys);  // this part's keys
+  const int k0 = part * PAGED_SPLIT_KEYS;
+  const int n = min(meta[d.rows + r] + 1 - k0, PAGED_SPLIT_KEYS);  // this part's keys
   const size_t first_slot = (size_t)r * d.q_heads + head0;
   if (n <= 0) {  // a part past this row's context: nothing to merge
     if ((int)threadIdx.x < heads) {
@@ -82,31 +87,44 @@ __device__ void paged_attention_decode(T* out, float* part_out, float* part_stat
     }
     return;
   }
-  float* qs = shared;                                       // [heads][D], pre-scaled
-  float* scores = qs + PAGED_MAX_HEADS * d.head_dim;        // [heads][split_keys]
-  float* partial = scores + PAGED_MAX_HEADS * d.split_keys;  // [warps][heads][D]
+  float* qs = shared;                                  // [stride][D], pre-scaled
+  float* scores = qs + stride * d.head_dim;            // [stride][PAGED_SPLIT_KEYS]
+  float* partial = scores + stride * PAGED_SPLIT_KEYS;  // [warps][stride][D]
   for (int i = threadIdx.x; i < heads * d.head_dim; i += blockDim.x)
     qs[i] = to_float(q[first_slot * d.head_dim + i]) * d.scale;
+  // The table lookups once, so the row loads below depend on no global load.
+  for (int j = threadIdx.x; j < n; j += blockDim.x) {
+    int p = k0 + j;
+    key_rows[j] = table[p / d.block_size] * d.block_size + p % d.block_size;
+  }
   __syncthreads();
-  // Scores: a warp per key row, read once for all the chunk's heads.
-  for (int j = warp; j < n; j += warps) {
-    const T* kj = k_pool + (paged_row(table, k0 + j, d.block_size) * d.kv_heads + g) * d.head_dim;
-    float cols[PAGED_MAX_COLS];
-    load_lane_columns(cols, kj, lane, d.head_dim);
+  auto row_of = [&](const T* pool, int j) {
+    return pool + ((size_t)key_rows[j] * d.kv_heads + g) * d.head_dim;
+  };
+  // Scores: a warp per key row, read once for all the chunk's heads, several rows in flight.
+  for (int j0 = warp * PAGED_KEYS_IN_FLIGHT; j0 < n; j0 += warps * PAGED_KEYS_IN_FLIGHT) {
+    float cols[PAGED_KEYS_IN_FLIGHT][PAGED_MAX_COLS];
+#pragma unroll
+    for (int u = 0; u < PAGED_KEYS_IN_FLIGHT; ++u)
+      load_lane_columns(cols[u], row_of(k_pool, min(j0 + u, n - 1)), j0 + u < n, lane, d.head_dim);
     for (int h = 0; h < heads; ++h) {
-      float s = 0.0f;
-      for (int t = 0; t < PAGED_MAX_COLS; ++t) {
-        int c = lane + 32 * t;
-        if (c < d.head_dim) s += qs[h * d.head_dim + c] * cols[t];
+#pragma unroll
+      for (int u = 0; u < PAGED_KEYS_IN_FLIGHT; ++u) {
+        float s = 0.0f;
+#pragma unroll
+        for (int t = 0; t < PAGED_MAX_COLS; ++t) {
+          int c = lane + 32 * t;
+          if (c < d.head_dim) s += qs[h * d.head_dim + c] * cols[u][t];
+        }
+        s = warp_sum(s);
+        if (lane == 0 && j0 + u < n) scores[h * PAGED_SPLIT_KEYS + j0 + u] = s;
       }
-      s = warp_sum(s);
-      if (lane == 0) scores[h * d.split_keys + j] = s;
     }
   }
   __syncthreads();
   // Softmax numerators of the part, a warp per head.
   for (int h = warp; h < heads; h += warps) {
-    float* s = scores + h * d.split_keys;
+    float* s = scores + h * PAGED_SPLIT_KEYS;
     float m = neg_infinity();
     for (int j = lane; j < n; j += 32) m = fmaxf(m, s[j]);
     m = warp_max(m);
@@ -123,28 +141,35 @@ __device__ void paged_attention_decode(T* out, float* part_out, float* part_stat
     }
   }
   __syncthreads();
-  // p·V: a warp per value row, read once; each lane accumulates its columns of every head.
+  // p·V: a warp per value row, read once, several in flight; each lane accumulates its
+  // columns of every head.
   float acc[PAGED_MAX_HEADS][PAGED_MAX_COLS] = {};
-  for (int j = warp; j < n; j += warps) {
-    const T* vj = v_pool + (paged_row(table, k0 + j, d.block_size) * d.kv_heads + g) * d.head_dim;
-    float cols[PAGED_MAX_COLS];
-    load_lane_columns(cols, vj, lane, d.head_dim);
+  for (int j0 = warp * PAGED_KEYS_IN_FLIGHT; j0 < n; j0 += warps * PAGED_KEYS_IN_FLIGHT) {
+    float cols[PAGED_KEYS_IN_FLIGHT][PAGED_MAX_COLS];
+#pragma unroll
+    for (int u = 0; u < PAGED_KEYS_IN_FLIGHT; ++u)
+      load_lane_columns(cols[u], row_of(v_pool, min(j0 + u, n - 1)), j0 + u < n, lane, d.head_dim);
+#pragma unroll
     for (int h = 0; h < PAGED_MAX_HEADS; ++h) {
       if (h >= heads) break;
-      float w = scores[h * d.split_keys + j];
-      for (int t = 0; t < PAGED_MAX_COLS; ++t) acc[h][t] += w * cols[t];
+#pragma unroll
+      for (int u = 0; u < PAGED_KEYS_IN_FLIGHT; ++u) {
+        float w = j0 + u < n ? scores[h * PAGED_SPLIT_KEYS + j0 + u] : 0.0f;
+#pragma unroll
+        for (int t = 0; t < PAGED_MAX_COLS; ++t) acc[h][t] += w * cols[u][t];
+      }
     }
   }
   for (int h = 0; h < heads; ++h)
     for (int t = 0; t < PAGED_MAX_COLS; ++t) {
       int c = lane + 32 * t;
-      if (c < d.head_dim) partial[(warp * PAGED_MAX_HEADS + h) * d.head_dim + c] = acc[h][t];
+      if (c < d.head_dim) partial[(warp * stride + h) * d.head_dim + c] = acc[h][t];
     }
   __syncthreads();
   for (int i = threadIdx.x; i < heads * d.head_dim; i += blockDim.x) {
     int h = i / d.head_dim, c = i % d.head_dim;
     float o = 0.0f;
-    for (int w = 0; w < warps; ++w) o += partial[(w * PAGED_MAX_HEADS + h) * d.head_dim + c];
+    for (int w = 0; w < warps; ++w) o += partial[(w * stride + h) * d.head_dim + c];
     size_t slot = first_slot + h;
     if (parts == 1) {
       out[slot * d.head_dim + c] = from_float<T>(o / head_sum[h]);
@@ -196,8 +221,8 @@ __device__ void kv_cache_write(T* k_pool, T* v_pool, const T* k, const T* v, con
 
 #define PAGED_DIMS_PARAMS                                                                  \
   int rows, int q_heads, int kv_heads, int head_dim, int block_size, int table_width,     \
-      int split_keys, float scale
-#define PAGED_DIMS PagedDims{rows, q_heads, kv_heads, head_dim, block_size, table_width, split_keys, scale}
+      float scale
+#define PAGED_DIMS PagedDims{rows, q_heads, kv_heads, head_dim, block_size, table_width, scale}
 #define PAGED_KERNELS(T, SUFFIX)                                                           \
   extern "C" __global__ void paged_attention_decode_##SUFFIX(                             \
       T* out, float* part_out, float* part_stats, const T* q, const T* k_pool,             \

@@ -8,9 +8,9 @@ use crate::backend::cuda::{
 use crate::{Error, Result};
 
 const OP: &str = "paged_attention";
-/// Keys of one part of a context. A constant, never a function of the batch: a row's
-/// arithmetic must not depend on its neighbours. 256 gives a 7B model (32 KV heads) 128
-/// blocks a layer at 1,024 positions.
+/// Keys of one part of a context (the kernel's PAGED_SPLIT_KEYS). A constant, never a
+/// function of the batch: a row's arithmetic must not depend on its neighbours. 256 gives
+/// a 7B model (32 KV heads) 128 blocks a layer at 1,024 positions.
 pub const SPLIT_KEYS: usize = 256;
 /// Query heads a block serves (kernels/paged_attention.cu, PAGED_MAX_HEADS).
 const MAX_HEADS: usize = 8;
@@ -65,11 +65,11 @@ pub fn paged_attention_forward<T: GpuFloat>(
         KernelArg::int(dims.head_dim)?,
         KernelArg::int(rows.block_size())?,
         KernelArg::int(rows.table_width())?,
-        KernelArg::int(SPLIT_KEYS)?,
         KernelArg::F32(super::cuda::scale(dims.head_dim)),
     ];
     let blocks = rows.len() * dims.kv_heads * chunks;
-    let floats = MAX_HEADS * (dims.head_dim + SPLIT_KEYS + WARPS * dims.head_dim);
+    let heads = (dims.q_heads / dims.kv_heads).min(MAX_HEADS);
+    let floats = heads * (dims.head_dim + SPLIT_KEYS + WARPS * dims.head_dim);
     let cfg = LaunchConfig {
         grid: [grid_size(blocks)?, grid_size(parts)?, 1],
         block: [32 * WARPS as u32, 1, 1],
