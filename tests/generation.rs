@@ -237,3 +237,46 @@ fn a_kv_budget_too_small_for_the_longest_request_is_refused() {
         "{err}"
     );
 }
+
+/// A config vocabulary padded past the tokenizer's: the padding rows' logits are made the
+/// largest (the final hidden states times 50 × their embedding rows), so greedy and
+/// sampled decoding pick them when allowed and never under `vocab_limit`.
+#[test]
+fn padding_rows_of_the_vocabulary_are_never_chosen() {
+    const TOKENIZER_VOCAB: usize = 30;
+    let model = model(64);
+    let h = model.config.hidden_size;
+    model.embed_tokens.write_f32().unwrap()[TOKENIZER_VOCAB * h..]
+        .iter_mut()
+        .for_each(|w| *w *= 50.0);
+    let prompts: Vec<Vec<u32>> = vec![vec![1, 2, 3], vec![7, 20], vec![12, 5, 9, 28]];
+    for temperature in [0.0, 1.0] {
+        let free = SamplingConfig {
+            max_new_tokens: 12,
+            temperature,
+            ..SamplingConfig::default()
+        };
+        let limited = SamplingConfig {
+            vocab_limit: Some(TOKENIZER_VOCAB),
+            ..free.clone()
+        };
+        let ids = |cfg: &SamplingConfig| -> Vec<u32> {
+            let out = generate(&model, &prompts, &[], cfg, |_, _| {}).unwrap();
+            out.into_iter().flat_map(|g| g.ids).collect()
+        };
+        let padded = ids(&free)
+            .iter()
+            .filter(|&&id| id as usize >= TOKENIZER_VOCAB)
+            .count();
+        assert!(
+            padded > 0,
+            "temperature {temperature}: the padding rows never won"
+        );
+        assert!(
+            ids(&limited)
+                .iter()
+                .all(|&id| (id as usize) < TOKENIZER_VOCAB),
+            "temperature {temperature}: a padding id was chosen"
+        );
+    }
+}
