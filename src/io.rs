@@ -134,7 +134,9 @@ pub struct Resumed<T> {
 impl AppendLog {
     /// Opens `path` for appending, creating it (and its folder) if needed, and reads the
     /// records already there. A complete line that does not parse as `T` is an error
-    /// naming its line: the file is someone else's, and nothing is appended to it.
+    /// naming its line: the file is someone else's, and nothing is appended to it. The
+    /// log holds an exclusive advisory lock on the file while it lives: a second job on the
+    /// same file is refused at once instead of writing every record twice.
     pub fn open<T: serde::de::DeserializeOwned>(path: &Path) -> Result<(AppendLog, Resumed<T>)> {
         if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -145,6 +147,7 @@ impl AppendLog {
             .create(true)
             .open(path)
             .map_err(|e| Error::io(path, e))?;
+        lock_exclusively(&file, path)?;
         let mut text = String::new();
         std::io::Read::read_to_string(&mut &file, &mut text).map_err(|e| Error::io(path, e))?;
         let whole = text.rfind('\n').map_or(0, |i| i + 1);
@@ -174,6 +177,20 @@ impl AppendLog {
     /// anyway; this is for power loss).
     pub fn sync(&self) -> Result<()> {
         self.file.sync_data().map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// Takes `file`'s exclusive advisory lock (released when the file is closed, also by a
+/// killed process); an error naming `path` when another job holds it.
+fn lock_exclusively(file: &std::fs::File, path: &Path) -> Result<()> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::format(
+            path,
+            "(lock)",
+            "another scotd job is writing this file (it holds the file's lock): wait for it to finish, or write elsewhere",
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(path, e)),
     }
 }
 
@@ -228,6 +245,19 @@ mod tests {
         log.append(&Item { n: 3 }).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text, "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n");
+    }
+
+    #[test]
+    fn a_second_log_on_one_file_is_refused_while_the_first_lives() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.jsonl");
+        let (mut first, _) = AppendLog::open::<Item>(&path).unwrap();
+        let err = AppendLog::open::<Item>(&path).err().unwrap().to_string();
+        assert!(err.contains("log.jsonl") && err.contains("another scotd job"), "{err}");
+        first.append(&Item { n: 1 }).unwrap();
+        drop(first);
+        let (_, resumed) = AppendLog::open::<Item>(&path).unwrap();
+        assert_eq!(resumed.records, vec![Item { n: 1 }]);
     }
 
     #[test]

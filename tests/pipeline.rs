@@ -117,6 +117,34 @@ fn sample_resumes_after_kill_9_on_the_emulator() {
     });
 }
 
+/// Two `scotd sample` on one --out: the second is refused at once (the first holds the
+/// trace file's lock) and writes nothing, so no trace is sampled twice.
+#[test]
+fn a_second_sample_on_one_trace_file_is_refused_while_the_first_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = (smollm2(), questions());
+    let out = dir.path().join("traces.jsonl");
+    let out_arg = path_arg(&out);
+    let args = sample_args_on(("cpu", "40"), &out_arg, "12", &model, &data);
+    let mut first = Command::new(env!("CARGO_BIN_EXE_scotd"))
+        .args(&args)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let before = wait_for_lines(&out, 1, Duration::from_secs(120));
+    let stderr = fail(&args);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(before >= 1, "the first run wrote nothing");
+    assert!(stderr.contains("another scotd job"), "{stderr}");
+    let lines = json_lines(&out);
+    let pairs: HashSet<String> = lines
+        .iter()
+        .map(|l| format!("{}/{}", l["id"], l["sample"]))
+        .collect();
+    assert_eq!(pairs.len(), lines.len(), "a trace was written twice");
+}
+
 /// A `scotd sample` run of the kill -9 test: its device, and a size that keeps it going
 /// there long enough to be killed in the middle.
 struct KillRun {
