@@ -11,6 +11,13 @@ use crate::{Error, Result, Tensor};
 /// SAMPLING_THREADS of the kernel, whose scan keeps one float per thread.
 const THREADS: u32 = 1024;
 
+/// The floats of one row's probabilities in the kernel's scratch (scratch_stride of the
+/// kernel): vocab_limit rounded up to 32, so that every row starts on 128 bytes as the
+/// first does and the kernel's 16-byte loads and stores apply to all rows.
+fn scratch_stride(vocab_limit: usize) -> usize {
+    vocab_limit.div_ceil(32) * 32
+}
+
 /// The rows' choices as the kernel reads them: per row the uniform, temperature, top_p and
 /// top_k (capped at vocab_limit), four f64 that hold each exactly.
 pub struct DeviceChoices {
@@ -71,7 +78,7 @@ pub fn choose_tokens_into<'l, 'i, T: GpuFloat + 'l>(
     }
     // A sampled row writes its probabilities there; a greedy one never touches it.
     let scratch_len = if choices.any_sampled {
-        rows * choices.vocab_limit
+        rows * scratch_stride(choices.vocab_limit)
     } else {
         1
     };
@@ -87,7 +94,7 @@ pub fn choose_tokens_into<'l, 'i, T: GpuFloat + 'l>(
     let blocks = u32::try_from(rows).map_err(|_| Error::shape(OP, "too many rows"))?;
     let cfg = LaunchConfig::linear(blocks, THREADS, 0);
     // SAFETY: one block per row of `vocab` logits, ids and rules of `rows` entries; the
-    // scratch holds vocab_limit floats per row whenever a row samples.
+    // scratch holds scratch_stride(vocab_limit) floats per row whenever a row samples.
     unsafe { gpu.launch(&format!("choose_tokens_{}", T::SUFFIX), cfg, &args) }
 }
 

@@ -213,6 +213,54 @@ crate::device_tests! {
     }
 }
 
+crate::device_tests! {
+    fn wide_rows_of_tied_values_match_the_cpu_reference(device: Device) {
+        let mut rng = Rng::new(10);
+        // Wider than one step of the kernel's 16-byte loads (4 vectors of 8 bf16 for each of
+        // 1024 threads), with a scalar tail; then a width whose rows mostly start off 16 bytes.
+        for (vocab, limit) in [(40_968, 40_965), (40_965, 40_965)] {
+            let rows = 8;
+            // A grid of 0.25: each value tied at hundreds of ids, so that top-k cuts in ties.
+            let mut data: Vec<f32> = (0..rows * vocab)
+                .map(|_| (rng.normal() as f32 * 8.0).round() * 0.25)
+                .collect();
+            // Each row's max again at ids in the vectors and in the tail: the first one wins.
+            for (r, row) in data.chunks_mut(vocab).enumerate() {
+                let max = row[..limit].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                for j in [limit - 1, 33_000 - r, 12_345 + r, 7 * r + 3] {
+                    row[j] = max;
+                }
+            }
+            let choices: Vec<TokenChoice> = (0..rows)
+                .map(|r| {
+                    let u = rng.uniform();
+                    match r {
+                        0 => TokenChoice::greedy(),
+                        1 => sampled(1.0, 2, 1.0, u),
+                        2 => sampled(1.0, 100, 1.0, u),
+                        3 => sampled(0.9, 5000, 1.0, u),
+                        4 => sampled(1.2, 0, 0.5, u),
+                        5 => sampled(1.0, 300, 0.9, u),
+                        6 => sampled(0.5, 1, 1.0, u),
+                        _ => sampled(2.0, 40_000, 1.0, u),
+                    }
+                })
+                .collect();
+            for dtype in [DType::F32, DType::BF16] {
+                let logits = Tensor::from_vec(data.clone(), [rows, vocab])
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+                let rounded = logits.to_vec_f32().unwrap();
+                let want = cpu::choose_tokens(&rounded, vocab, &choices, limit);
+                assert!(want[0] <= 3, "the greedy row's first max: {}", want[0]);
+                let got = choose_tokens(&logits.to(device).unwrap(), &choices, limit).unwrap();
+                assert_eq!(got, want, "{dtype:?}, width {vocab}");
+            }
+        }
+    }
+}
+
 /// Rows whose every sum depends on the order of its adds (p over 13 orders of magnitude):
 /// the kernel's ids must not depend on the order threads run in.
 #[test]
