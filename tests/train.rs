@@ -486,3 +486,257 @@ fn held_out_loss_is_logged_before_the_first_step_and_per_dataset() {
         .collect();
     assert_eq!(steps, [0, 2]);
 }
+
+/// One bad setting of each kind: every one is refused before anything is read or
+/// written, with the field, its value and the allowed range in the message.
+#[test]
+fn every_setting_is_checked_against_its_range_before_anything_is_written() {
+    type Change = fn(&mut TrainConfig);
+    let cases: [(Change, &[&str]); 19] = [
+        (
+            |c| c.lr = 1e30,
+            &["lr = 1e30", "must be finite and in (0, 1]"],
+        ),
+        (|c| c.lr = f32::NAN, &["lr = NaN", "(0, 1]"]),
+        (|c| c.beta1 = 1.0, &["beta1 = 1.0", "must be in [0, 1)"]),
+        (|c| c.beta2 = f32::NAN, &["beta2 = NaN", "[0, 1)"]),
+        (|c| c.eps = -1e-8, &["eps = -1e-8", "(0, 1]"]),
+        (
+            |c| c.weight_decay = -0.1,
+            &["weight_decay = -0.1", "[0, 1]"],
+        ),
+        (|c| c.min_lr_ratio = 2.0, &["min_lr_ratio = 2.0", "[0, 1]"]),
+        (
+            |c| c.max_grad_norm = -1.0,
+            &["max_grad_norm = -1.0", ">= 0"],
+        ),
+        (
+            |c| c.max_grad_norm = f32::INFINITY,
+            &["max_grad_norm = inf", "finite"],
+        ),
+        (|c| c.seq_len = 0, &["seq_len = 0", "at least 1"]),
+        (
+            |c| c.grad_accum = usize::MAX,
+            &["grad_accum = ", "at most 16777216"],
+        ),
+        (
+            |c| c.micro_batch_rows = 1 << 40,
+            &["micro_batch_rows × seq_len", "at most 65536"],
+        ),
+        (
+            |c| c.seq_len = 1000,
+            &[
+                "seq_len = 1000",
+                "past the model's max_position_embeddings of 512",
+            ],
+        ),
+        (|c| c.steps = 0, &["steps = 0", "at least 1"]),
+        (|c| c.keep_last = 0, &["keep_last = 0", "at least 1"]),
+        (
+            |c| c.datasets[1].name = "chat".into(),
+            &["datasets", "two are named `chat`"],
+        ),
+        (
+            |c| c.datasets[0].weight = -1.0,
+            &["datasets.chat.weight = -1.0", ">= 0"],
+        ),
+        (
+            |c| c.datasets[0].weight = f64::NAN,
+            &["datasets.chat.weight = NaN"],
+        ),
+        (|c| c.output_dir = PathBuf::new(), &["output_dir: empty"]),
+    ];
+    let student = tiny_student(32, 1);
+    let out = tempfile::tempdir().unwrap();
+    let run = out.path().join("run");
+    let valid = config(student.path(), &run, 2);
+    for (change, expected) in cases {
+        let mut cfg = valid.clone();
+        change(&mut cfg);
+        let err = train(cfg, false).unwrap_err().to_string();
+        for part in expected {
+            assert!(err.contains(part), "expected {part:?} in: {err}");
+        }
+        assert!(!run.exists(), "{err}: the output folder was created");
+    }
+}
+
+#[test]
+fn an_activation_the_engine_lacks_is_refused_at_config_load() {
+    let student = tiny_student(32, 1);
+    let config_json = student.path().join("config.json");
+    let text = std::fs::read_to_string(&config_json).unwrap();
+    let gelu = text.replace(r#""hidden_act": "silu""#, r#""hidden_act": "gelu""#);
+    assert_ne!(text, gelu, "the saved config names its activation");
+    std::fs::write(&config_json, gelu).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let run = out.path().join("run");
+    let err = train(config(student.path(), &run, 2), false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("hidden_act") && err.contains("gelu") && err.contains("silu"),
+        "{err}"
+    );
+    assert!(!run.exists());
+}
+
+/// `--lr -1` and `--lr -1e-5` are values of `--lr` (not unknown flags), refused by the
+/// range check, which names the file they override.
+#[test]
+fn negative_flag_values_reach_the_range_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let student = tiny_student(32, 1);
+    let run = dir.path().join("run");
+    let cfg = config(student.path(), &run, 2);
+    std::fs::write(run.with_extension("toml"), toml::to_string(&cfg).unwrap()).unwrap();
+    for (value, shown) in [("-1", "lr = -1.0"), ("-1e-5", "lr = -1e-5")] {
+        let output = scotd_train(&run.with_extension("toml"))
+            .args(["--lr", value])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("run.toml") && stderr.contains(shown) && stderr.contains("(0, 1]"),
+            "{stderr}"
+        );
+    }
+    assert!(!run.exists());
+}
+
+/// `scotd train` without --quiet, standard error piped: a log line every `log_every`
+/// steps, read line by line as the run goes.
+fn spawn_logged_train(
+    config_path: &Path,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_scotd"))
+        .args(["train", "--config"])
+        .arg(config_path)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (send, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(std::io::Result::ok) {
+            if send.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, lines)
+}
+
+/// Waits for the first progress line (step 1 is done), then sends `signal` to the run;
+/// returns the lines read until then.
+fn signal_after_first_step(
+    child: &std::process::Child,
+    lines: &std::sync::mpsc::Receiver<String>,
+    signal: &str,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.starts_with("step ")) {
+        let line = lines
+            .recv_timeout(Duration::from_secs(300))
+            .expect("a step logged");
+        seen.push(line);
+    }
+    send_signal(child, signal);
+    seen
+}
+
+fn send_signal(child: &std::process::Child, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// A run checkpoints no step but the last; SIGTERM after its first step makes it finish
+/// the step in progress, checkpoint it, say so and exit 143, and the rerun resumes there
+/// and ends with the losses of an uninterrupted run.
+#[test]
+fn sigterm_checkpoints_the_step_in_progress_and_the_rerun_resumes_from_it() {
+    let student = tiny_student(128, 4);
+    let out = tempfile::tempdir().unwrap();
+    let steps = 12;
+    let config_for = |run: &Path| {
+        let mut cfg = config(student.path(), run, steps);
+        (cfg.save_every, cfg.log_every) = (0, 1);
+        cfg
+    };
+    let straight = train(config_for(&out.path().join("straight")), false).unwrap();
+    let run = out.path().join("interrupted");
+    let config_path = run.with_extension("toml");
+    std::fs::write(&config_path, toml::to_string(&config_for(&run)).unwrap()).unwrap();
+
+    let (mut child, lines) = spawn_logged_train(&config_path);
+    let mut stderr = signal_after_first_step(&child, &lines, "TERM");
+    let status = child.wait().unwrap();
+    stderr.extend(lines.iter());
+    assert_eq!(status.code(), Some(143), "{stderr:?}");
+    let message = stderr
+        .iter()
+        .find(|l| l.starts_with("interrupted at step "))
+        .unwrap_or_else(|| panic!("no interruption message in {stderr:?}"));
+    let step: u64 = message["interrupted at step ".len()..]
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..steps).contains(&step), "{message}");
+    let checkpoint = run.join(format!("checkpoint-{step}"));
+    assert!(
+        message.contains(&format!("checkpoint written to {}", checkpoint.display()))
+            && message.ends_with("rerun the same command to resume"),
+        "{message}"
+    );
+    assert!(checkpoint.join("trainer_state.json").is_file());
+
+    let output = scotd_train(&config_path).output().unwrap();
+    let rerun = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{rerun}");
+    assert!(
+        rerun.contains(&format!("resumed from step {step}")),
+        "{rerun}"
+    );
+    assert_eq!(
+        losses(&straight.metrics),
+        losses(&run.join("metrics.jsonl"))
+    );
+}
+
+/// A second SIGINT does not wait for the step in progress: the run exits at once with
+/// SIGINT's 130 and writes no checkpoint. Steps of 16k tokens take long enough that the
+/// first signal (sent right after step 1) and the second (0.2 s later) fall in step 2.
+#[test]
+fn a_second_sigint_exits_at_once() {
+    let student = tiny_student(128, 4);
+    let out = tempfile::tempdir().unwrap();
+    let run = out.path().join("run");
+    let mut cfg = config(student.path(), &run, 50);
+    (cfg.save_every, cfg.log_every) = (0, 1);
+    (cfg.seq_len, cfg.micro_batch_rows, cfg.grad_accum) = (512, 8, 4);
+    let config_path = run.with_extension("toml");
+    std::fs::write(&config_path, toml::to_string(&cfg).unwrap()).unwrap();
+
+    let (mut child, lines) = spawn_logged_train(&config_path);
+    let started = Instant::now();
+    let mut stderr = signal_after_first_step(&child, &lines, "INT");
+    std::thread::sleep(Duration::from_millis(200));
+    send_signal(&child, "INT");
+    let status = child.wait().unwrap();
+    stderr.extend(lines.iter());
+    assert_eq!(status.code(), Some(130), "{stderr:?}");
+    assert!(
+        !stderr.iter().any(|l| l.starts_with("interrupted at step")),
+        "{stderr:?} (after {:?})",
+        started.elapsed()
+    );
+    assert!(!run.join("checkpoint-2").exists() && !run.join("checkpoint-1").exists());
+}

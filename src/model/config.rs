@@ -115,6 +115,19 @@ fn rope_theta(f: &Fields) -> Result<f32> {
     f.f32_or("rope_theta", 10000.0)
 }
 
+/// The MLP's activation: the engine implements only SiLU (`src/ops/swiglu`), which
+/// transformers names "silu" or "swish" and Qwen2 and Llama default to.
+fn hidden_act(f: &Fields) -> Result<()> {
+    match f.obj.get("hidden_act") {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::String(act)) if act == "silu" || act == "swish" => Ok(()),
+        Some(other) => Err(f.err(
+            "hidden_act",
+            format!("unsupported activation {other}, expected \"silu\" (the only one implemented)"),
+        )),
+    }
+}
+
 impl ModelConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
@@ -148,6 +161,7 @@ impl ModelConfig {
                 "sliding-window attention is not supported, expected false",
             ));
         }
+        hidden_act(&f)?;
         if f.bool_or("mlp_bias", false)? {
             return Err(f.err("mlp_bias", "MLP biases are not supported, expected false"));
         }

@@ -8,8 +8,22 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{BadLines, DataFormat, Overlong, Packing};
+use crate::model::ModelConfig;
 use crate::optim::Decay;
 use crate::{Device, Error, Result};
+
+/// The most tokens one micro-batch may hold (micro_batch_rows × seq_len). Its logits
+/// alone are tokens × vocabulary floats, and their gradient as many again: at this cap
+/// and Qwen2.5's 151,936-token vocabulary, 40 GB each in f32, about what one large GPU
+/// holds beside the model. The reference run uses 16,384.
+pub const MAX_MICRO_BATCH_TOKENS: usize = 1 << 16;
+
+/// The most tokens one optimizer step may hold (grad_accum × micro_batch_rows ×
+/// seq_len). A step's micro-batches are all drawn before any compute (the loss is
+/// normalised by the whole step's supervised tokens), so their ids, positions, segments
+/// and targets, 20 bytes a token, are in memory together: 320 MB at this cap, 512 times
+/// the reference run's step of 32,768 tokens.
+pub const MAX_STEP_TOKENS: usize = 1 << 24;
 
 /// One dataset of the mix.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -175,43 +189,197 @@ impl TrainConfig {
         }
     }
 
-    fn validate(&self, label: &Path) -> Result<()> {
-        let err = |field: &str, msg: String| Err(Error::format(label, field, msg));
-        if self.model.as_os_str().is_empty() {
-            return err("model", "missing: the student checkpoint folder".into());
+    /// Checks every setting against its meaning, before anything is read or allocated;
+    /// an error names the file (`label`), the field, its value and what is allowed.
+    pub fn validate(&self, label: &Path) -> Result<()> {
+        self.validate_paths(label)?;
+        self.validate_datasets(label)?;
+        self.validate_sizes(label)?;
+        self.validate_optimizer(label)?;
+        self.validate_counts(label)
+    }
+
+    /// Checks the settings that depend on the student: `model` is its config.json.
+    pub fn validate_for_model(&self, model: &ModelConfig, label: &Path) -> Result<()> {
+        match model.max_position_embeddings {
+            Some(max) if self.seq_len > max => Err(out_of_range(
+                label,
+                "seq_len",
+                self.seq_len,
+                format!("past the model's max_position_embeddings of {max}"),
+            )),
+            _ => Ok(()),
         }
+    }
+
+    fn validate_paths(&self, label: &Path) -> Result<()> {
+        if self.model.as_os_str().is_empty() {
+            return Err(Error::format(
+                label,
+                "model",
+                "missing: the student checkpoint folder",
+            ));
+        }
+        if self.output_dir.as_os_str().is_empty() {
+            return Err(Error::format(
+                label,
+                "output_dir",
+                "empty: the folder for checkpoints and metrics",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_datasets(&self, label: &Path) -> Result<()> {
+        let err = |field: &str, msg: String| Err(Error::format(label, field, msg));
         if self.datasets.is_empty() {
             return err(
                 "datasets",
                 "no datasets: add [[datasets]] entries with name, path and weight".into(),
             );
         }
-        for (name, v) in [
+        let mut names = std::collections::HashSet::new();
+        for d in &self.datasets {
+            if d.name.is_empty() || d.path.as_os_str().is_empty() {
+                return err("datasets", "every dataset needs a name and a path".into());
+            }
+            if !names.insert(d.name.as_str()) {
+                return err("datasets", format!("two are named `{}`", d.name));
+            }
+            if !(d.weight.is_finite() && d.weight >= 0.0) {
+                let field = format!("datasets.{}.weight", d.name);
+                return Err(out_of_range(
+                    label,
+                    &field,
+                    d.weight,
+                    "must be finite and >= 0",
+                ));
+            }
+        }
+        if self.datasets.iter().all(|d| d.weight == 0.0) {
+            return err(
+                "datasets",
+                "every weight is 0: at least one must be positive".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The batch shape, within [`MAX_MICRO_BATCH_TOKENS`] and [`MAX_STEP_TOKENS`].
+    fn validate_sizes(&self, label: &Path) -> Result<()> {
+        for (field, value) in [
             ("seq_len", self.seq_len),
             ("micro_batch_rows", self.micro_batch_rows),
             ("grad_accum", self.grad_accum),
         ] {
-            if v == 0 {
-                return err(name, "must be at least 1".into());
+            if value == 0 {
+                return Err(out_of_range(label, field, value, "must be at least 1"));
             }
         }
-        if self.steps == 0 {
-            return err("steps", "must be at least 1".into());
+        // In u128, so no product of two usizes overflows.
+        let micro_batch = self.micro_batch_rows as u128 * self.seq_len as u128;
+        if micro_batch > MAX_MICRO_BATCH_TOKENS as u128 {
+            return Err(Error::format(
+                label,
+                "micro_batch_rows × seq_len",
+                format!(
+                    "{} × {} = {micro_batch} tokens a micro-batch: must be at most {MAX_MICRO_BATCH_TOKENS}",
+                    self.micro_batch_rows, self.seq_len
+                ),
+            ));
         }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return err("lr", format!("must be a positive number, got {}", self.lr));
-        }
-        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
-            return err(
-                "min_lr_ratio",
-                format!("must be in [0, 1], got {}", self.min_lr_ratio),
-            );
-        }
-        if self.keep_last == 0 {
-            return err("keep_last", "must keep at least 1 checkpoint".into());
+        let step = micro_batch * self.grad_accum as u128;
+        if step > MAX_STEP_TOKENS as u128 {
+            return Err(out_of_range(
+                label,
+                "grad_accum",
+                self.grad_accum,
+                format!(
+                    "{step} tokens a step (grad_accum × micro_batch_rows × seq_len): must be at most {MAX_STEP_TOKENS}"
+                ),
+            ));
         }
         Ok(())
     }
+
+    /// The learning rate and AdamW's settings.
+    fn validate_optimizer(&self, label: &Path) -> Result<()> {
+        use Interval::*;
+        for (field, value, allowed) in [
+            ("lr", self.lr, AboveZeroToOne),
+            ("min_lr_ratio", self.min_lr_ratio, ZeroToOne),
+            ("weight_decay", self.weight_decay, ZeroToOne),
+            ("beta1", self.beta1, ZeroToBelowOne),
+            ("beta2", self.beta2, ZeroToBelowOne),
+            ("eps", self.eps, AboveZeroToOne),
+            ("max_grad_norm", self.max_grad_norm, FiniteNonNegative),
+        ] {
+            if !allowed.contains(value) {
+                return Err(out_of_range(label, field, value, allowed.describe()));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_counts(&self, label: &Path) -> Result<()> {
+        if self.steps == 0 {
+            return Err(out_of_range(
+                label,
+                "steps",
+                self.steps,
+                "must be at least 1",
+            ));
+        }
+        if self.keep_last == 0 {
+            return Err(out_of_range(
+                label,
+                "keep_last",
+                self.keep_last,
+                "must keep at least 1 checkpoint",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Where a float setting must lie; NaN lies in none.
+#[derive(Clone, Copy)]
+enum Interval {
+    AboveZeroToOne,
+    ZeroToOne,
+    ZeroToBelowOne,
+    FiniteNonNegative,
+}
+
+impl Interval {
+    fn contains(self, x: f32) -> bool {
+        match self {
+            Interval::AboveZeroToOne => x > 0.0 && x <= 1.0,
+            Interval::ZeroToOne => (0.0..=1.0).contains(&x),
+            Interval::ZeroToBelowOne => (0.0..1.0).contains(&x),
+            Interval::FiniteNonNegative => x >= 0.0 && x.is_finite(),
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Interval::AboveZeroToOne => "must be finite and in (0, 1]",
+            Interval::ZeroToOne => "must be in [0, 1]",
+            Interval::ZeroToBelowOne => "must be in [0, 1)",
+            Interval::FiniteNonNegative => "must be finite and >= 0",
+        }
+    }
+}
+
+/// `<label>: <field> = <value>: <allowed>`. Floats print in their shortest form, with an
+/// exponent when large or small (`1e30`, not thirty-one digits).
+fn out_of_range(
+    label: &Path,
+    field: &str,
+    value: impl std::fmt::Debug,
+    allowed: impl Into<String>,
+) -> Error {
+    Error::format(label, format!("{field} = {value:?}"), allowed)
 }
 
 /// Fields that are `None` by default, so absent from the serialised default.

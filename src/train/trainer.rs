@@ -4,6 +4,7 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -17,19 +18,22 @@ use crate::data::{
     self, BatchBuilder, BatchStats, DatasetSource, Example, MixedExamples, Mixer, ReasoningFormat,
     Row,
 };
-use crate::model::{Batch, Model, ParamStore};
+use crate::model::{Batch, Model, ModelConfig, ParamStore};
 use crate::ops::Reduction;
 use crate::optim::{AdamW, AdamWConfig, Schedule};
 use crate::rng::Rng;
 use crate::tokenizer::{ChatTemplate, Tokenizer};
 use crate::{DType, Device, Error, Result};
 
-/// What a finished run reports.
+/// What a finished (or interrupted) run reports.
 #[derive(Clone, Debug)]
 pub struct TrainSummary {
     pub steps: u64,
     pub resumed_from: Option<u64>,
+    /// The step a stop request ended the run at, its checkpoint written.
+    pub interrupted_at: Option<u64>,
     pub final_loss: f32,
+    /// The checkpoint of the last step run: `steps`, or `interrupted_at`.
     pub final_dir: PathBuf,
     pub metrics: PathBuf,
 }
@@ -48,6 +52,17 @@ struct Run<'a> {
 
 /// Runs (or resumes) the training described by `config`.
 pub fn train(config: TrainConfig, show_progress: bool) -> Result<TrainSummary> {
+    train_until_stopped(config, show_progress, &AtomicBool::new(false))
+}
+
+/// [`train`], ending early once `stop` is set (by a signal handler, say): the step in
+/// progress is finished and checkpointed, so a rerun resumes right after it.
+pub fn train_until_stopped(
+    config: TrainConfig,
+    show_progress: bool,
+    stop: &AtomicBool,
+) -> Result<TrainSummary> {
+    check_settings(&config)?;
     let tokenizer = Tokenizer::from_dir(&config.model)?;
     let template = tokenizer.resolve_chat_template(config.template.as_deref())?;
     let mut run = Run::prepare(config, &tokenizer, &template, show_progress)?;
@@ -57,19 +72,13 @@ pub fn train(config: TrainConfig, show_progress: bool) -> Result<TrainSummary> {
     let out = run.config.output_dir.clone();
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     let mut log = MetricsLog::open(&out.join("metrics.jsonl"), resumed.map(|s| s.step))?;
-    let on_terminal = std::io::stderr().is_terminal();
-    let bar = progress_bar(show_progress && on_terminal, start, run.config.steps);
-    let log_every = if show_progress && !on_terminal {
-        run.config.log_every
-    } else {
-        0
-    };
+    let progress = Progress::new(show_progress, start, &run.config);
     if start == 0 && run.config.eval_every > 0 && !run.eval_examples.is_empty() {
         // The held-out loss before any step: where the curves start from.
         run.log_evaluation(&mut log, 0)?;
     }
-    let started = Instant::now();
     let mut last_loss = log.last_loss.unwrap_or(f32::NAN);
+    let mut interrupted_at = None;
     for step in start..run.config.steps {
         let m = run.step(step)?;
         let done = step + 1;
@@ -78,39 +87,87 @@ pub fn train(config: TrainConfig, show_progress: bool) -> Result<TrainSummary> {
         }
         last_loss = m.loss;
         log.write(&m)?;
-        bar.set_message(format!(
-            "loss {:.4} lr {:.2e} {:.0} tok/s",
-            m.loss, m.lr, m.tokens_per_s
-        ));
-        bar.inc(1);
-        if log_every > 0 && (done % log_every == 0 || done == run.config.steps) {
-            eprintln!(
-                "{}",
-                log_line(done, run.config.steps, &m, started.elapsed())
-            );
-        }
+        progress.show(done, &m);
         let evaluating = run.config.eval_every > 0
             && done % run.config.eval_every == 0
             && !run.eval_examples.is_empty();
         if evaluating {
             run.log_evaluation(&mut log, done)?;
         }
+        // Checked after the step's evaluation, so the metrics of a run stopped and
+        // resumed are those of one that was not.
+        let stopping = stop.load(Ordering::SeqCst) && done < run.config.steps;
         let saving = done == run.config.steps
             || (run.config.save_every > 0 && done % run.config.save_every == 0);
-        if saving {
+        if saving || stopping {
             run.save(done, optimizer_steps)?;
         }
+        if stopping {
+            interrupted_at = Some(done);
+            break;
+        }
     }
-    bar.finish_and_clear();
+    progress.finish();
     let steps = run.config.steps;
-    let final_dir = checkpoints::checkpoint_dir(&out, steps);
+    let final_dir = checkpoints::checkpoint_dir(&out, interrupted_at.unwrap_or(steps));
     Ok(TrainSummary {
         steps,
         resumed_from: resumed.map(|s| s.step),
+        interrupted_at,
         final_loss: last_loss,
         final_dir,
         metrics: out.join("metrics.jsonl"),
     })
+}
+
+/// Every setting, alone and against the student's config.json, before the tokenizer,
+/// the data or the model is read (and before anything is written).
+fn check_settings(config: &TrainConfig) -> Result<()> {
+    let label = Path::new("(train config)");
+    config.validate(label)?;
+    let model = ModelConfig::from_file(&config.model.join("config.json"))?;
+    config.validate_for_model(&model, label)
+}
+
+/// How a run shows its steps: a progress bar on a terminal, else (a log file, a CI job)
+/// a plain line every `log_every` steps; nothing when not shown.
+struct Progress {
+    bar: ProgressBar,
+    log_every: u64,
+    steps: u64,
+    started: Instant,
+}
+
+impl Progress {
+    fn new(show: bool, start: u64, config: &TrainConfig) -> Self {
+        let on_terminal = std::io::stderr().is_terminal();
+        let log_every = if show && !on_terminal {
+            config.log_every
+        } else {
+            0
+        };
+        Progress {
+            bar: progress_bar(show && on_terminal, start, config.steps),
+            log_every,
+            steps: config.steps,
+            started: Instant::now(),
+        }
+    }
+
+    fn show(&self, done: u64, m: &StepMetrics) {
+        self.bar.set_message(format!(
+            "loss {:.4} lr {:.2e} {:.0} tok/s",
+            m.loss, m.lr, m.tokens_per_s
+        ));
+        self.bar.inc(1);
+        if self.log_every > 0 && (done.is_multiple_of(self.log_every) || done == self.steps) {
+            eprintln!("{}", log_line(done, self.steps, m, self.started.elapsed()));
+        }
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
 }
 
 fn progress_bar(show: bool, start: u64, steps: u64) -> ProgressBar {

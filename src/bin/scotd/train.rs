@@ -3,10 +3,14 @@
 //! weight=1.0}]'`); flags override the file.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use anyhow::Result;
 use clap::{Arg, ArgAction, ArgMatches, Command, FromArgMatches};
-use scotd::train::{train, TrainConfig};
+use scotd::train::{train_until_stopped, TrainConfig};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::flag;
 
 pub struct Args {
     config: Option<PathBuf>,
@@ -37,6 +41,9 @@ impl clap::Args for Args {
                     Arg::new(field.clone())
                         .long(flag)
                         .value_name("VALUE")
+                        // `--lr -1e-5` is a value (that validation then refuses with its
+                        // range), not a flag; allow_negative_numbers would miss `-1e-5`.
+                        .allow_hyphen_values(true)
                         .help(format!(
                             "Overrides `{field}` of the config file (a TOML value)"
                         )),
@@ -70,13 +77,21 @@ impl FromArgMatches for Args {
 
 pub fn run(args: Args) -> Result<()> {
     let config = TrainConfig::load(args.config.as_deref(), &args.overrides)?;
+    let signals = TerminationSignals::install()?;
     eprintln!(
         "training {} for {} steps → {}",
         config.model.display(),
         config.steps,
         config.output_dir.display()
     );
-    let summary = train(config, !args.quiet)?;
+    let summary = train_until_stopped(config, !args.quiet, &signals.received)?;
+    if let Some(step) = summary.interrupted_at {
+        eprintln!(
+            "interrupted at step {step}: checkpoint written to {}; rerun the same command to resume",
+            summary.final_dir.display()
+        );
+        std::process::exit(signals.exit_status());
+    }
     match summary.resumed_from {
         Some(step) if step >= summary.steps => {
             eprintln!("already trained to step {step}: raise --steps to continue");
@@ -93,4 +108,39 @@ pub fn run(args: Args) -> Result<()> {
         summary.metrics.display()
     );
     Ok(())
+}
+
+/// SIGINT and SIGTERM (which cluster schedulers send before they kill a job): the first
+/// sets `received`, so the loop checkpoints after the step in progress; a second exits
+/// at once, for a user who cannot wait for that step.
+struct TerminationSignals {
+    received: Arc<AtomicBool>,
+    /// The number of the last one received.
+    signal: Arc<AtomicUsize>,
+}
+
+impl TerminationSignals {
+    fn install() -> Result<Self> {
+        let signals = TerminationSignals {
+            received: Arc::new(AtomicBool::new(false)),
+            signal: Arc::new(AtomicUsize::new(0)),
+        };
+        for signal in [SIGINT, SIGTERM] {
+            // Actions run in the order registered: the exit sees the flag as the signal
+            // before left it, and the number is stored before the loop can see the flag.
+            flag::register_conditional_shutdown(
+                signal,
+                128 + signal,
+                Arc::clone(&signals.received),
+            )?;
+            flag::register_usize(signal, Arc::clone(&signals.signal), signal as usize)?;
+            flag::register(signal, Arc::clone(&signals.received))?;
+        }
+        Ok(signals)
+    }
+
+    /// The shell's status for a process the signal ended: 130 for SIGINT, 143 for SIGTERM.
+    fn exit_status(&self) -> i32 {
+        128 + self.signal.load(Ordering::SeqCst) as i32
+    }
 }
