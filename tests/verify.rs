@@ -4,8 +4,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
-use scotd::verify::Method;
+use scotd::verify::{compare, equivalent, is_correct, Method, Unverifiable, Verdict};
 use serde_json::Value;
 
 fn fixture(name: &str) -> PathBuf {
@@ -200,4 +201,174 @@ fn malformed_traces_name_file_line_and_field() {
     assert!(!run.status.success());
     assert!(stderr(&run).contains("traces.jsonl:1: gold: expected a string"));
     assert!(!out.exists(), "no output on error");
+}
+
+// Hostile input (issue 17): numbers past f64, deep nesting and huge outputs.
+
+#[test]
+fn numbers_past_f64_are_never_equal_to_anything_but_themselves() {
+    assert!(!equivalent("1e999", "5"));
+    assert!(!is_correct("1e999", "\\boxed{5}"), "an overflowing gold");
+    assert!(!is_correct("5", "\\boxed{1e999}"), "an overflowing answer");
+    assert!(is_correct("1e999", "The answer is 1e999."));
+    assert!(!equivalent("1e999", "1e998"));
+    assert!(!equivalent("-1e999", "1e999"));
+    let four_hundred_digits = format!("1{}", "0".repeat(400));
+    assert!(!equivalent(&four_hundred_digits, "7"));
+    assert!(equivalent(&four_hundred_digits, "10^{400}"));
+}
+
+#[test]
+fn powers_past_f64_compare_exactly() {
+    assert!(equivalent("10^{400}", "10^{400}"));
+    assert!(!equivalent("10^{400}", "10^{401}"));
+    assert!(is_correct("10^{400}", "so \\boxed{10^{400}}"));
+    assert!(equivalent("2^{2000}", "4^{1000}"));
+    assert!(!equivalent("2^{2000}", "4^{1000} + 1"));
+    assert!(equivalent("1.5 \\times 10^{500}", "15 \\times 10^{499}"));
+    assert!(equivalent("\\frac{10^{400}}{10^{399}}", "10"));
+}
+
+#[test]
+fn ten_thousand_digit_numbers_compare_digit_by_digit() {
+    let digits: String = (0..10_000)
+        .map(|i| char::from(b'1' + (i % 9) as u8))
+        .collect();
+    assert!(equivalent(&digits, &digits));
+    assert!(is_correct(&digits, &format!("\\boxed{{{digits}}}")));
+    let mut last_differs = digits.clone();
+    last_differs.pop();
+    last_differs.push('0');
+    assert!(!equivalent(&digits, &last_differs));
+    assert!(!is_correct(&digits, &format!("\\boxed{{{last_differs}}}")));
+}
+
+#[test]
+fn nan_and_infinity_spellings_are_never_equal() {
+    for spelling in [
+        "NaN",
+        "nan",
+        "inf",
+        "-inf",
+        "+Infinity",
+        "\\infty",
+        "-\\infty",
+        "∞",
+    ] {
+        assert_eq!(
+            compare(spelling, spelling),
+            Verdict::NotVerified(Unverifiable::NotFinite),
+            "{spelling}"
+        );
+        assert!(!equivalent(spelling, "5"), "{spelling}");
+        assert!(!is_correct(spelling, &format!("\\boxed{{{spelling}}}")));
+        assert!(!is_correct("7", &format!("\\boxed{{{spelling}}}")));
+    }
+}
+
+/// `n` levels of `\frac{…}{2}` around a 1.
+fn nested_fractions(levels: usize) -> String {
+    format!("{}1{}", "\\frac{".repeat(levels), "}{2}".repeat(levels))
+}
+
+/// Runs `check` on a thread with a 256 KB stack: a recursion as deep as the input
+/// would overflow it and abort the test process.
+fn on_small_stack(check: impl FnOnce() + Send + 'static) {
+    std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(check)
+        .unwrap()
+        .join()
+        .expect("the check finished on a 256 KB stack");
+}
+
+#[test]
+fn deeply_nested_fractions_get_a_verdict_without_deep_recursion() {
+    on_small_stack(|| {
+        let half_megabyte = nested_fractions(500_000 / 10);
+        assert!(half_megabyte.len() >= 500_000);
+        let boxed = format!("\\boxed{{{half_megabyte}}}");
+        assert!(!is_correct("1", &boxed));
+        assert!(!is_correct(&half_megabyte, "\\boxed{1}"), "as the gold");
+        assert!(
+            is_correct("2", &half_megabyte),
+            "unboxed: the last denominator"
+        );
+        assert_eq!(
+            compare(&half_megabyte, &half_megabyte),
+            Verdict::NotVerified(Unverifiable::AnswerTooLong)
+        );
+        let deep_but_short = nested_fractions(5_000);
+        assert!(deep_but_short.len() < scotd::verify::MAX_ANSWER_BYTES);
+        assert_eq!(
+            compare(&deep_but_short, "1"),
+            Verdict::NotVerified(Unverifiable::NestingTooDeep)
+        );
+        assert!(scotd::verify::normalize(&deep_but_short).is_none());
+    });
+}
+
+#[test]
+fn nesting_within_the_bound_still_parses() {
+    assert!(equivalent(&nested_fractions(3), "0.125"));
+    let depth = scotd::verify::MAX_NESTING_DEPTH - 1;
+    let power_of_two = format!("\\frac{{1}}{{{}}}", 1u64 << depth);
+    assert!(equivalent(&nested_fractions(depth), &power_of_two));
+}
+
+/// Asserts `check` runs in well under a second (2 s, for a loaded machine).
+fn quickly(what: &str, check: impl FnOnce()) {
+    let start = Instant::now();
+    check();
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(2), "{what} took {took:?}");
+}
+
+#[test]
+fn a_megabyte_of_boxes_is_read_in_linear_time() {
+    let unclosed = "\\boxed{".repeat((1 << 20) / 7);
+    quickly("unclosed boxes", || assert!(!is_correct("5", &unclosed)));
+    let levels = (1 << 20) / 8;
+    let nested = format!("{}5{}", "\\boxed{".repeat(levels), "}".repeat(levels));
+    quickly("nested boxes", || assert!(is_correct("5", &nested)));
+    let spaced = "\\boxed ".repeat((1 << 20) / 7);
+    quickly("boxes without braces", || {
+        assert!(!is_correct("5", &spaced))
+    });
+}
+
+#[test]
+fn a_megabyte_of_other_answer_markers_is_read_in_linear_time() {
+    let answer_is = format!(
+        "the answer is 5. {}",
+        "and the answer is ".repeat((1 << 20) / 18)
+    );
+    quickly("answer is", || assert!(is_correct("5", &answer_is)));
+    let hashes = "#### ".repeat((1 << 20) / 5);
+    quickly("hashes", || assert!(!is_correct("5", &hashes)));
+    let digits = format!("{}5", "1,".repeat(1 << 19));
+    quickly("a long number", || assert!(!is_correct("5", &digits)));
+}
+
+#[test]
+fn pairs_name_why_a_pair_was_not_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = dir.path().join("pairs.jsonl");
+    let lines = [
+        serde_json::json!({"gold": "inf", "output": "\\boxed{inf}"}),
+        serde_json::json!({"gold": "1", "output": format!("\\boxed{{{}}}", nested_fractions(100))}),
+        serde_json::json!({"gold": "1e999", "output": "\\boxed{5}"}),
+    ];
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&pairs, text).unwrap();
+    let run = scotd_verify(&["--pairs", path_str(&pairs)]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let out = json_lines(&String::from_utf8(run.stdout).unwrap());
+    assert_eq!(out[0]["not_verified"], "not a finite number");
+    assert!(out[1]["not_verified"]
+        .as_str()
+        .unwrap()
+        .starts_with("nesting too deep"));
+    assert_eq!(out[2]["not_verified"], Value::Null, "compared: not equal");
+    assert!(out.iter().all(|l| l["correct"] == false));
 }

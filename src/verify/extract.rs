@@ -96,27 +96,98 @@ fn find_answer(text: &str) -> Option<(String, Method)> {
         .or_else(|| last_number(text).map(|a| (a, Method::LastNumber)))
 }
 
-/// The content of the last `\boxed{…}` (nested braces kept) or `\boxed 5` with any content.
+/// The content of the last `\boxed{…}` (nested braces kept) or `\boxed 5` that holds
+/// something, "last" by where `\boxed` starts. One pass from the first `\boxed`: a brace
+/// counter pairs each box's `{` with its `}`, so nested or unclosed boxes cost no rescan.
 fn last_boxed(text: &str) -> Option<String> {
-    if !text.contains(BOXED) {
-        return None;
+    let first = text.find(BOXED)?;
+    let mut scan = BoxScan::new(text);
+    let bytes = text.as_bytes();
+    let mut at = first;
+    while at < bytes.len() {
+        at = match bytes[at] {
+            b'\\' if bytes[at..].starts_with(BOXED.as_bytes()) => scan.command(at),
+            b'{' => scan.open(at),
+            b'}' => scan.close(at),
+            _ => at + 1,
+        };
     }
-    text.rmatch_indices(BOXED)
-        .find_map(|(i, cmd)| boxed_content(&text[i + cmd.len()..]))
+    scan.best.map(|(_, content)| content.to_string())
 }
 
-fn boxed_content(rest: &str) -> Option<String> {
-    // TeX skips spaces before an argument: `\boxed {18}` is `\boxed{18}`.
-    let argument = rest.trim_start();
-    let content = match argument.strip_prefix('{') {
-        Some(inner) => braced(inner)?,
-        None if argument.len() < rest.len() => argument
-            .split(|c: char| c.is_whitespace() || c == '$')
-            .next()?,
-        None => return None,
-    };
-    let content = content.trim();
-    (!content.is_empty()).then(|| content.to_string())
+/// The state of [`last_boxed`]'s pass.
+struct BoxScan<'a> {
+    text: &'a str,
+    /// How many braces are open.
+    depth: usize,
+    /// The boxes whose `{` is open, innermost last: the depth inside the box's brace,
+    /// where `\boxed` starts and where its content starts.
+    open_boxes: Vec<(usize, usize, usize)>,
+    /// The box holding something with the latest `\boxed`: where it starts, its content.
+    best: Option<(usize, &'a str)>,
+}
+
+impl<'a> BoxScan<'a> {
+    fn new(text: &'a str) -> Self {
+        Self {
+            text,
+            depth: 0,
+            open_boxes: Vec::new(),
+            best: None,
+        }
+    }
+
+    /// A `\boxed` at `start`: its `{` opens a box; after spaces, a token is a box (`\boxed
+    /// 5`), as TeX skips spaces before an argument. Returns where the pass goes on: at
+    /// the argument, whose braces and commands count like any others.
+    fn command(&mut self, start: usize) -> usize {
+        let after = start + BOXED.len();
+        let rest = &self.text[after..];
+        let argument = rest.trim_start();
+        let argument_at = self.text.len() - argument.len();
+        if argument.starts_with('{') {
+            self.depth += 1;
+            self.open_boxes.push((self.depth, start, argument_at + 1));
+            return argument_at + 1;
+        }
+        if argument.len() < rest.len() {
+            let token = argument
+                .split(|c: char| c.is_whitespace() || c == '$')
+                .next()
+                .unwrap_or("");
+            self.offer(start, token);
+        }
+        argument_at
+    }
+
+    fn open(&mut self, at: usize) -> usize {
+        self.depth += 1;
+        at + 1
+    }
+
+    /// A `}` at `at`: closes the innermost box when its brace is the one open.
+    fn close(&mut self, at: usize) -> usize {
+        if self.depth == 0 {
+            return at + 1;
+        }
+        if let Some(&(depth, start, content)) = self.open_boxes.last() {
+            if depth == self.depth {
+                self.open_boxes.pop();
+                self.offer(start, &self.text[content..at]);
+            }
+        }
+        self.depth -= 1;
+        at + 1
+    }
+
+    /// A box's content, kept when it holds something and its `\boxed` is the latest.
+    fn offer(&mut self, start: usize, content: &'a str) {
+        let content = content.trim();
+        let later = self.best.is_none_or(|(best_start, _)| start > best_start);
+        if !content.is_empty() && later {
+            self.best = Some((start, content));
+        }
+    }
 }
 
 /// The text up to the brace that closes an already opened `{`; None when it never closes.
@@ -143,11 +214,22 @@ const ANSWER_IS: &[u8] = b"answer is";
 
 /// The clause after the last "answer is" (any case) that holds a number. A later one
 /// without a number ("let me check the answer is right") does not hide an earlier answer.
+///
+/// Linear however many there are: once a later clause is known to hold no digit, an
+/// earlier clause running into it holds none past its start either (it ends at the same
+/// place or before), so the earlier one is searched only up to there.
 fn after_answer_is(text: &str) -> Option<String> {
     let mut end = text.len();
+    let mut digit_free_from = text.len();
     while let Some(at) = rfind_ignore_ascii_case(&text.as_bytes()[..end], ANSWER_IS) {
-        if let Some(answer) = answer_clause(&text[at + ANSWER_IS.len()..]) {
-            return Some(answer);
+        let rest_start = at + ANSWER_IS.len();
+        let searched = &text[rest_start..digit_free_from];
+        if answer_clause(searched).is_some() {
+            return answer_clause(&text[rest_start..]);
+        }
+        // An "answer isn't" is refused before its clause is read: it proves no digit absent.
+        if !searched.starts_with(char::is_alphanumeric) {
+            digit_free_from = rest_start;
         }
         end = at;
     }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use super::{extract, final_answer, matches_gold};
+use super::{extract, final_answer, gold_verdict, Verdict};
 use crate::data::{TraceId, TraceRecord};
 use crate::{Error, Result};
 
@@ -50,7 +50,8 @@ impl FilterReport {
 type FieldProblem = (&'static str, String);
 
 /// Reads lines holding `gold` (string or number) and `output`, and writes each back with
-/// `final_answer`, `think_answer` and `correct` added.
+/// `final_answer`, `think_answer` and `correct` added, and `not_verified` (the reason)
+/// when the answers were not compared.
 pub fn verify_pairs(path: &Path) -> Result<PairsReport> {
     let mut report = PairsReport {
         jsonl: String::new(),
@@ -70,10 +71,14 @@ pub fn verify_pairs(path: &Path) -> Result<PairsReport> {
 fn annotate_pair(obj: &mut Map<String, Value>) -> std::result::Result<bool, FieldProblem> {
     let gold = gold_field(obj)?;
     let extracted = extract(string_field(obj, "output")?);
-    let correct = matches_gold(&gold, extracted.final_answer.as_deref());
+    let verdict = gold_verdict(&gold, extracted.final_answer.as_deref());
     obj.insert("final_answer".into(), extracted.final_answer.into());
     obj.insert("think_answer".into(), extracted.think_answer.into());
+    let correct = verdict == Verdict::Equal;
     obj.insert("correct".into(), correct.into());
+    if let Verdict::NotVerified(reason) = verdict {
+        obj.insert("not_verified".into(), reason.to_string().into());
+    }
     Ok(correct)
 }
 
@@ -109,7 +114,7 @@ fn reverified_trace(line: &str) -> std::result::Result<TraceRecord, FieldProblem
     let mut record: TraceRecord =
         serde_json::from_value(Value::Object(obj)).map_err(|e| ("trace record", e.to_string()))?;
     record.answer = final_answer(&record.trace);
-    record.correct = matches_gold(&record.gold, record.answer.as_deref());
+    record.correct = gold_verdict(&record.gold, record.answer.as_deref()) == Verdict::Equal;
     Ok(record)
 }
 

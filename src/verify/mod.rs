@@ -2,14 +2,41 @@
 //! normalises answers and compares them with the gold answer, and checks files of
 //! output/gold pairs or sampled traces (`scotd verify`).
 //!
-//! Comparison is numeric when both answers are numbers (relative tolerance 1e-6, absolute
-//! 1e-9 near zero; whole numbers exactly), else by canonical text. A percent sign is
-//! dropped, so `50%` equals `50`: GSM8K writes percentages as bare numbers.
+//! # Rules
+//!
+//! - **Extraction** (`extract`): the last `\boxed{…}` that holds something, else GSM8K's
+//!   `#### N`, else "the answer is …", else the last number; each rule reads its text in
+//!   one pass (a brace counter pairs a box's braces), so time is linear in the output.
+//! - **Numbers** are parsed into exact decimals and fractions of them (`exact`), of any
+//!   length: `1e999`, `10^{400}` and 10,000-digit numbers keep every digit. Two numbers
+//!   that are exactly equal are equal.
+//! - **Tolerance**, as before exact parsing: when two numbers are not exactly equal but
+//!   both fit an f64 (below about 1.8e308), whole numbers below 2^53 must be equal, and
+//!   other values may differ by a relative 1e-6 (absolute 1e-9 near zero), which absorbs
+//!   rounded decimals (`0.333333` for `1/3`). A value past the f64 range gets no
+//!   tolerance: it is equal only exactly. Infinity and NaN never arise from a number.
+//! - **Not finite**: an answer spelling infinity or NaN (`inf`, `-infinity`, `NaN`,
+//!   `\infty`, `∞`) is never equal to anything, itself included: no gold can be matched
+//!   by it, and no such gold makes an answer correct.
+//! - **Bounds**: an answer or gold longer than [`MAX_ANSWER_BYTES`] or with braces nested
+//!   deeper than [`MAX_NESTING_DEPTH`] is not compared: the verdict is
+//!   [`Verdict::NotVerified`] with the reason, never a recursion as deep as the input.
+//!   A number whose exact value needs more than `exact::MAX_MULTIPLY_WORK` digit
+//!   products (`7^{100000}`) is not evaluated and is compared as text; a comparison of
+//!   fractions needing that much is not verified.
+//! - **Text**: answers that are not numbers compare by canonical text (LaTeX wrappers,
+//!   spacing and case dropped). A number never equals a text.
+//! - A percent sign is dropped, so `50%` equals `50`: GSM8K writes percentages as bare
+//!   numbers.
 
+mod exact;
 mod extract;
 mod files;
 mod normalize;
 
+use std::fmt;
+
+pub use exact::Rational;
 use extract::final_answer;
 pub use extract::{extract, Extracted, Method};
 pub use files::{filter_traces, verify_pairs, FilterReport, PairsReport};
@@ -20,13 +47,115 @@ const ABSOLUTE_TOLERANCE: f64 = 1e-9;
 /// Whole numbers below this are exact in an f64.
 const EXACT_WHOLE_NUMBERS: f64 = 9_007_199_254_740_992.0;
 
+/// The longest answer (or gold answer) compared, in bytes: ten times a 10,000-digit
+/// number, far past any real answer, small enough that parsing it is quick.
+pub const MAX_ANSWER_BYTES: usize = 100_000;
+/// The deepest brace nesting of an answer that is parsed: `\frac` arguments are read
+/// recursively, one level per brace, so this bounds the parser's stack.
+pub const MAX_NESTING_DEPTH: usize = 64;
+
+/// The outcome of comparing two answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Equal,
+    NotEqual,
+    /// The answers were not compared, and so are not taken as equal.
+    NotVerified(Unverifiable),
+}
+
+/// Why two answers were not compared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unverifiable {
+    /// Longer than [`MAX_ANSWER_BYTES`].
+    AnswerTooLong,
+    /// Braces nested deeper than [`MAX_NESTING_DEPTH`].
+    NestingTooDeep,
+    /// Infinity or NaN.
+    NotFinite,
+    /// Fractions whose exact comparison needs products too long to compute.
+    TooLargeToCompare,
+}
+
+impl fmt::Display for Unverifiable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::AnswerTooLong => write!(f, "answer too long (over {MAX_ANSWER_BYTES} bytes)"),
+            Self::NestingTooDeep => write!(
+                f,
+                "nesting too deep (braces over {MAX_NESTING_DEPTH} levels)"
+            ),
+            Self::NotFinite => write!(f, "not a finite number"),
+            Self::TooLargeToCompare => write!(f, "numbers too large to compare exactly"),
+        }
+    }
+}
+
 /// Whether two answers are the same: numerically when both are numbers, else as text.
 pub fn equivalent(a: &str, b: &str) -> bool {
-    match (normalize(a), normalize(b)) {
-        (Some(x), Some(y)) => numbers_close(x, y),
+    compare(a, b) == Verdict::Equal
+}
+
+/// Compares two answers by the rules of this module.
+pub fn compare(a: &str, b: &str) -> Verdict {
+    match comparable(a, b) {
+        Ok(verdict) => verdict,
+        Err(reason) => Verdict::NotVerified(reason),
+    }
+}
+
+fn comparable(a: &str, b: &str) -> Result<Verdict, Unverifiable> {
+    let (x, y) = (normalize::parse_number(a)?, normalize::parse_number(b)?);
+    if spells_non_finite(a) || spells_non_finite(b) {
+        return Err(Unverifiable::NotFinite);
+    }
+    let equal = match (x, y) {
+        (Some(x), Some(y)) => numbers_equal(&x, &y)?,
         (None, None) => normalize::canonical_text(a) == normalize::canonical_text(b),
         _ => false,
+    };
+    Ok(if equal {
+        Verdict::Equal
+    } else {
+        Verdict::NotEqual
+    })
+}
+
+/// Checks an answer against [`MAX_ANSWER_BYTES`] and [`MAX_NESTING_DEPTH`] in one pass,
+/// before anything parses it.
+fn within_bounds(answer: &str) -> Result<(), Unverifiable> {
+    if answer.len() > MAX_ANSWER_BYTES {
+        return Err(Unverifiable::AnswerTooLong);
     }
+    let mut depth = 0usize;
+    for byte in answer.bytes() {
+        match byte {
+            b'{' if depth == MAX_NESTING_DEPTH => return Err(Unverifiable::NestingTooDeep),
+            b'{' => depth += 1,
+            b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Spellings of values that are not finite numbers.
+const NON_FINITE: [&str; 5] = ["nan", "inf", "infinity", "\\infty", "∞"];
+
+fn spells_non_finite(answer: &str) -> bool {
+    let text = normalize::canonical_text(answer);
+    let unsigned = text.strip_prefix(['-', '+']).unwrap_or(&text);
+    NON_FINITE.contains(&unsigned)
+}
+
+/// Exactly equal, or close by [`numbers_close`] when both fit an f64.
+fn numbers_equal(x: &Rational, y: &Rational) -> Result<bool, Unverifiable> {
+    if x.exactly_equals(y).ok_or(Unverifiable::TooLargeToCompare)? {
+        return Ok(true);
+    }
+    Ok(match (x.to_f64(), y.to_f64()) {
+        (Some(x), Some(y)) => numbers_close(x, y),
+        _ => false,
+    })
 }
 
 /// The tolerance absorbs rounded decimals (`0.333333` for `1/3`); two whole numbers
@@ -50,14 +179,20 @@ pub fn gold_answer(gold: &str) -> Option<&str> {
 
 /// Whether the final answer of `output` (after `</think>`) matches `gold`.
 pub fn is_correct(gold: &str, output: &str) -> bool {
-    matches_gold(gold, final_answer(output).as_deref())
+    verdict(gold, output) == Verdict::Equal
 }
 
-/// Whether an extracted answer (None when there was none) matches `gold`.
-fn matches_gold(gold: &str, answer: Option<&str>) -> bool {
+/// The verdict on the final answer of `output` against `gold`; NotEqual when either has
+/// no answer.
+pub fn verdict(gold: &str, output: &str) -> Verdict {
+    gold_verdict(gold, final_answer(output).as_deref())
+}
+
+/// The verdict on an extracted answer (None when there was none) against `gold`.
+fn gold_verdict(gold: &str, answer: Option<&str>) -> Verdict {
     match (gold_answer(gold), answer) {
-        (Some(gold), Some(answer)) => equivalent(gold, answer),
-        _ => false,
+        (Some(gold), Some(answer)) => compare(gold, answer),
+        _ => Verdict::NotEqual,
     }
 }
 

@@ -1,7 +1,9 @@
-//! Answer normalisation: LaTeX, currency, separators, units and `x =` stripped down to a
-//! numeric value, or to a canonical string when the answer is not a number.
+//! Answer normalisation: LaTeX, currency, separators, units and `x =` stripped down to an
+//! exact numeric value, or to a canonical string when the answer is not a number.
 
+use super::exact::{Decimal, Rational};
 use super::extract::braced;
+use super::{within_bounds, Unverifiable};
 
 /// LaTeX commands whose braced argument is kept as plain text.
 const TEXT_COMMANDS: [&str; 5] = ["\\text", "\\textbf", "\\mathrm", "\\mbox", "\\mathbf"];
@@ -35,10 +37,24 @@ const NOISE: [&str; 24] = [
     "~",
 ];
 
-/// The numeric value of an answer: `70,000`, `14{,}916`, `$1,234.50`, `5 apples`, `50%`
-/// (as 50), `-3`, `\frac{3}{4}`, `\frac34`, `3/4`, `2\frac{1}{2}`, `x = 5`, `2e3`,
-/// `1.5 \times 10^{6}`. None when it is not one number.
-pub fn normalize(answer: &str) -> Option<f64> {
+/// The exact numeric value of an answer: `70,000`, `14{,}916`, `$1,234.50`, `5 apples`,
+/// `50%` (as 50), `-3`, `\frac{3}{4}`, `\frac34`, `3/4`, `2\frac{1}{2}`, `x = 5`, `2e3`,
+/// `1.5 \times 10^{6}`. None when it is not one number, when evaluating it exactly would
+/// take too long (`7^{100000}`), or when it is past the verifier's bounds (see the module
+/// `verify`).
+pub fn normalize(answer: &str) -> Option<Rational> {
+    parse_number(answer).ok().flatten()
+}
+
+/// [`normalize`], telling an answer past the bounds apart from one that is no number.
+pub(super) fn parse_number(answer: &str) -> Result<Option<Rational>, Unverifiable> {
+    within_bounds(answer)?;
+    Ok(bounded_number(answer))
+}
+
+/// The value of an answer already checked against the bounds: its brace depth bounds
+/// the recursion through `\frac` arguments.
+fn bounded_number(answer: &str) -> Option<Rational> {
     let cleaned = clean(answer);
     let value_part = cleaned.rsplit('=').next().unwrap_or("");
     let (value, rest) = signed_value(value_part.trim())?;
@@ -114,26 +130,27 @@ fn unwrap_command(text: &str, command: &str) -> String {
 }
 
 /// A signed number, fraction or `\frac` at the start of `text`, and what follows it.
-fn signed_value(text: &str) -> Option<(f64, &str)> {
-    let (sign, unsigned) = match text.strip_prefix('-') {
-        Some(rest) => (-1.0, rest.trim_start()),
-        None => (1.0, text.strip_prefix('+').unwrap_or(text).trim_start()),
+fn signed_value(text: &str) -> Option<(Rational, &str)> {
+    let (negative, unsigned) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest.trim_start()),
+        None => (false, text.strip_prefix('+').unwrap_or(text).trim_start()),
     };
     let (value, rest) = match unsigned.strip_prefix("\\frac") {
         Some(args) => latex_fraction(args)?,
         None => mixed_number(unsigned)?,
     };
+    let value = if negative { value.negated() } else { value };
     let rest = rest.trim_start();
-    Some((sign * value, rest.strip_prefix('%').unwrap_or(rest)))
+    Some((value, rest.strip_prefix('%').unwrap_or(rest)))
 }
 
 /// `{3}{4}` or `34` after `\frac`.
-fn latex_fraction(args: &str) -> Option<(f64, &str)> {
+fn latex_fraction(args: &str) -> Option<(Rational, &str)> {
     let (numerator, rest) = latex_argument(args.trim_start())?;
     let (denominator, rest) = latex_argument(rest.trim_start())?;
     let numerator = whole_number(numerator)?;
     let denominator = whole_number(denominator)?;
-    (denominator != 0.0).then_some((numerator / denominator, rest))
+    Some((Rational::ratio(&numerator, &denominator)?, rest))
 }
 
 /// One `\frac` argument: a braced group or a single character.
@@ -151,23 +168,24 @@ fn latex_argument(text: &str) -> Option<(&str, &str)> {
 }
 
 /// A string that is exactly one signed number.
-fn whole_number(text: &str) -> Option<f64> {
+fn whole_number(text: &str) -> Option<Rational> {
     let (value, rest) = signed_value(text.trim())?;
     rest.is_empty().then_some(value)
 }
 
 /// A number, or a whole number and a proper fraction: `2\frac{1}{2}`, `2 1/2` (2.5).
-fn mixed_number(text: &str) -> Option<(f64, &str)> {
+/// The whole part is written as a whole number: `4/2 1/2` is no mixed number.
+fn mixed_number(text: &str) -> Option<(Rational, &str)> {
     let (value, rest) = slash_fraction(text)?;
-    let whole = value.fract() == 0.0 && text.starts_with(|c: char| c.is_ascii_digit());
+    let whole = value.is_whole() && text.starts_with(|c: char| c.is_ascii_digit());
     match proper_fraction(rest).filter(|_| whole) {
-        Some((fraction, rest)) => Some((value + fraction, rest)),
+        Some((fraction, rest)) => Some((value.plus_non_negative(&fraction)?, rest)),
         None => Some((value, rest)),
     }
 }
 
 /// A fraction strictly between 0 and 1 after spaces: `\frac{1}{2}` or digits `/` digits.
-fn proper_fraction(text: &str) -> Option<(f64, &str)> {
+fn proper_fraction(text: &str) -> Option<(Rational, &str)> {
     let text = text.trim_start();
     let (fraction, rest) = match text.strip_prefix("\\frac") {
         Some(args) => latex_fraction(args)?,
@@ -177,19 +195,17 @@ fn proper_fraction(text: &str) -> Option<(f64, &str)> {
             slash.then(|| slash_fraction(text)).flatten()?
         }
     };
-    (0.0 < fraction && fraction < 1.0).then_some((fraction, rest))
+    fraction.is_proper_fraction().then_some((fraction, rest))
 }
 
 /// A number, optionally followed by `/ number`.
-fn slash_fraction(text: &str) -> Option<(f64, &str)> {
+fn slash_fraction(text: &str) -> Option<(Rational, &str)> {
     let (numerator, rest) = scientific(text)?;
     let Some(after_slash) = rest.trim_start().strip_prefix('/') else {
         return Some((numerator, rest));
     };
-    match scientific(after_slash.trim_start()) {
-        Some((denominator, rest)) if denominator != 0.0 => Some((numerator / denominator, rest)),
-        _ => None,
-    }
+    let (denominator, rest) = scientific(after_slash.trim_start())?;
+    Some((Rational::ratio(&numerator, &denominator)?, rest))
 }
 
 /// Operators that scale a mantissa by a power of ten: `1.5 \times 10^{6}`.
@@ -197,14 +213,15 @@ const TIMES: [&str; 3] = ["\\times", "\\cdot", "×"];
 
 /// A decimal with an optional power (`10^{6}`, `2^3`) and power-of-ten factor
 /// (`1.5 \times 10^{6}`): scientific notation is one number, not an expression.
-fn scientific(text: &str) -> Option<(f64, &str)> {
+fn scientific(text: &str) -> Option<(Rational, &str)> {
     let (mantissa, rest) = decimal(text)?;
+    let mantissa = Rational::from(mantissa);
     let (value, rest) = match power(rest) {
-        Some((exponent, rest)) => (mantissa.powi(exponent), rest),
+        Some((exponent, rest)) => (mantissa.pow(exponent)?, rest),
         None => (mantissa, rest),
     };
     Some(match times_power_of_ten(rest) {
-        Some((exponent, rest)) => (value * 10f64.powi(exponent), rest),
+        Some((exponent, rest)) => (value.shifted(i64::from(exponent))?, rest),
         None => (value, rest),
     })
 }
@@ -231,7 +248,7 @@ fn times_power_of_ten(text: &str) -> Option<(i32, &str)> {
 
 /// Digits with optional `,` thousands separators (groups of three), a decimal part (`5.`
 /// and `.5` too) and an `e` exponent (`2e3`).
-fn decimal(text: &str) -> Option<(f64, &str)> {
+fn decimal(text: &str) -> Option<(Decimal, &str)> {
     let integer_end = integer_length(text);
     let fraction_end = match text[integer_end..].strip_prefix('.') {
         Some(after) if after.starts_with(|c: char| c.is_ascii_digit()) => {
@@ -243,13 +260,14 @@ fn decimal(text: &str) -> Option<(f64, &str)> {
         return None;
     }
     let end = fraction_end + exponent_length(&text[fraction_end..]);
-    let number = &text[..end];
-    let value = if number.contains(',') {
-        number.replace(',', "").parse()
-    } else {
-        number.parse()
+    let fraction = text.get(integer_end + 1..fraction_end).unwrap_or("");
+    // An exponent too large for an i64 (`1e99999999999999999999`) is no number we read.
+    let exponent = match &text[fraction_end..end] {
+        "" => 0,
+        written => written[1..].parse().ok()?,
     };
-    Some((value.ok()?, &text[end..]))
+    let value = Decimal::parse(&text[..integer_end], fraction, exponent)?;
+    Some((value, &text[end..]))
 }
 
 /// The length of an `e3`, `E-4` exponent at the start of `text`; 0 when there is none
@@ -304,73 +322,78 @@ fn holds_number(text: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// The value as an f64, as the tests spell it.
+    fn value(answer: &str) -> Option<f64> {
+        normalize(answer).map(|n| n.to_f64().expect("an f64-sized value"))
+    }
+
     #[test]
     fn separators_currency_and_units() {
-        assert_eq!(normalize("70,000"), Some(70000.0));
-        assert_eq!(normalize("14{,}916"), Some(14916.0));
-        assert_eq!(normalize("$1,234.50"), Some(1234.5));
-        assert_eq!(normalize("€5"), Some(5.0));
-        assert_eq!(normalize("5 apples."), Some(5.0));
-        assert_eq!(normalize("12\\text{ dollars}"), Some(12.0));
-        assert_eq!(normalize("\\$\\ 5"), Some(5.0));
-        assert_eq!(normalize("18.00"), Some(18.0));
+        assert_eq!(value("70,000"), Some(70000.0));
+        assert_eq!(value("14{,}916"), Some(14916.0));
+        assert_eq!(value("$1,234.50"), Some(1234.5));
+        assert_eq!(value("€5"), Some(5.0));
+        assert_eq!(value("5 apples."), Some(5.0));
+        assert_eq!(value("12\\text{ dollars}"), Some(12.0));
+        assert_eq!(value("\\$\\ 5"), Some(5.0));
+        assert_eq!(value("18.00"), Some(18.0));
     }
 
     #[test]
     fn signs_percent_and_equations() {
-        assert_eq!(normalize("-3"), Some(-3.0));
-        assert_eq!(normalize("-$4"), Some(-4.0));
-        assert_eq!(normalize("50\\%"), Some(50.0));
-        assert_eq!(normalize("x = 5"), Some(5.0));
+        assert_eq!(value("-3"), Some(-3.0));
+        assert_eq!(value("-$4"), Some(-4.0));
+        assert_eq!(value("50\\%"), Some(50.0));
+        assert_eq!(value("x = 5"), Some(5.0));
     }
 
     #[test]
     fn fractions() {
-        assert_eq!(normalize("\\frac{3}{4}"), Some(0.75));
-        assert_eq!(normalize("\\dfrac{1}{2}"), Some(0.5));
-        assert_eq!(normalize("\\frac34"), Some(0.75));
-        assert_eq!(normalize("-\\frac{1}{4}"), Some(-0.25));
-        assert_eq!(normalize("3/4"), Some(0.75));
-        assert_eq!(normalize("\\frac{1}{0}"), None);
+        assert_eq!(value("\\frac{3}{4}"), Some(0.75));
+        assert_eq!(value("\\dfrac{1}{2}"), Some(0.5));
+        assert_eq!(value("\\frac34"), Some(0.75));
+        assert_eq!(value("-\\frac{1}{4}"), Some(-0.25));
+        assert_eq!(value("3/4"), Some(0.75));
+        assert_eq!(value("\\frac{1}{0}"), None);
     }
 
     #[test]
     fn scientific_notation_and_powers() {
-        assert_eq!(normalize("2e3"), Some(2000.0));
-        assert_eq!(normalize("1.5E-1"), Some(0.15));
-        assert_eq!(normalize("1.5 \\times 10^{6}"), Some(1_500_000.0));
-        assert_eq!(normalize("3 \\cdot 10^2 m"), Some(300.0));
-        assert_eq!(normalize("10^6"), Some(1e6));
-        assert_eq!(normalize("5 eggs"), Some(5.0));
-        assert_eq!(normalize("3 \\times 4"), None);
+        assert_eq!(value("2e3"), Some(2000.0));
+        assert_eq!(value("1.5E-1"), Some(0.15));
+        assert_eq!(value("1.5 \\times 10^{6}"), Some(1_500_000.0));
+        assert_eq!(value("3 \\cdot 10^2 m"), Some(300.0));
+        assert_eq!(value("10^6"), Some(1e6));
+        assert_eq!(value("5 eggs"), Some(5.0));
+        assert_eq!(value("3 \\times 4"), None);
     }
 
     #[test]
     fn mixed_numbers() {
-        assert_eq!(normalize("2\\frac{1}{2}"), Some(2.5));
-        assert_eq!(normalize("2 1/2 hours"), Some(2.5));
-        assert_eq!(normalize("-2\\dfrac{1}{2}"), Some(-2.5));
-        assert_eq!(normalize("2 0.5"), None);
-        assert_eq!(normalize("2.5 \\frac{1}{2}"), None);
-        assert_eq!(normalize("2 \\frac{3}{2}"), None);
+        assert_eq!(value("2\\frac{1}{2}"), Some(2.5));
+        assert_eq!(value("2 1/2 hours"), Some(2.5));
+        assert_eq!(value("-2\\dfrac{1}{2}"), Some(-2.5));
+        assert_eq!(value("2 0.5"), None);
+        assert_eq!(value("2.5 \\frac{1}{2}"), None);
+        assert_eq!(value("2 \\frac{3}{2}"), None);
     }
 
     #[test]
     fn one_number_with_words_but_not_two() {
-        assert_eq!(normalize("12\\text{ cm}^2"), Some(12.0));
-        assert_eq!(normalize("90^\\circ"), Some(90.0));
-        assert_eq!(normalize("\\(18\\)"), Some(18.0));
-        assert_eq!(normalize("18 \\quad \\text{dollars}"), Some(18.0));
-        assert_eq!(normalize("5 \\text{ or } 6"), None);
-        assert_eq!(normalize("3 hours 20 minutes"), None);
+        assert_eq!(value("12\\text{ cm}^2"), Some(12.0));
+        assert_eq!(value("90^\\circ"), Some(90.0));
+        assert_eq!(value("\\(18\\)"), Some(18.0));
+        assert_eq!(value("18 \\quad \\text{dollars}"), Some(18.0));
+        assert_eq!(value("5 \\text{ or } 6"), None);
+        assert_eq!(value("3 hours 20 minutes"), None);
     }
 
     #[test]
     fn non_numbers() {
-        assert_eq!(normalize("3 + 4"), None);
-        assert_eq!(normalize("x^2"), None);
-        assert_eq!(normalize("1,23"), None);
-        assert_eq!(normalize(""), None);
+        assert_eq!(value("3 + 4"), None);
+        assert_eq!(value("x^2"), None);
+        assert_eq!(value("1,23"), None);
+        assert_eq!(value(""), None);
     }
 
     #[test]
