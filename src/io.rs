@@ -180,6 +180,59 @@ impl AppendLog {
     }
 }
 
+/// Records a job's settings (a JSON object) in `path`, or checks that the ones there
+/// are these: a resumed job with other settings would mix two kinds of results in one
+/// file, so it is refused, naming each setting that differs.
+pub fn claim_settings(path: &Path, settings: &serde_json::Value) -> Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let text = serde_json::to_vec_pretty(settings).expect("plain JSON");
+            return write_atomic(path, &text);
+        }
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let recorded: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::format(path, "(settings)", format!("not a settings file: {e}")))?;
+    let differences = differing_settings(&recorded, settings);
+    if differences.is_empty() {
+        return Ok(());
+    }
+    Err(Error::format(
+        path,
+        "(settings)",
+        format!(
+            "the results beside this file were made with other settings: {}; rerun with those, or choose another --out",
+            differences.join(", ")
+        ),
+    ))
+}
+
+/// "name (was A, now B)" for each top-level setting that differs.
+fn differing_settings(recorded: &serde_json::Value, now: &serde_json::Value) -> Vec<String> {
+    let none = serde_json::Value::Null;
+    let (empty, keys) = (serde_json::Map::new(), |v: &serde_json::Value| {
+        v.as_object().cloned()
+    });
+    let (was, is) = (
+        keys(recorded).unwrap_or_else(|| empty.clone()),
+        keys(now).unwrap_or(empty),
+    );
+    let mut names: Vec<&String> = was.keys().chain(is.keys()).collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let (a, b) = (
+                was.get(name).unwrap_or(&none),
+                is.get(name).unwrap_or(&none),
+            );
+            (a != b).then(|| format!("{name} (was {a}, now {b})"))
+        })
+        .collect()
+}
+
 /// Takes `file`'s exclusive advisory lock (released when the file is closed, also by a
 /// killed process); an error naming `path` when another job holds it.
 fn lock_exclusively(file: &std::fs::File, path: &Path) -> Result<()> {
@@ -253,11 +306,33 @@ mod tests {
         let path = dir.path().join("log.jsonl");
         let (mut first, _) = AppendLog::open::<Item>(&path).unwrap();
         let err = AppendLog::open::<Item>(&path).err().unwrap().to_string();
-        assert!(err.contains("log.jsonl") && err.contains("another scotd job"), "{err}");
+        assert!(
+            err.contains("log.jsonl") && err.contains("another scotd job"),
+            "{err}"
+        );
         first.append(&Item { n: 1 }).unwrap();
         drop(first);
         let (_, resumed) = AppendLog::open::<Item>(&path).unwrap();
         assert_eq!(resumed.records, vec![Item { n: 1 }]);
+    }
+
+    #[test]
+    fn settings_are_recorded_then_each_difference_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.json");
+        let first = serde_json::json!({"model": "a", "temperature": 0.7, "n": 4});
+        claim_settings(&path, &first).unwrap();
+        claim_settings(&path, &first).unwrap();
+        let other = serde_json::json!({"model": "b", "temperature": 0.7, "top_k": 5});
+        let err = claim_settings(&path, &other).unwrap_err().to_string();
+        for named in [
+            r#"model (was "a", now "b")"#,
+            "n (was 4, now null)",
+            "top_k (was null, now 5)",
+        ] {
+            assert!(err.contains(named), "{named}: {err}");
+        }
+        assert!(!err.contains("temperature"), "{err}");
     }
 
     #[test]

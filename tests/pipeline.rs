@@ -415,7 +415,20 @@ fn bad_input_is_refused_and_loses_nothing() {
         "{\"question\": \"Other?\", \"answer\": \"#### 3\"}\n",
     );
     let err = fail(&sample_args(&out_arg, "2", &model, &other));
-    assert!(err.contains("choose another --out"), "{err}");
+    assert!(
+        err.contains("run.json")
+            && err.contains("data (was")
+            && err.contains("choose another --out"),
+        "{err}"
+    );
+    let mut hotter = sample_args(&out_arg, "2", &model, &data);
+    hotter.extend(["--temperature", "0.5", "--system", "Be brief."]);
+    let err = fail(&hotter);
+    assert!(
+        err.contains("temperature (was 0.0, now 0.5)")
+            && err.contains(r#"system (was null, now "Be brief.")"#),
+        "{err}"
+    );
     let mut greedy_many = sample_args(&out_arg, "2", &model, &data);
     greedy_many.extend(["--n", "2"]);
     let err = fail(&greedy_many);

@@ -50,6 +50,7 @@ pub fn sample_and_verify(
             vocab_limit: Some(tokenizer.vocab_size()),
             ..SamplingConfig::default()
         },
+        settings: None,
     };
     let sampled_file = folder.path("traces/sampled.jsonl");
     sample_traces(

@@ -115,22 +115,7 @@ fn claim_folder(target: &EvalTarget, opts: &EvalOptions, out_dir: &Path) -> Resu
         run["chat"] = json!(rows.name);
         run["chat_max_new_tokens"] = json!(max_new_tokens);
     }
-    let path = out_dir.join("run.json");
-    match std::fs::read_to_string(&path) {
-        Ok(text) if serde_json::from_str::<serde_json::Value>(&text).ok() == Some(run.clone()) => {
-            Ok(())
-        }
-        Ok(_) => Err(Error::format(
-            &path,
-            "(run)",
-            "this folder holds an evaluation of another model, data or settings: choose another --out",
-        )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let text = serde_json::to_vec_pretty(&run).expect("plain JSON");
-            write_atomic(&path, &text)
-        }
-        Err(e) => Err(Error::io(&path, e)),
-    }
+    crate::io::claim_settings(&out_dir.join("run.json"), &run)
 }
 
 /// Every question's answer: those already in `answers.jsonl`, then the rest, generated

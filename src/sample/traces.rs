@@ -22,6 +22,10 @@ pub struct SampleOptions {
     /// Traces per question (SCoTD samples several; more than one needs a temperature).
     pub samples_per_question: usize,
     pub sampling: SamplingConfig,
+    /// What decides the traces (model, data, prompt, decoding), kept beside the trace
+    /// file as `OUT.run.json` and checked when it is resumed ([`crate::io::claim_settings`]);
+    /// `None` records nothing.
+    pub settings: Option<serde_json::Value>,
 }
 
 /// What a sampling run did.
@@ -41,6 +45,13 @@ pub struct SampleSummary {
     pub cut_bytes: usize,
 }
 
+/// `OUT.run.json`, beside the trace file `out`.
+pub fn settings_path(out: &Path) -> std::path::PathBuf {
+    let mut name = out.as_os_str().to_owned();
+    name.push(".run.json");
+    name.into()
+}
+
 /// A trace to generate: question index and sample index.
 type Pending = (usize, u64);
 
@@ -57,6 +68,9 @@ pub fn sample_traces(
 ) -> Result<SampleSummary> {
     check_options(opts)?;
     let (mut log, resumed) = AppendLog::open::<TraceRecord>(out)?;
+    if let Some(settings) = &opts.settings {
+        crate::io::claim_settings(&settings_path(out), settings)?;
+    }
     let done = finished_pairs(out, questions, &resumed.records)?;
     let pending: Vec<Pending> = (0..questions.len())
         .flat_map(|q| (0..opts.samples_per_question as u64).map(move |s| (q, s)))

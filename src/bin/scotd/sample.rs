@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use scotd::data::read_questions;
 use scotd::sample::{sample_traces, Prompter, SampleOptions};
+use serde_json::json;
 
 use crate::prompts::{load_model, ModelArgs};
 
@@ -46,6 +47,7 @@ pub fn run(args: Args) -> Result<()> {
     let opts = SampleOptions {
         samples_per_question: args.n,
         sampling: args.model.decoding.sampling(&tokenizer),
+        settings: Some(settings(&args)),
     };
     let summary = sample_traces(
         &model, &tokenizer, &prompter, &questions, &opts, &args.out, true,
@@ -70,4 +72,23 @@ pub fn run(args: Args) -> Result<()> {
         summary.tokens as f64 / summary.seconds.max(1e-9),
     );
     Ok(())
+}
+
+/// What decides a trace: a resume with other values would mix traces of two kinds in one
+/// file (the batch size and the device do not change what a trace is).
+fn settings(args: &Args) -> serde_json::Value {
+    let d = &args.model.decoding;
+    json!({
+        "model": args.model.model.display().to_string(),
+        "data": args.data.display().to_string(),
+        "prompt": args.prompt,
+        "template": d.template,
+        "system": d.system,
+        "n": args.n,
+        "max_new_tokens": d.max_new_tokens,
+        "temperature": d.temperature,
+        "top_p": d.top_p,
+        "top_k": d.top_k,
+        "seed": d.seed,
+    })
 }
