@@ -173,6 +173,9 @@ impl Decimal {
         if self.is_zero() {
             return 0.0;
         }
+        if let Some(value) = self.short_to_f64() {
+            return value;
+        }
         let mut text = String::with_capacity(self.digits.len() + 24);
         if self.negative {
             text.push('-');
@@ -182,7 +185,29 @@ impl Decimal {
         // Rust's parser rounds correctly for any number of digits.
         text.parse().unwrap_or(f64::NAN)
     }
+
+    /// Clinger's fast path, for the usual short answers: up to 15 digits and 10^22 are
+    /// exact in an f64, so one multiplication or division rounds to the nearest f64.
+    fn short_to_f64(&self) -> Option<f64> {
+        let power = *EXACT_POWERS_OF_TEN.get(usize::try_from(self.exponent.abs()).ok()?)?;
+        if self.digits.len() > 15 {
+            return None;
+        }
+        let mantissa = self.digits.iter().fold(0u64, |m, &d| m * 10 + u64::from(d)) as f64;
+        let magnitude = if self.exponent >= 0 {
+            mantissa * power
+        } else {
+            mantissa / power
+        };
+        Some(if self.negative { -magnitude } else { magnitude })
+    }
 }
+
+/// 10^0 to 10^22, the powers of ten an f64 holds exactly.
+const EXACT_POWERS_OF_TEN: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
 
 /// Schoolbook multiplication of digit runs (most significant first); column sums stay
 /// far below u64's range for the lengths [`MAX_MULTIPLY_WORK`] allows.
@@ -406,6 +431,25 @@ mod tests {
         assert!(Decimal::parse("1", "", MAX_EXPONENT + 1).is_none());
         let far = Decimal::parse("1", "", 1_000_000_000).unwrap();
         assert!(far.plus_non_negative(&decimal("0.5")).is_none());
+    }
+
+    #[test]
+    fn short_values_convert_as_the_parser_does() {
+        for text in [
+            "0.1",
+            "123456789012345",
+            "1.5",
+            "0.000000000000000000001",
+            "98765.4321",
+        ] {
+            assert_eq!(
+                decimal(text).to_f64(),
+                text.parse::<f64>().unwrap(),
+                "{text}"
+            );
+        }
+        let long = "1234567890123456789.5";
+        assert_eq!(decimal(long).to_f64(), long.parse::<f64>().unwrap());
     }
 
     #[test]

@@ -104,14 +104,12 @@ pub fn compare(a: &str, b: &str) -> Verdict {
 }
 
 fn comparable(a: &str, b: &str) -> Result<Verdict, Unverifiable> {
-    let (x, y) = (normalize::parse_number(a)?, normalize::parse_number(b)?);
-    if spells_non_finite(a) || spells_non_finite(b) {
-        return Err(Unverifiable::NotFinite);
-    }
-    let equal = match (x, y) {
+    let equal = match (normalize::parse_number(a)?, normalize::parse_number(b)?) {
         (Some(x), Some(y)) => numbers_equal(&x, &y)?,
-        (None, None) => normalize::canonical_text(a) == normalize::canonical_text(b),
-        _ => false,
+        // Infinity and NaN are words, never numbers: only a text may spell them.
+        (Some(_), None) => finite_text(b).map(|_| false)?,
+        (None, Some(_)) => finite_text(a).map(|_| false)?,
+        (None, None) => finite_text(a)? == finite_text(b)?,
     };
     Ok(if equal {
         Verdict::Equal
@@ -141,10 +139,15 @@ fn within_bounds(answer: &str) -> Result<(), Unverifiable> {
 /// Spellings of values that are not finite numbers.
 const NON_FINITE: [&str; 5] = ["nan", "inf", "infinity", "\\infty", "∞"];
 
-fn spells_non_finite(answer: &str) -> bool {
+/// The canonical text of an answer that is not a number; NotFinite when it spells
+/// infinity or NaN.
+fn finite_text(answer: &str) -> Result<String, Unverifiable> {
     let text = normalize::canonical_text(answer);
     let unsigned = text.strip_prefix(['-', '+']).unwrap_or(&text);
-    NON_FINITE.contains(&unsigned)
+    if NON_FINITE.contains(&unsigned) {
+        return Err(Unverifiable::NotFinite);
+    }
+    Ok(text)
 }
 
 /// Exactly equal, or close by [`numbers_close`] when both fit an f64.
