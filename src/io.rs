@@ -233,6 +233,22 @@ fn differing_settings(recorded: &serde_json::Value, now: &serde_json::Value) -> 
         .collect()
 }
 
+/// Creates `dir` if needed and takes the exclusive advisory lock of its `.lock` file for
+/// as long as the returned file lives: one job at a time writes the folder, a second one
+/// is refused at once.
+pub fn lock_folder(dir: &Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let path = dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    lock_exclusively(&file, dir)?;
+    Ok(file)
+}
+
 /// Takes `file`'s exclusive advisory lock (released when the file is closed, also by a
 /// killed process); an error naming `path` when another job holds it.
 fn lock_exclusively(file: &std::fs::File, path: &Path) -> Result<()> {
@@ -241,7 +257,7 @@ fn lock_exclusively(file: &std::fs::File, path: &Path) -> Result<()> {
         Err(std::fs::TryLockError::WouldBlock) => Err(Error::format(
             path,
             "(lock)",
-            "another scotd job is writing this file (it holds the file's lock): wait for it to finish, or write elsewhere",
+            "another scotd job is writing this (it holds the lock): wait for it to finish, or write elsewhere",
         )),
         Err(std::fs::TryLockError::Error(e)) => Err(Error::io(path, e)),
     }
@@ -314,6 +330,20 @@ mod tests {
         drop(first);
         let (_, resumed) = AppendLog::open::<Item>(&path).unwrap();
         assert_eq!(resumed.records, vec![Item { n: 1 }]);
+    }
+
+    #[test]
+    fn a_folder_is_locked_by_one_job_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        let held = lock_folder(&run).unwrap();
+        let err = lock_folder(&run).unwrap_err().to_string();
+        assert!(
+            err.contains("run") && err.contains("another scotd job"),
+            "{err}"
+        );
+        drop(held);
+        lock_folder(&run).unwrap();
     }
 
     #[test]

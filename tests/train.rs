@@ -740,3 +740,34 @@ fn a_second_sigint_exits_at_once() {
     );
     assert!(!run.join("checkpoint-2").exists() && !run.join("checkpoint-1").exists());
 }
+
+/// Two `scotd train` on one output_dir: while one job holds the folder's lock (here the
+/// test, as a running train does), `scotd train` is refused at once and writes nothing;
+/// once the lock is released it trains.
+#[test]
+fn a_second_run_on_one_output_dir_is_refused_while_the_first_holds_it() {
+    let student = tiny_student(64, 2);
+    let out = tempfile::tempdir().unwrap();
+    let run = out.path().join("run");
+    let config_path = run.with_extension("toml");
+    let cfg = config(student.path(), &run, 2);
+    std::fs::write(&config_path, toml::to_string(&cfg).unwrap()).unwrap();
+    let held = scotd::io::lock_folder(&run).unwrap();
+    let refused = scotd_train(&config_path).output().unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("another scotd job"),
+        "{err}"
+    );
+    assert!(
+        !run.join("metrics.jsonl").exists(),
+        "the refused run wrote metrics"
+    );
+    drop(held);
+    let trained = scotd_train(&config_path).output().unwrap();
+    assert!(
+        trained.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trained.stderr)
+    );
+}

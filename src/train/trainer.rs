@@ -63,6 +63,8 @@ pub fn train_until_stopped(
     stop: &AtomicBool,
 ) -> Result<TrainSummary> {
     check_settings(&config)?;
+    // Held to the end: a second run on this output_dir is refused before it reads a thing.
+    let _one_run_at_a_time = crate::io::lock_folder(&config.output_dir)?;
     let tokenizer = Tokenizer::from_dir(&config.model)?;
     let template = tokenizer.resolve_chat_template(config.template.as_deref())?;
     let mut run = Run::prepare(config, &tokenizer, &template, show_progress)?;
