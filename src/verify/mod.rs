@@ -5,8 +5,9 @@
 //! # Rules
 //!
 //! - **Extraction** (`extract`): the last `\boxed{…}` that holds something, else GSM8K's
-//!   `#### N`, else "the answer is …", else the last number; each rule reads its text in
-//!   one pass (a brace counter pairs a box's braces), so time is linear in the output.
+//!   `#### N`, else "the answer is …", else the last number; each rule's time is linear
+//!   in the output (one pass with a brace counter finds the last box; text already known
+//!   to hold no digit is not read again for "the answer is").
 //! - **Numbers** are parsed into exact decimals and fractions of them (`exact`), of any
 //!   length: `1e999`, `10^{400}` and 10,000-digit numbers keep every digit. Two numbers
 //!   that are exactly equal are equal.
@@ -22,8 +23,8 @@
 //!   deeper than [`MAX_NESTING_DEPTH`] is not compared: the verdict is
 //!   [`Verdict::NotVerified`] with the reason, never a recursion as deep as the input.
 //!   A number whose exact value needs more than `exact::MAX_MULTIPLY_WORK` digit
-//!   products (`7^{100000}`) is not evaluated and is compared as text; a comparison of
-//!   fractions needing that much is not verified.
+//!   products (`7^{100000}`), or a power of ten past 10^±10^12, is not evaluated and is
+//!   compared as text; a comparison of fractions needing that much is not verified.
 //! - **Text**: answers that are not numbers compare by canonical text (LaTeX wrappers,
 //!   spacing and case dropped). A number never equals a text.
 //! - A percent sign is dropped, so `50%` equals `50`: GSM8K writes percentages as bare
