@@ -7,7 +7,7 @@ use std::path::Path;
 use crate::{Error, Result};
 
 /// Writes `bytes` to `path` through a temporary file in the same folder, synced and
-/// renamed into place.
+/// renamed into place, the folder synced after.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path
         .parent()
@@ -29,7 +29,32 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io(path, e));
     }
-    Ok(())
+    // The rename is durable only once the folder's entry is.
+    sync_dir(dir)
+}
+
+/// A text file's contents: a UTF-8 byte-order mark dropped (editors on Windows write
+/// one, and JSON parsers reject it as "expected value at line 1 column 1"), and invalid
+/// UTF-8 reported with its line and byte.
+pub fn read_text(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    decode_text(path, bytes)
+}
+
+fn decode_text(path: &Path, mut bytes: Vec<u8>) -> Result<String> {
+    if bytes.starts_with(b"\xEF\xBB\xBF") {
+        bytes.drain(..3);
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+        let column = valid.len() - valid.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) + 1;
+        Error::format(
+            path,
+            "(text)",
+            format!("invalid UTF-8 at line {line}, byte {column} of the line: expected UTF-8 text"),
+        )
+    })
 }
 
 /// Builds the folder `dir` atomically: `fill` writes into a temporary sibling folder,
@@ -148,8 +173,9 @@ impl AppendLog {
             .open(path)
             .map_err(|e| Error::io(path, e))?;
         lock_exclusively(&file, path)?;
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut &file, &mut text).map_err(|e| Error::io(path, e))?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut &file, &mut bytes).map_err(|e| Error::io(path, e))?;
+        let text = decode_text(path, bytes)?;
         let whole = text.rfind('\n').map_or(0, |i| i + 1);
         let records = parse_lines(path, &text[..whole])?;
         let cut_bytes = text.len() - whole;
@@ -267,7 +293,7 @@ fn lock_exclusively(file: &std::fs::File, path: &Path) -> Result<()> {
 /// without opening it for appending; a line that does not parse as `T` is an error naming
 /// its line.
 pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = read_text(path)?;
     parse_lines(path, &text)
 }
 
@@ -363,6 +389,20 @@ mod tests {
             assert!(err.contains(named), "{named}: {err}");
         }
         assert!(!err.contains("temperature"), "{err}");
+    }
+
+    #[test]
+    fn text_loses_its_byte_order_mark_and_bad_utf8_names_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        std::fs::write(&path, b"\xEF\xBB\xBF{\"n\":1}\n").unwrap();
+        assert_eq!(read_jsonl::<Item>(&path).unwrap(), vec![Item { n: 1 }]);
+        std::fs::write(&path, b"{\"n\":1}\n{\"n\":\xFF2}\n").unwrap();
+        let err = read_text(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("a.jsonl") && err.contains("line 2, byte 6"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -181,6 +181,24 @@ fn load_on_refuses_f16() {
 }
 
 #[test]
+fn a_folder_in_place_of_the_weights_and_a_byte_order_mark_are_handled() {
+    let (dir, model) = saved_model(true);
+    let config = dir.path().join("config.json");
+    let mut text = b"\xEF\xBB\xBF".to_vec();
+    text.extend(std::fs::read(&config).unwrap());
+    std::fs::write(&config, text).unwrap();
+    assert_eq!(logits(&Model::load(dir.path()).unwrap()), logits(&model));
+    let weights = dir.path().join("model.safetensors");
+    std::fs::remove_file(&weights).unwrap();
+    std::fs::create_dir(&weights).unwrap();
+    let err = load_err(dir.path());
+    assert!(
+        err.contains("model.safetensors") && err.contains("is a folder"),
+        "{err}"
+    );
+}
+
+#[test]
 fn truncated_file_names_the_file() {
     let (dir, _) = saved_model(true);
     let path = dir.path().join("model.safetensors");

@@ -91,7 +91,7 @@ pub(super) fn reject(
 /// is a record whose value is the parse error). A JSON array that does not parse is
 /// always fatal: there is no line to skip.
 pub(super) fn read_records(path: &Path) -> Result<Vec<Record>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::io::read_text(path)?;
     if text.trim_start().starts_with('[') {
         return json_array_records(path, &text);
     }

@@ -130,7 +130,7 @@ fn hidden_act(f: &Fields) -> Result<()> {
 
 impl ModelConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::io::read_text(path)?;
         Self::from_json(&text, path)
     }
 

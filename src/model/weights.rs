@@ -24,6 +24,14 @@ struct SafetensorsFile {
 
 impl SafetensorsFile {
     fn open(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            // Mapping a folder fails with the OS's "No such device".
+            return Err(Error::format(
+                path,
+                "(file)",
+                "is a folder, expected a safetensors file",
+            ));
+        }
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: the map is read-only; a file changed underneath us while loading is
         // outside what any loader can defend against.

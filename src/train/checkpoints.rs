@@ -76,9 +76,60 @@ pub fn save(
     crate::io::write_atomic(&dir.join(STATE_FILE), &json)?;
     let all = completed(output_dir)?;
     for (_, old) in all.iter().take(all.len().saturating_sub(keep_last)) {
-        std::fs::remove_dir_all(old).map_err(|e| Error::io(old, e))?;
+        prune(old)?;
     }
     Ok(dir)
+}
+
+/// Deletes a checkpoint: renamed out of sight first, so an interrupted delete never
+/// leaves a half-deleted folder under a checkpoint's name.
+fn prune(dir: &Path) -> Result<()> {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let doomed = dir.with_file_name(format!(".{name}{PRUNING}"));
+    std::fs::rename(dir, &doomed).map_err(|e| Error::io(dir, e))?;
+    std::fs::remove_dir_all(&doomed).map_err(|e| Error::io(&doomed, e))
+}
+
+const PRUNING: &str = ".pruning";
+
+/// Removes what interrupted saves and prunes of an earlier run left in `output_dir`: a
+/// `checkpoint-N` without its state file (its save never finished: it would look like a
+/// loadable model), a prune's renamed folder, and the hidden staging folders and files of
+/// atomic writes. Only for a run that holds the folder's lock (no one else is writing).
+/// Returns what was removed.
+pub fn remove_leftovers(output_dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(output_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(output_dir, e)),
+    };
+    let mut removed = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| Error::io(output_dir, e))?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let unfinished_checkpoint =
+            name.starts_with("checkpoint-") && !path.join(STATE_FILE).is_file();
+        let staging = name.starts_with('.')
+            && (name.ends_with(PRUNING) || name.contains(".tmp") || name.contains(".old"));
+        if !(unfinished_checkpoint || staging) {
+            continue;
+        }
+        let gone = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        gone.map_err(|e| Error::io(&path, e))?;
+        removed.push(path);
+    }
+    removed.sort();
+    Ok(removed)
 }
 
 /// Restores the store's parameters (on its device) and the optimizer from a checkpoint;
@@ -103,6 +154,47 @@ pub fn load(dir: &Path, store: &ParamStore, optimizer: &mut AdamW) -> Result<Tra
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn leftovers_of_interrupted_saves_and_prunes_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        let make = |name: &str, state: bool| {
+            let d = out.join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("config.json"), "{}").unwrap();
+            if state {
+                std::fs::write(d.join(STATE_FILE), "{}").unwrap();
+            }
+        };
+        make("checkpoint-2", true);
+        make("checkpoint-3", false); // its save was interrupted
+        make(".checkpoint-1.pruning", false);
+        make(".checkpoint-4.tmp77", false);
+        make("final", false);
+        std::fs::write(out.join(".metrics.jsonl.tmp9"), "x").unwrap();
+        std::fs::write(out.join("metrics.jsonl"), "").unwrap();
+        let removed = remove_leftovers(out).unwrap();
+        let names: Vec<String> = removed
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ".checkpoint-1.pruning",
+                ".checkpoint-4.tmp77",
+                ".metrics.jsonl.tmp9",
+                "checkpoint-3"
+            ]
+        );
+        for kept in ["checkpoint-2", "final", "metrics.jsonl"] {
+            assert!(out.join(kept).exists(), "{kept}");
+        }
+        assert_eq!(completed(out).unwrap().len(), 1);
+    }
+
     /// A resume compares the saved config with the run's: every f32 setting must come back
     /// from the JSON text as the same number (serde_json's default float parsing is only
     /// best-effort, and once refused to resume a run at lr 5e-5 with betas 0.9/0.999).

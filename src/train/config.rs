@@ -164,7 +164,7 @@ impl TrainConfig {
         let label = path.map_or_else(|| PathBuf::from("(flags)"), Path::to_path_buf);
         let mut table = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+                let text = crate::io::read_text(p)?;
                 text.parse::<toml::Table>()
                     .map_err(|e| Error::format(p, "(toml)", e.to_string()))?
             }

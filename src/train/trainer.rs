@@ -65,6 +65,12 @@ pub fn train_until_stopped(
     check_settings(&config)?;
     // Held to the end: a second run on this output_dir is refused before it reads a thing.
     let _one_run_at_a_time = crate::io::lock_folder(&config.output_dir)?;
+    for leftover in checkpoints::remove_leftovers(&config.output_dir)? {
+        eprintln!(
+            "removed {}, left by an interrupted save",
+            leftover.display()
+        );
+    }
     let tokenizer = Tokenizer::from_dir(&config.model)?;
     let template = tokenizer.resolve_chat_template(config.template.as_deref())?;
     let mut run = Run::prepare(config, &tokenizer, &template, show_progress)?;

@@ -120,7 +120,7 @@ fn reverified_trace(line: &str) -> std::result::Result<TraceRecord, FieldProblem
 
 /// The non-blank lines of a file with their 1-based line numbers.
 fn json_lines(path: &Path) -> Result<Vec<(usize, String)>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::io::read_text(path)?;
     Ok(text
         .lines()
         .enumerate()
