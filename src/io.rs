@@ -235,7 +235,10 @@ pub fn claim_settings(path: &Path, settings: &serde_json::Value) -> Result<()> {
 }
 
 /// "name (was A, now B)" for each top-level setting that differs.
-fn differing_settings(recorded: &serde_json::Value, now: &serde_json::Value) -> Vec<String> {
+pub(crate) fn differing_settings(
+    recorded: &serde_json::Value,
+    now: &serde_json::Value,
+) -> Vec<String> {
     let none = serde_json::Value::Null;
     let (empty, keys) = (serde_json::Map::new(), |v: &serde_json::Value| {
         v.as_object().cloned()

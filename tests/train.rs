@@ -771,3 +771,22 @@ fn a_second_run_on_one_output_dir_is_refused_while_the_first_holds_it() {
         String::from_utf8_lossy(&trained.stderr)
     );
 }
+
+/// A resume with another setting is refused, naming the setting and both values.
+#[test]
+fn a_resume_with_other_settings_names_what_differs() {
+    let student = tiny_student(64, 2);
+    let out = tempfile::tempdir().unwrap();
+    let run = out.path().join("run");
+    let cfg = config(student.path(), &run, 2);
+    train(cfg.clone(), false).unwrap();
+    let mut other = cfg.clone();
+    other.steps = 4; // free to change
+    assert_eq!(cfg.weight_decay, 0.0);
+    other.weight_decay = 0.25;
+    let err = train(other, false).unwrap_err().to_string();
+    assert!(
+        err.contains("weight_decay (was 0.0, now 0.25)") && !err.contains("steps"),
+        "{err}"
+    );
+}

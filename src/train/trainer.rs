@@ -268,11 +268,16 @@ impl<'a> Run<'a> {
             return Ok(None);
         };
         let state = checkpoints::load(&dir, &self.store, &mut self.optimizer)?;
-        if state.config != self.config_json() {
+        let config = self.config_json();
+        if state.config != config {
+            let differences = crate::io::differing_settings(&state.config, &config);
             return Err(Error::format(
                 dir.join(checkpoints::STATE_FILE),
                 "config",
-                "the checkpoint was written by a run with other settings; use a new output_dir or the same config",
+                format!(
+                    "the checkpoint was written by a run with other settings: {}; use a new output_dir or the same config",
+                    differences.join(", ")
+                ),
             ));
         }
         self.examples.restore(&state.mixer)?;
