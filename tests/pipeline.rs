@@ -84,6 +84,14 @@ fn sample_args_on<'a>(
     ]
 }
 
+/// The (question id, sample) pairs of trace lines, each once.
+fn trace_pairs(lines: &[Value]) -> HashSet<String> {
+    lines
+        .iter()
+        .map(|l| format!("{}/{}", l["id"], l["sample"]))
+        .collect()
+}
+
 /// Lines of a file, waiting until it has at least `n` (or `limit` passes).
 fn wait_for_lines(path: &Path, n: usize, limit: Duration) -> usize {
     let start = Instant::now();
@@ -138,11 +146,11 @@ fn a_second_sample_on_one_trace_file_is_refused_while_the_first_runs() {
     assert!(before >= 1, "the first run wrote nothing");
     assert!(stderr.contains("another scotd job"), "{stderr}");
     let lines = json_lines(&out);
-    let pairs: HashSet<String> = lines
-        .iter()
-        .map(|l| format!("{}/{}", l["id"], l["sample"]))
-        .collect();
-    assert_eq!(pairs.len(), lines.len(), "a trace was written twice");
+    assert_eq!(
+        trace_pairs(&lines).len(),
+        lines.len(),
+        "a trace was written twice"
+    );
 }
 
 /// A `scotd sample` run of the kill -9 test: its device, and a size that keeps it going
@@ -183,10 +191,7 @@ fn sample_resumes_after_kill_9(run: KillRun) {
     let stderr = succeed(&resumed_args);
     assert!(stderr.contains("cut a torn last line"), "{stderr}");
     let lines = json_lines(&resumed);
-    let pairs: HashSet<String> = lines
-        .iter()
-        .map(|l| format!("{}/{}", l["id"], l["sample"]))
-        .collect();
+    let pairs = trace_pairs(&lines);
     assert_eq!(lines.len(), n);
     assert_eq!(pairs.len(), n, "duplicate (id, sample) pairs");
     // Greedy decoding does not depend on batch composition, so the resumed file holds

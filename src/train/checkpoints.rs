@@ -33,16 +33,22 @@ pub fn checkpoint_dir(output_dir: &Path, step: u64) -> PathBuf {
     output_dir.join(format!("checkpoint-{step}"))
 }
 
+/// The paths in `dir`; none when it does not exist yet.
+fn entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let listing = match std::fs::read_dir(dir) {
+        Ok(listing) => listing,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    listing
+        .map(|entry| entry.map(|e| e.path()).map_err(|e| Error::io(dir, e)))
+        .collect()
+}
+
 /// Completed checkpoints, oldest first.
 pub fn completed(output_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
-    let entries = match std::fs::read_dir(output_dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(output_dir, e)),
-    };
     let mut found = Vec::new();
-    for entry in entries {
-        let path = entry.map_err(|e| Error::io(output_dir, e))?.path();
+    for path in entries(output_dir)? {
         let step = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -101,14 +107,8 @@ const PRUNING: &str = ".pruning";
 /// atomic writes. Only for a run that holds the folder's lock (no one else is writing).
 /// Returns what was removed.
 pub fn remove_leftovers(output_dir: &Path) -> Result<Vec<PathBuf>> {
-    let entries = match std::fs::read_dir(output_dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(output_dir, e)),
-    };
     let mut removed = Vec::new();
-    for entry in entries {
-        let path = entry.map_err(|e| Error::io(output_dir, e))?.path();
+    for path in entries(output_dir)? {
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
