@@ -351,6 +351,57 @@ fn a_megabyte_of_other_answer_markers_is_read_in_linear_time() {
 }
 
 #[test]
+fn closed_forms_past_the_bounds_are_refused_quickly() {
+    let long_product = vec!["9"; 49_000].join("*");
+    quickly("a 49,000-factor product", || {
+        assert!(!is_correct("9", &format!("\\boxed{{{long_product}}}")))
+    });
+    let big_powers = ["7^{1700}"; 8].join(" \\times ");
+    quickly("a product of large powers", || {
+        assert!(!is_correct("7", &format!("\\boxed{{{big_powers}}}")))
+    });
+    quickly("a huge exponent", || {
+        assert!(!is_correct("2", "\\boxed{2^{2147483647}}"));
+        assert!(
+            is_correct("2^{2147483647}", "\\boxed{2^{2147483647}}"),
+            "as text"
+        );
+    });
+    let depth = scotd::verify::MAX_NESTING_DEPTH - 2;
+    let nested_roots = format!("{}16{}", "\\sqrt{".repeat(depth), "}".repeat(depth));
+    quickly("nested roots", || {
+        assert!(!is_correct("16", &format!("\\boxed{{{nested_roots}}}")))
+    });
+    let long_root = format!("\\sqrt{{{}}}", "9".repeat(90_000));
+    quickly("the root of a 90,000-digit number", || {
+        assert!(!is_correct("3", &format!("\\boxed{{{long_root}}}")))
+    });
+}
+
+#[test]
+fn new_closed_forms_percentages_and_braces_are_compared() {
+    assert!(equivalent("\\sqrt{10^{400}}", "10^{200}"), "exact past f64");
+    assert!(!equivalent("\\sqrt{10^{400}}", "10^{200} + 1"));
+    assert!(equivalent(
+        "3 \\times 10^{400} \\cdot 2",
+        "6 \\times 10^{400}"
+    ));
+    assert!(equivalent("\\sqrt{2} \\times \\sqrt{2}", "2"));
+    assert!(!equivalent("\\sqrt{2}", "\\sqrt{3}"));
+    assert!(equivalent("25%", "0.25") && equivalent("0.25", "25%"));
+    assert!(equivalent("25%", "25") && !equivalent("25%", "0.0025"));
+    assert!(
+        !equivalent("1e999%", "5"),
+        "a hundredth past f64 is still exact"
+    );
+    assert!(is_correct("5", "\\boxed{{5}}") && !is_correct("6", "\\boxed{{5}}"));
+    assert!(is_correct(
+        "5",
+        "<think>\\boxed{5}</think> 2 checks passed."
+    ));
+}
+
+#[test]
 fn pairs_name_why_a_pair_was_not_verified() {
     let dir = tempfile::tempdir().unwrap();
     let pairs = dir.path().join("pairs.jsonl");

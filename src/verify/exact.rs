@@ -14,6 +14,9 @@ const MAX_ALIGNED_DIGITS: usize = 100_000;
 /// of exponents cannot overflow).
 const MAX_EXPONENT: i64 = 1_000_000_000_000;
 
+/// The most digits whose square root is sought exactly: any 38-digit number fits a u128.
+const MAX_ROOT_DIGITS: usize = 38;
+
 /// `(-1)^negative × digits × 10^exponent`, written out exactly. `digits` (values 0–9,
 /// most significant first) has no leading or trailing zeros, so equal values have equal
 /// fields; zero has no digits and is not negative.
@@ -125,6 +128,32 @@ impl Decimal {
             }
         }
         Some(result)
+    }
+
+    /// The exact square root of a value that is the square of a decimal (`2.25` → `1.5`,
+    /// `10^{400}` → `10^{200}`); None for any other value, and for one of more than
+    /// [`MAX_ROOT_DIGITS`] digits, whose root is not sought.
+    fn exact_sqrt(&self) -> Option<Self> {
+        if self.negative {
+            return None;
+        }
+        let mut digits = self.digits.clone();
+        let mut exponent = self.exponent;
+        // An even power of ten halves exactly: 0.25 is 25 × 10^-2, 2.5 is 250 × 10^-2.
+        if exponent % 2 != 0 {
+            digits.push(0);
+            exponent -= 1;
+        }
+        if digits.len() > MAX_ROOT_DIGITS {
+            return None;
+        }
+        let square = digits.iter().fold(0u128, |n, &d| n * 10 + u128::from(d));
+        let root = square.isqrt();
+        if root * root != square {
+            return None;
+        }
+        let root_digits = root.to_string().bytes().map(|b| b - b'0').collect();
+        Self::new(false, root_digits, exponent / 2)
     }
 
     /// The exact sum of two values that are not negative; None when aligning their
@@ -300,6 +329,23 @@ impl Rational {
         })
     }
 
+    /// The exact product; None when it is too long to compute.
+    pub fn times(&self, other: &Self) -> Option<Self> {
+        Some(Self {
+            numerator: self.numerator.times(&other.numerator)?,
+            denominator: self.denominator.times(&other.denominator)?,
+        })
+    }
+
+    /// The exact square root when the numerator and the denominator are squares of
+    /// decimals (`\frac{9}{4}` → 1.5); None otherwise (the root of 2 has no exact form).
+    pub fn exact_sqrt(&self) -> Option<Self> {
+        Some(Self {
+            numerator: self.numerator.exact_sqrt()?,
+            denominator: self.denominator.exact_sqrt()?,
+        })
+    }
+
     /// `self^power`; None for zero to a negative power and for results too long to
     /// compute.
     pub fn pow(&self, power: i32) -> Option<Self> {
@@ -391,6 +437,30 @@ mod tests {
         );
         assert_eq!(decimal("10").pow(400), Decimal::parse("1", "", 400));
         assert_eq!(decimal("7").pow(0), Some(Decimal::one()));
+    }
+
+    #[test]
+    fn square_roots_are_exact_for_squares_only() {
+        assert_eq!(decimal("16").exact_sqrt(), Some(decimal("4")));
+        assert_eq!(decimal("2.25").exact_sqrt(), Some(decimal("1.5")));
+        assert_eq!(decimal("0.025").exact_sqrt(), None);
+        assert_eq!(decimal("0").exact_sqrt(), Some(Decimal::zero()));
+        assert_eq!(
+            Decimal::parse("1", "", 400).unwrap().exact_sqrt(),
+            Decimal::parse("1", "", 200)
+        );
+        assert_eq!(decimal("2").exact_sqrt(), None);
+        assert_eq!(decimal("4").negated().exact_sqrt(), None);
+        let nine_quarters = Rational::ratio(&number("9"), &number("4")).unwrap();
+        let root = nine_quarters.exact_sqrt().unwrap();
+        assert_eq!(root.exactly_equals(&number("1.5")), Some(true));
+    }
+
+    #[test]
+    fn fractions_multiply_exactly() {
+        let half = Rational::ratio(&number("1"), &number("2")).unwrap();
+        let product = half.times(&number("3").negated()).unwrap();
+        assert_eq!(product.exactly_equals(&number("1.5").negated()), Some(true));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Answer extraction from model text: the last `\boxed{…}`, else GSM8K's `#### N`, else
 //! "the answer is …", else the last number; once for the text after `</think>` and once
-//! for the reasoning inside `<think>…</think>`. A `<think>` never closed leaves no final
-//! text: the generation stopped before its answer.
+//! for the reasoning inside `<think>…</think>`. When the text after `</think>` states no
+//! answer, the think block's last box comes before that text's last number. A `<think>`
+//! never closed leaves no final text: the generation stopped before its answer.
 
 /// How an answer was found (the first rule that matched, in this order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -9,6 +10,8 @@ pub enum Method {
     Boxed,
     Hashes,
     AnswerIs,
+    /// The last `\boxed{}` of a closed think block, the text after it stating no answer.
+    ThinkBoxed,
     LastNumber,
     /// No rule matched: the text holds no answer.
     NotFound,
@@ -33,7 +36,7 @@ const HASHES: &str = "####";
 
 /// Extracts the final answer and the think block's answer of `text`.
 pub fn extract(text: &str) -> Extracted {
-    let (final_answer, method) = match find_answer(final_text(text)) {
+    let (final_answer, method) = match find_final_answer(text) {
         Some((answer, method)) => (Some(answer), method),
         None => (None, Method::NotFound),
     };
@@ -49,19 +52,27 @@ pub fn extract(text: &str) -> Extracted {
 /// The final answer of `text` alone, as [`extract`] finds it, without reading the think
 /// block (verdicts need only this).
 pub(super) fn final_answer(text: &str) -> Option<String> {
-    find_answer(final_text(text)).map(|(answer, _)| answer)
+    find_final_answer(text).map(|(answer, _)| answer)
+}
+
+/// The final answer and its rule: an answer the final text states (a box, `####`, "the
+/// answer is"), else the last box of a closed think block, else the final text's last
+/// number. A boxed answer beats an unboxed number wherever it stands: a number after
+/// `</think>` ("that took 2 steps") is no answer to a box inside it. A stated answer
+/// after `</think>` beats the think block's box: the model may revise its answer there.
+fn find_final_answer(text: &str) -> Option<(String, Method)> {
+    let final_text = final_text(text)?;
+    stated_answer(final_text)
+        .or_else(|| last_boxed(think_text(text)?).map(|a| (a, Method::ThinkBoxed)))
+        .or_else(|| last_number(final_text).map(|a| (a, Method::LastNumber)))
 }
 
 /// The text that holds the final answer: after the last `</think>`, or all of a text
-/// without think tags. Empty after a `<think>` that is never closed (a generation cut
-/// off mid-reasoning): a number in unfinished reasoning is no answer.
-fn final_text(text: &str) -> &str {
+/// without think tags. None after a `<think>` that is never closed (a generation cut off
+/// mid-reasoning): unfinished reasoning holds no answer, boxed or not.
+fn final_text(text: &str) -> Option<&str> {
     let after = rfind(text, THINK_CLOSE).map_or(text, |close| &text[close + THINK_CLOSE.len()..]);
-    if after.contains(THINK_OPEN) {
-        ""
-    } else {
-        after
-    }
+    (!after.contains(THINK_OPEN)).then_some(after)
 }
 
 /// The reasoning of the last think block, closed or not; None without think tags. The
@@ -89,11 +100,15 @@ fn rfind(text: &str, needle: &str) -> Option<usize> {
 
 /// The answer of one stretch of text and the rule that found it.
 fn find_answer(text: &str) -> Option<(String, Method)> {
+    stated_answer(text).or_else(|| last_number(text).map(|a| (a, Method::LastNumber)))
+}
+
+/// The answer the text states: its last box, else `#### N`, else "the answer is N".
+fn stated_answer(text: &str) -> Option<(String, Method)> {
     last_boxed(text)
         .map(|a| (a, Method::Boxed))
         .or_else(|| after_hashes(text).map(|a| (a, Method::Hashes)))
         .or_else(|| after_answer_is(text).map(|a| (a, Method::AnswerIs)))
-        .or_else(|| last_number(text).map(|a| (a, Method::LastNumber)))
 }
 
 /// The content of the last `\boxed{…}` (nested braces kept) or `\boxed 5` that holds
@@ -457,6 +472,28 @@ mod tests {
         assert_eq!((e.think_answer, e.final_answer), (some("12"), None));
         assert_eq!(e.method, Method::NotFound);
         assert_eq!(extract("no think 3").think_answer, None);
+    }
+
+    #[test]
+    fn a_think_box_beats_a_stray_number_after_the_think_block() {
+        let stray = "<think>so \\boxed{18}</think>That took 2 steps.";
+        assert_eq!(final_of(stray), (some("18"), Method::ThinkBoxed));
+        let nothing_after = "<think>first \\boxed{3}, then \\boxed{4}</think>";
+        assert_eq!(final_of(nothing_after), (some("4"), Method::ThinkBoxed));
+        let close_only = "reasoning \\boxed{6}</think> in 3 steps";
+        assert_eq!(final_of(close_only), (some("6"), Method::ThinkBoxed));
+    }
+
+    #[test]
+    fn an_answer_stated_after_the_think_block_beats_its_box() {
+        let revised = "<think>\\boxed{18}</think>So the answer is 17.";
+        assert_eq!(final_of(revised), (some("17"), Method::AnswerIs));
+        let hashes = "<think>\\boxed{18}</think>\n#### 17";
+        assert_eq!(final_of(hashes), (some("17"), Method::Hashes));
+        let boxed = "<think>\\boxed{18}</think>\\boxed{17}";
+        assert_eq!(final_of(boxed), (some("17"), Method::Boxed));
+        let unboxed_think = "<think>it is 18</think>That took 2 steps.";
+        assert_eq!(final_of(unboxed_think), (some("2"), Method::LastNumber));
     }
 
     #[test]

@@ -4,13 +4,28 @@
 //!
 //! # Rules
 //!
-//! - **Extraction** (`extract`): the last `\boxed{…}` that holds something, else GSM8K's
-//!   `#### N`, else "the answer is …", else the last number; each rule's time is linear
-//!   in the output (one pass with a brace counter finds the last box; text already known
-//!   to hold no digit is not read again for "the answer is").
+//! - **Extraction** (`extract`), by precedence: in the text after `</think>` (all of a
+//!   text without think tags), its last `\boxed{…}` that holds something, else GSM8K's
+//!   `#### N`, else "the answer is …"; when that text states none of these, the last box
+//!   of the closed think block; else that text's last number. A boxed answer beats an
+//!   unboxed number wherever it stands, so a stray number after `</think>` ("that took 2
+//!   steps") does not overrule a box inside it; an answer stated after `</think>` does,
+//!   as the model may revise its reasoning's answer there. A `<think>` never closed
+//!   leaves no final answer, boxed or not. Each rule's time is linear in the output (one
+//!   pass with a brace counter finds the last box; text already known to hold no digit
+//!   is not read again for "the answer is").
+//! - **Braces** that enclose a whole answer group nothing and are dropped: `\boxed{{5}}`
+//!   is 5 (`{5}{6}` keeps its braces).
 //! - **Numbers** are parsed into exact decimals and fractions of them (`exact`), of any
 //!   length: `1e999`, `10^{400}` and 10,000-digit numbers keep every digit. Two numbers
 //!   that are exactly equal are equal.
+//! - **Closed forms** are evaluated, exactly where the value is rational: a power with
+//!   a whole exponent (`2^{10}`, `2^10`, `2^{-1}`), a product of up to eight factors
+//!   (`3 \times 4`, `3 \cdot 4`, `3*4`, `2\sqrt{3}`, `1.5 \times 10^{6}`, read left to
+//!   right with `/`), and a square root (`\sqrt{16}` is exactly 4, `\sqrt{2.25}` 1.5). A
+//!   root that is not rational (`\sqrt{2}`), and anything computed from one, is an f64,
+//!   compared only within the tolerance. Sums and differences (`3 + 4`) are not
+//!   evaluated, nor other roots (`\sqrt[3]{27}`), nor the root of a negative number.
 //! - **Tolerance**, as before exact parsing: when two numbers are not exactly equal but
 //!   both fit an f64 (below about 1.8e308), whole numbers below 2^53 must be equal, and
 //!   other values may differ by a relative 1e-6 (absolute 1e-9 near zero), which absorbs
@@ -22,18 +37,23 @@
 //! - **Bounds**: an answer or gold longer than [`MAX_ANSWER_BYTES`] or with braces nested
 //!   deeper than [`MAX_NESTING_DEPTH`] is not compared: the verdict is
 //!   [`Verdict::NotVerified`] with the reason, never a recursion as deep as the input.
-//!   A number whose exact value needs more than `exact::MAX_MULTIPLY_WORK` digit
-//!   products (`7^{100000}`), or a power of ten past 10^±10^12, is not evaluated and is
-//!   compared as text; a comparison of fractions needing that much is not verified.
+//!   A number whose exact value needs a multiplication of more than
+//!   `exact::MAX_MULTIPLY_WORK` digit products (`7^{100000}`), a power of ten past
+//!   10^±10^12, or a product of more than eight factors, is not evaluated and is
+//!   compared as text; a comparison of fractions needing that much is not verified. A
+//!   square root is sought exactly for up to 38 significant digits, else approximated.
 //! - **Text**: answers that are not numbers compare by canonical text (LaTeX wrappers,
 //!   spacing and case dropped). A number never equals a text.
-//! - A percent sign is dropped, so `50%` equals `50`: GSM8K writes percentages as bare
-//!   numbers.
+//! - **Percentages**: a number followed by `%`, `\%` or the word "percent" matches that
+//!   number (GSM8K writes percentages as bare numbers: `25%` is `25`) and its fraction
+//!   of 100 (`25%` is `0.25`), as answer or as gold; two percentages match when their
+//!   numbers do (`50%` is not `0.5%`).
 
 mod exact;
 mod extract;
 mod files;
 mod normalize;
+mod value;
 
 use std::fmt;
 
@@ -42,6 +62,8 @@ use extract::final_answer;
 pub use extract::{extract, Extracted, Method};
 pub use files::{filter_traces, verify_pairs, FilterReport, PairsReport};
 pub use normalize::normalize;
+use normalize::Number;
+pub use value::Value;
 
 const RELATIVE_TOLERANCE: f64 = 1e-6;
 const ABSOLUTE_TOLERANCE: f64 = 1e-9;
@@ -106,7 +128,7 @@ pub fn compare(a: &str, b: &str) -> Verdict {
 
 fn comparable(a: &str, b: &str) -> Result<Verdict, Unverifiable> {
     let equal = match (normalize::parse_number(a)?, normalize::parse_number(b)?) {
-        (Some(x), Some(y)) => numbers_equal(&x, &y)?,
+        (Some(x), Some(y)) => numbers_match(&x, &y)?,
         // Infinity and NaN are words, never numbers: only a text may spell them.
         (Some(_), None) => finite_text(b).map(|_| false)?,
         (None, Some(_)) => finite_text(a).map(|_| false)?,
@@ -149,6 +171,36 @@ fn finite_text(answer: &str) -> Result<String, Unverifiable> {
         return Err(Unverifiable::NotFinite);
     }
     Ok(text)
+}
+
+/// A percentage `p%` matches the number `p` (GSM8K writes percentages as bare numbers)
+/// and the fraction `p/100`; two percentages match when their numbers do (`50%` is not
+/// `0.5%`).
+fn numbers_match(x: &Number, y: &Number) -> Result<bool, Unverifiable> {
+    let (percentage, other) = match (x.percent, y.percent) {
+        (true, false) => (x, y),
+        (false, true) => (y, x),
+        _ => return values_equal(&x.value, &y.value),
+    };
+    if values_equal(&percentage.value, &other.value)? {
+        return Ok(true);
+    }
+    match percentage.value.hundredth() {
+        Some(fraction) => values_equal(&fraction, &other.value),
+        None => Ok(false),
+    }
+}
+
+/// Exact values by [`numbers_equal`]; an approximate one (`\sqrt{2}`) only by
+/// [`numbers_close`].
+fn values_equal(x: &Value, y: &Value) -> Result<bool, Unverifiable> {
+    match (x, y) {
+        (Value::Exact(x), Value::Exact(y)) => numbers_equal(x, y),
+        _ => Ok(x
+            .to_f64()
+            .zip(y.to_f64())
+            .is_some_and(|(x, y)| numbers_close(x, y))),
+    }
 }
 
 /// Exactly equal, or close by [`numbers_close`] when both fit an f64.

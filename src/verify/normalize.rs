@@ -3,6 +3,7 @@
 
 use super::exact::{Decimal, Rational};
 use super::extract::braced;
+use super::value::Value;
 use super::{within_bounds, Unverifiable};
 
 /// LaTeX commands whose braced argument is kept as plain text.
@@ -37,28 +38,51 @@ const NOISE: [&str; 24] = [
     "~",
 ];
 
-/// The exact numeric value of an answer: `70,000`, `14{,}916`, `$1,234.50`, `5 apples`,
-/// `50%` (as 50), `-3`, `\frac{3}{4}`, `\frac34`, `3/4`, `2\frac{1}{2}`, `x = 5`, `2e3`,
-/// `1.5 \times 10^{6}`. None when it is not one number, when evaluating it exactly would
-/// take too long (`7^{100000}`), or when it is past the verifier's bounds (see the module
-/// `verify`).
-pub fn normalize(answer: &str) -> Option<Rational> {
-    parse_number(answer).ok().flatten()
+/// The numeric value of an answer: `70,000`, `14{,}916`, `$1,234.50`, `5 apples`, `50%`
+/// (as 50), `-3`, `\frac{3}{4}`, `\frac34`, `3/4`, `2\frac{1}{2}`, `x = 5`, `2e3`,
+/// `1.5 \times 10^{6}`, `2^{10}`, `3 \cdot 4`, `\sqrt{2}`, `{5}`. None when it is not one
+/// number, when evaluating it exactly would take too long (`7^{100000}`), or when it is
+/// past the verifier's bounds (see the module `verify`).
+pub fn normalize(answer: &str) -> Option<Value> {
+    parse_number(answer)
+        .ok()
+        .flatten()
+        .map(|number| number.value)
 }
 
-/// [`normalize`], telling an answer past the bounds apart from one that is no number.
-pub(super) fn parse_number(answer: &str) -> Result<Option<Rational>, Unverifiable> {
+/// A numeric answer: its value as written, and whether a percent sign followed it.
+pub(super) struct Number {
+    pub value: Value,
+    pub percent: bool,
+}
+
+/// [`normalize`], telling an answer past the bounds apart from one that is no number,
+/// and keeping its percent sign.
+pub(super) fn parse_number(answer: &str) -> Result<Option<Number>, Unverifiable> {
     within_bounds(answer)?;
     Ok(bounded_number(answer))
 }
 
-/// The value of an answer already checked against the bounds: its brace depth bounds
-/// the recursion through `\frac` arguments.
-fn bounded_number(answer: &str) -> Option<Rational> {
+/// The number of an answer already checked against the bounds: its brace depth bounds
+/// the recursion through `\frac` and `\sqrt` arguments.
+fn bounded_number(answer: &str) -> Option<Number> {
     let cleaned = clean(answer);
     let value_part = cleaned.rsplit('=').next().unwrap_or("");
     let (value, rest) = signed_value(value_part.trim())?;
-    trailing_words_only(rest).then_some(value)
+    let (percent, rest) = percent_sign(rest);
+    trailing_words_only(rest).then_some(Number { value, percent })
+}
+
+/// Whether `rest` starts with `%` or the word "percent", and what follows it.
+fn percent_sign(rest: &str) -> (bool, &str) {
+    let rest = rest.trim_start();
+    if let Some(after) = rest.strip_prefix('%') {
+        return (true, after);
+    }
+    match rest.strip_prefix("percent") {
+        Some(after) if !after.starts_with(char::is_alphabetic) => (true, after),
+        _ => (false, rest),
+    }
 }
 
 /// The canonical text of an answer, for comparing answers that are not numbers.
@@ -102,7 +126,50 @@ fn clean(answer: &str) -> String {
     for noise in NOISE {
         replace_in_place(&mut text, noise, "");
     }
-    text.trim().to_string()
+    without_enclosing_braces(text.trim()).to_string()
+}
+
+/// `text` without the brace pairs that enclose all of it (`{{5}}` → `5`, `{ {5} }` → `5`,
+/// but `{5}{6}` stays): a box's extra braces group nothing. One pass: a pair encloses
+/// everything when the depth never drops below its level between the leading braces
+/// and the trailing ones.
+fn without_enclosing_braces(text: &str) -> &str {
+    let leading = brace_run(text.bytes(), b'{');
+    let trailing = brace_run(text.bytes().rev(), b'}');
+    let (Some(&start), Some(&end)) = (leading.last(), trailing.last()) else {
+        return text;
+    };
+    if start >= text.len() - end {
+        return text;
+    }
+    let mut depth = leading.len();
+    let mut enclosing = leading.len().min(trailing.len());
+    for byte in text[start..text.len() - end].bytes() {
+        match byte {
+            b'{' => depth += 1,
+            b'}' if depth == 0 => return text,
+            b'}' => depth -= 1,
+            _ => {}
+        }
+        enclosing = enclosing.min(depth);
+    }
+    if depth != trailing.len() || enclosing == 0 {
+        return text;
+    }
+    let inner_start = leading[enclosing - 1];
+    let inner_end = text.len() - trailing[enclosing - 1];
+    text[inner_start..inner_end].trim()
+}
+
+/// For each `brace` in the run of braces and spaces that `bytes` starts with: how many
+/// bytes lead up to it, itself included.
+fn brace_run(bytes: impl Iterator<Item = u8>, brace: u8) -> Vec<usize> {
+    bytes
+        .take_while(|&b| b == brace || b.is_ascii_whitespace())
+        .enumerate()
+        .filter(|&(_, b)| b == brace)
+        .map(|(at, _)| at + 1)
+        .collect()
 }
 
 /// `str::replace` that allocates only when `from` occurs (it seldom does).
@@ -129,31 +196,79 @@ fn unwrap_command(text: &str, command: &str) -> String {
     out
 }
 
-/// A signed number, fraction or `\frac` at the start of `text`, and what follows it.
-fn signed_value(text: &str) -> Option<(Rational, &str)> {
-    let (negative, unsigned) = match text.strip_prefix('-') {
+/// A signed product, number, fraction or `\frac` at the start of `text`, and what
+/// follows it.
+fn signed_value(text: &str) -> Option<(Value, &str)> {
+    let (negative, unsigned) = sign(text);
+    let (value, rest) = product(unsigned)?;
+    Some((if negative { value.negated() } else { value }, rest))
+}
+
+/// Whether `text` starts with a minus, and the text after its sign and spaces.
+fn sign(text: &str) -> (bool, &str) {
+    match text.strip_prefix('-') {
         Some(rest) => (true, rest.trim_start()),
         None => (false, text.strip_prefix('+').unwrap_or(text).trim_start()),
-    };
-    let (value, rest) = match unsigned.strip_prefix("\\frac") {
+    }
+}
+
+/// The most factors of a product that is evaluated: each multiplication is bounded, and
+/// this bounds their number; a longer product is no number.
+const MAX_FACTORS: usize = 8;
+
+/// A product of numbers: `3 \times 4`, `3 \cdot 4`, `3*4`, `2\sqrt{3}` and scientific
+/// notation (`1.5 \times 10^{6}`). Its first factor may be a mixed number, later ones
+/// may carry a minus sign (`2 \times -3`).
+fn product(text: &str) -> Option<(Value, &str)> {
+    let (mut value, mut rest) = match text.strip_prefix("\\frac") {
         Some(args) => latex_fraction(args)?,
-        None => mixed_number(unsigned)?,
+        None => mixed_number(text)?,
     };
-    let value = if negative { value.negated() } else { value };
-    let rest = rest.trim_start();
-    Some((value, rest.strip_prefix('%').unwrap_or(rest)))
+    let mut factors = 1;
+    while let Some(after) = multiplication(rest) {
+        if factors == MAX_FACTORS {
+            return None;
+        }
+        let (negative, unsigned) = sign(after);
+        let (factor, after_factor) = factor(unsigned)?;
+        let factor = if negative { factor.negated() } else { factor };
+        value = value.times(&factor)?;
+        (rest, factors) = (after_factor, factors + 1);
+    }
+    Some((value, rest))
+}
+
+/// Spellings of multiplication.
+const TIMES: [&str; 5] = ["\\times", "\\cdot", "×", "·", "*"];
+
+/// The text after a multiplication sign at the start of `text`, or `text` itself when a
+/// root follows without one (`2\sqrt{3}`); None when no factor follows.
+fn multiplication(text: &str) -> Option<&str> {
+    let text = text.trim_start();
+    match TIMES.iter().find_map(|op| text.strip_prefix(op)) {
+        Some(after) => Some(after.trim_start()),
+        None => text.starts_with(SQRT).then_some(text),
+    }
+}
+
+/// A factor after the first: a `\frac` or a number, root or power, optionally over another.
+fn factor(text: &str) -> Option<(Value, &str)> {
+    match text.strip_prefix("\\frac") {
+        Some(args) => latex_fraction(args),
+        None => slash_fraction(text),
+    }
 }
 
 /// `{3}{4}` or `34` after `\frac`.
-fn latex_fraction(args: &str) -> Option<(Rational, &str)> {
+fn latex_fraction(args: &str) -> Option<(Value, &str)> {
     let (numerator, rest) = latex_argument(args.trim_start())?;
     let (denominator, rest) = latex_argument(rest.trim_start())?;
     let numerator = whole_number(numerator)?;
     let denominator = whole_number(denominator)?;
-    Some((Rational::ratio(&numerator, &denominator)?, rest))
+    Some((numerator.ratio(&denominator)?, rest))
 }
 
-/// One `\frac` argument: a braced group or a single character.
+/// One `\frac` or `\sqrt` argument: a braced group or a single character.
 fn latex_argument(text: &str) -> Option<(&str, &str)> {
     match text.strip_prefix('{') {
         Some(inner) => {
@@ -167,19 +282,22 @@ fn latex_argument(text: &str) -> Option<(&str, &str)> {
     }
 }
 
-/// A string that is exactly one signed number.
-fn whole_number(text: &str) -> Option<Rational> {
+/// A string that is exactly one signed value.
+fn whole_number(text: &str) -> Option<Value> {
     let (value, rest) = signed_value(text.trim())?;
     rest.is_empty().then_some(value)
 }
 
 /// A number, or a whole number and a proper fraction: `2\frac{1}{2}`, `2 1/2` (2.5).
 /// The whole part is written as a whole number: `4/2 1/2` is no mixed number.
-fn mixed_number(text: &str) -> Option<(Rational, &str)> {
+fn mixed_number(text: &str) -> Option<(Value, &str)> {
     let (value, rest) = slash_fraction(text)?;
-    let whole = value.is_whole() && text.starts_with(|c: char| c.is_ascii_digit());
-    match proper_fraction(rest).filter(|_| whole) {
-        Some((fraction, rest)) => Some((value.plus_non_negative(&fraction)?, rest)),
+    let written_whole = text.starts_with(|c: char| c.is_ascii_digit());
+    let whole = value.exact().filter(|v| v.is_whole() && written_whole);
+    match whole.and_then(|whole| Some((whole, proper_fraction(rest)?))) {
+        Some((whole, (fraction, rest))) => {
+            Some((Value::Exact(whole.plus_non_negative(&fraction)?), rest))
+        }
         None => Some((value, rest)),
     }
 }
@@ -195,39 +313,43 @@ fn proper_fraction(text: &str) -> Option<(Rational, &str)> {
             slash.then(|| slash_fraction(text)).flatten()?
         }
     };
-    fraction.is_proper_fraction().then_some((fraction, rest))
+    let fraction = fraction.exact().filter(|f| f.is_proper_fraction())?;
+    Some((fraction.clone(), rest))
 }
 
-/// A number, optionally followed by `/ number`.
-fn slash_fraction(text: &str) -> Option<(Rational, &str)> {
-    let (numerator, rest) = scientific(text)?;
+/// A power, optionally followed by `/ power`.
+fn slash_fraction(text: &str) -> Option<(Value, &str)> {
+    let (numerator, rest) = power(text)?;
     let Some(after_slash) = rest.trim_start().strip_prefix('/') else {
         return Some((numerator, rest));
     };
-    let (denominator, rest) = scientific(after_slash.trim_start())?;
-    Some((Rational::ratio(&numerator, &denominator)?, rest))
+    let (denominator, rest) = power(after_slash.trim_start())?;
+    Some((numerator.ratio(&denominator)?, rest))
 }
 
-/// Operators that scale a mantissa by a power of ten: `1.5 \times 10^{6}`.
-const TIMES: [&str; 3] = ["\\times", "\\cdot", "×"];
+const SQRT: &str = "\\sqrt";
 
-/// A decimal with an optional power (`10^{6}`, `2^3`) and power-of-ten factor
-/// (`1.5 \times 10^{6}`): scientific notation is one number, not an expression.
-fn scientific(text: &str) -> Option<(Rational, &str)> {
-    let (mantissa, rest) = decimal(text)?;
-    let mantissa = Rational::from(mantissa);
-    let (value, rest) = match power(rest) {
-        Some((exponent, rest)) => (mantissa.pow(exponent)?, rest),
-        None => (mantissa, rest),
+/// A decimal or a square root, with an optional power: `2`, `2^{10}`, `10^6`,
+/// `\sqrt{2}`, `\sqrt2`.
+fn power(text: &str) -> Option<(Value, &str)> {
+    let (base, rest) = match text.strip_prefix(SQRT) {
+        Some(argument) => square_root(argument)?,
+        None => decimal(text).map(|(value, rest)| (Value::from(value), rest))?,
     };
-    Some(match times_power_of_ten(rest) {
-        Some((exponent, rest)) => (value.shifted(i64::from(exponent))?, rest),
-        None => (value, rest),
-    })
+    match exponent(rest) {
+        Some((exponent, rest)) => Some((base.pow(exponent)?, rest)),
+        None => Some((base, rest)),
+    }
+}
+
+/// The root of the argument after `\sqrt`, and what follows it.
+fn square_root(argument: &str) -> Option<(Value, &str)> {
+    let (radicand, rest) = latex_argument(argument.trim_start())?;
+    Some((whole_number(radicand)?.sqrt()?, rest))
 }
 
 /// The exponent of `^{-2}` or `^3` at the start of `text`, and what follows it.
-fn power(text: &str) -> Option<(i32, &str)> {
+fn exponent(text: &str) -> Option<(i32, &str)> {
     let after = text.strip_prefix('^')?;
     let (exponent, rest) = match after.strip_prefix('{') {
         Some(inner) => {
@@ -237,13 +359,6 @@ fn power(text: &str) -> Option<(i32, &str)> {
         None => after.split_at(digit_count(after)),
     };
     Some((exponent.parse().ok()?, rest))
-}
-
-/// The exponent of ` \times 10^{6}` at the start of `text`, and what follows it.
-fn times_power_of_ten(text: &str) -> Option<(i32, &str)> {
-    let text = text.trim_start();
-    let after = TIMES.iter().find_map(|op| text.strip_prefix(op))?;
-    power(after.trim_start().strip_prefix("10")?)
 }
 
 /// Digits with optional `,` thousands separators (groups of three), a decimal part (`5.`
@@ -365,7 +480,64 @@ mod tests {
         assert_eq!(value("3 \\cdot 10^2 m"), Some(300.0));
         assert_eq!(value("10^6"), Some(1e6));
         assert_eq!(value("5 eggs"), Some(5.0));
-        assert_eq!(value("3 \\times 4"), None);
+        assert_eq!(value("2^{10}"), Some(1024.0));
+        assert_eq!(value("2^10"), Some(1024.0));
+        assert_eq!(value("2^{-1}"), Some(0.5));
+        assert_eq!(value("2^{1/2}"), None);
+    }
+
+    #[test]
+    fn products_of_numbers() {
+        assert_eq!(value("3 \\times 4"), Some(12.0));
+        assert_eq!(value("3 \\cdot 4"), Some(12.0));
+        assert_eq!(value("3*4"), Some(12.0));
+        assert_eq!(value("3 × 4 · 5"), Some(60.0));
+        assert_eq!(value("2 \\times -3"), Some(-6.0));
+        assert_eq!(value("-2 \\times 3"), Some(-6.0));
+        assert_eq!(value("\\frac{1}{2} \\times 4"), Some(2.0));
+        assert_eq!(value("6/2 \\times 3"), Some(9.0), "left to right");
+        assert_eq!(value("3 \\times"), None);
+        assert_eq!(value("3 \\times x"), None);
+        let eight = ["2"; 8].join(" \\times ");
+        assert_eq!(value(&eight), Some(256.0));
+        assert_eq!(value(&format!("{eight} \\times 2")), None, "nine factors");
+    }
+
+    #[test]
+    fn square_roots() {
+        assert_eq!(value("\\sqrt{16}"), Some(4.0));
+        assert!(matches!(normalize("\\sqrt{16}"), Some(Value::Exact(_))));
+        assert_eq!(value("\\sqrt{2}"), Some(std::f64::consts::SQRT_2));
+        assert_eq!(value("\\sqrt2"), Some(std::f64::consts::SQRT_2));
+        assert_eq!(value("\\sqrt{\\frac{9}{4}}"), Some(1.5));
+        assert_eq!(value("2\\sqrt{3}"), Some(2.0 * 3f64.sqrt()));
+        assert_eq!(value("-\\sqrt{4}"), Some(-2.0));
+        assert_eq!(value("\\sqrt{2}^{2}"), Some(2.0000000000000004));
+        assert_eq!(value("\\sqrt{-4}"), None);
+        assert_eq!(value("\\sqrt[3]{27}"), None, "no cube roots");
+        assert_eq!(value("\\sqrt{x}"), None);
+    }
+
+    #[test]
+    fn percent_signs_are_kept_apart_from_the_value() {
+        let percent = |answer: &str| parse_number(answer).unwrap().map(|n| n.percent);
+        assert_eq!(percent("50\\%"), Some(true));
+        assert_eq!(percent("12.5 \\text{ percent}"), Some(true));
+        assert_eq!(percent("12.5 percentage points"), Some(false));
+        assert_eq!(percent("50"), Some(false));
+    }
+
+    #[test]
+    fn extra_braces_around_an_answer_are_dropped() {
+        assert_eq!(value("{5}"), Some(5.0));
+        assert_eq!(value("{{{5}}}"), Some(5.0));
+        assert_eq!(value("{ {5} }"), Some(5.0));
+        assert_eq!(value("{\\frac{1}{2}}"), Some(0.5));
+        assert_eq!(value("{5}{6}"), None);
+        assert_eq!(value("{{5}"), None);
+        assert_eq!(canonical_text("{{\\text{Blue}}}"), "blue");
+        assert_eq!(without_enclosing_braces("{{5}+{6}}"), "{5}+{6}");
+        assert_eq!(without_enclosing_braces("{}"), "{}");
     }
 
     #[test]
