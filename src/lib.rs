@@ -8,6 +8,8 @@ pub mod data;
 pub mod demo;
 pub mod error;
 pub mod eval;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod io;
 pub mod model;
 pub mod ops;

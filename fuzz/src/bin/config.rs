@@ -1,0 +1,4 @@
+//! Fuzz target `config`: see `scotd::fuzzing::config`.
+fn main() {
+    afl::fuzz!(|data: &[u8]| scotd::fuzzing::config(data));
+}
