@@ -338,3 +338,18 @@ fn missing_checkpoint_folder_is_an_io_error_naming_the_path() {
         "{err}"
     );
 }
+
+/// Sizes past any real checkpoint are refused with the field and the limit (a fuzzed
+/// config of 77 trillion layers once sized a layout until memory ran out).
+#[test]
+fn sizes_past_any_real_model_are_refused() {
+    let json = r#"{"model_type": "llama", "hidden_size": 56, "num_hidden_layers": 77777777777771,
+        "num_attention_heads": 7, "intermediate_size": 90, "vocab_size": 103}"#;
+    let err = ModelConfig::from_json(json, Path::new("c.json"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("num_hidden_layers") && err.contains("past the largest supported"),
+        "{err}"
+    );
+}

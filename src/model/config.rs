@@ -35,6 +35,15 @@ pub struct ModelConfig {
     pub max_position_embeddings: Option<usize>,
 }
 
+/// The largest sizes a config may give, each far past any Qwen2/Llama checkpoint (Llama
+/// 3.1 405B: hidden 16,384, 126 layers, 128 heads, vocab 128,256), so that a hostile
+/// config is refused instead of sizing a layout no machine holds.
+const MAX_WIDTH: usize = 1 << 16;
+const MAX_LAYERS: usize = 1 << 10;
+const MAX_HEADS: usize = 1 << 10;
+const MAX_HEAD_DIM: usize = 1 << 10;
+const MAX_VOCAB: usize = 1 << 24;
+
 /// Reads typed fields out of the JSON object, naming the file and field on error.
 struct Fields<'a> {
     path: &'a Path,
@@ -59,6 +68,20 @@ impl Fields<'_> {
     fn usize(&self, field: &str) -> Result<usize> {
         self.usize_opt(field)?
             .ok_or_else(|| self.err(field, "missing (expected a positive integer)"))
+    }
+
+    /// A size of the model, at most `max` (past it the layout alone would exhaust memory:
+    /// a fuzzed config with 77 trillion layers did).
+    fn size(&self, field: &str, max: usize) -> Result<usize> {
+        let n = self.usize(field)?;
+        self.at_most(field, n, max)
+    }
+
+    fn at_most(&self, field: &str, n: usize, max: usize) -> Result<usize> {
+        if n > max {
+            return Err(self.err(field, format!("{n} is past the largest supported, {max}")));
+        }
+        Ok(n)
     }
 
     fn f32_or(&self, field: &str, default: f32) -> Result<f32> {
@@ -166,13 +189,15 @@ impl ModelConfig {
             return Err(f.err("mlp_bias", "MLP biases are not supported, expected false"));
         }
 
-        let hidden_size = f.usize("hidden_size")?;
-        let num_attention_heads = f.usize("num_attention_heads")?;
+        let hidden_size = f.size("hidden_size", MAX_WIDTH)?;
+        let num_attention_heads = f.size("num_attention_heads", MAX_HEADS)?;
         let num_key_value_heads = f
             .usize_opt("num_key_value_heads")?
             .unwrap_or(num_attention_heads);
+        let num_key_value_heads =
+            f.at_most("num_key_value_heads", num_key_value_heads, MAX_HEADS)?;
         let head_dim = match f.usize_opt("head_dim")? {
-            Some(d) => d,
+            Some(d) => f.at_most("head_dim", d, MAX_HEAD_DIM)?,
             None if hidden_size % num_attention_heads == 0 => hidden_size / num_attention_heads,
             None => {
                 return Err(f.err(
@@ -203,12 +228,12 @@ impl ModelConfig {
         Ok(ModelConfig {
             architecture,
             hidden_size,
-            num_hidden_layers: f.usize("num_hidden_layers")?,
+            num_hidden_layers: f.size("num_hidden_layers", MAX_LAYERS)?,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            intermediate_size: f.usize("intermediate_size")?,
-            vocab_size: f.usize("vocab_size")?,
+            intermediate_size: f.size("intermediate_size", MAX_WIDTH * 16)?,
+            vocab_size: f.size("vocab_size", MAX_VOCAB)?,
             rope_theta,
             rms_norm_eps: f.f32_or("rms_norm_eps", 1e-6)?,
             tie_word_embeddings: f.bool_or("tie_word_embeddings", false)?,
