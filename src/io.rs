@@ -239,27 +239,27 @@ pub(crate) fn differing_settings(
     recorded: &serde_json::Value,
     now: &serde_json::Value,
 ) -> Vec<String> {
-    let none = serde_json::Value::Null;
-    let (empty, keys) = (serde_json::Map::new(), |v: &serde_json::Value| {
-        v.as_object().cloned()
-    });
-    let (was, is) = (
-        keys(recorded).unwrap_or_else(|| empty.clone()),
-        keys(now).unwrap_or(empty),
-    );
-    let mut names: Vec<&String> = was.keys().chain(is.keys()).collect();
-    names.sort();
-    names.dedup();
+    let names: std::collections::BTreeSet<&String> =
+        setting_names(recorded).chain(setting_names(now)).collect();
+    let null = serde_json::Value::Null;
     names
         .into_iter()
         .filter_map(|name| {
             let (a, b) = (
-                was.get(name).unwrap_or(&none),
-                is.get(name).unwrap_or(&none),
+                recorded.get(name).unwrap_or(&null),
+                now.get(name).unwrap_or(&null),
             );
             (a != b).then(|| format!("{name} (was {a}, now {b})"))
         })
         .collect()
+}
+
+/// The top-level names of a settings object (none when it is not an object).
+fn setting_names(settings: &serde_json::Value) -> impl Iterator<Item = &String> {
+    settings
+        .as_object()
+        .into_iter()
+        .flat_map(|fields| fields.keys())
 }
 
 /// Creates `dir` if needed and takes the exclusive advisory lock of its `.lock` file for

@@ -13,7 +13,7 @@ use crate::backend::cuda::bench::median;
 use crate::backend::cuda::Gpu;
 use crate::model::{Init, KvCache, Model, ModelConfig, ParamSpec, KV_BLOCK};
 use crate::rng::Rng;
-use crate::sample::{decode, Event, Request, SamplingConfig, StopReason};
+use crate::sample::{decode, kv_pool_blocks, Event, Request, SamplingConfig, StopReason};
 use crate::tensor::gpu_of;
 use crate::train::bench::{bench_token, BenchDtype};
 use crate::{DType, Device, Error, Result, Tensor};
@@ -96,26 +96,18 @@ pub struct MemoryReport {
     pub peak_bytes: Option<u64>,
 }
 
-/// Bytes one position of one sequence takes in the KV cache (a key and a value row in
-/// every layer: 2 × layers × kv_heads × head_dim × element size), as the decoder's paged
-/// pool counts them.
-pub fn kv_bytes_per_token(config: &ModelConfig, dtype: DType) -> u64 {
-    KvCache::bytes_per_token(config, dtype) as u64
-}
-
 /// Bytes of KV cache the decoder reserves up front for `batch` sequences that may each
-/// fill `positions`: whole blocks of [`KV_BLOCK`] positions for every sequence, within
-/// the budget when one is given (the rule [`crate::sample::decode`] sizes its pool by).
+/// fill `positions`, within the budget when one is given: [`kv_pool_blocks`], the rule
+/// [`crate::sample::decode`] sizes its pool by.
 pub fn kv_bytes_reserved(
     config: &ModelConfig,
     dtype: DType,
     (batch, positions): (usize, usize),
     budget: Option<u64>,
 ) -> u64 {
-    let block_bytes = kv_bytes_per_token(config, dtype) * KV_BLOCK as u64;
-    let wanted = (batch * KvCache::blocks_for(positions)) as u64;
-    let affordable = budget.map_or(wanted, |b| b / block_bytes);
-    wanted.min(affordable) * block_bytes
+    let block_bytes = (KvCache::bytes_per_token(config, dtype) * KV_BLOCK) as u64;
+    let affordable = budget.map(|b| (b / block_bytes) as usize);
+    kv_pool_blocks(&vec![positions; batch], batch, affordable) as u64 * block_bytes
 }
 
 /// Bytes of every parameter (a tied embedding once) held in `dtype`, as the model sits on
@@ -135,7 +127,7 @@ pub struct MemoryPlan {
 
 impl MemoryPlan {
     pub fn new(config: &ModelConfig, dtype: DType, batch: usize, context: usize) -> MemoryPlan {
-        let per_token = kv_bytes_per_token(config, dtype);
+        let per_token = KvCache::bytes_per_token(config, dtype) as u64;
         MemoryPlan {
             weight_bytes: weight_bytes(config, dtype),
             kv_bytes_per_token: per_token,
@@ -177,7 +169,7 @@ impl DecodeStepBytes {
                 (config.vocab_size.saturating_sub(batch) * config.hidden_size) as u64;
         }
         // Exact in integers: the per-token bytes are even (a key and a value).
-        let kv = kv_bytes_per_token(config, dtype) / 2
+        let kv = KvCache::bytes_per_token(config, dtype) as u64 / 2
             * batch as u64
             * (2 * prompt_len + new_tokens) as u64;
         DecodeStepBytes {

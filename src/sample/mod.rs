@@ -228,16 +228,17 @@ fn reservation(model: &Model, prompt: usize, cfg: &SamplingConfig) -> usize {
 /// Positions of the KV cache: what the `batch_size` longest requests need together,
 /// within `cfg.kv_budget`; an error when the budget cannot hold even the longest alone.
 fn pool_tokens(model: &Model, needs: &[usize], cfg: &SamplingConfig) -> Result<usize> {
-    let mut blocks: Vec<usize> = needs.iter().map(|&n| KvCache::blocks_for(n)).collect();
-    blocks.sort_unstable_by(|a, b| b.cmp(a));
-    let wanted: usize = blocks.iter().take(cfg.batch_size.max(1)).sum();
-    let Some(budget) = cfg.kv_budget else {
-        return Ok(wanted * KV_BLOCK);
-    };
     let per_token = KvCache::bytes_per_token(&model.config, model.activation_dtype()) as u64;
-    let affordable = (budget / (per_token * KV_BLOCK as u64)) as usize;
-    let longest = blocks.first().copied().unwrap_or(0);
-    if affordable < longest {
+    let affordable = cfg
+        .kv_budget
+        .map(|budget| (budget / (per_token * KV_BLOCK as u64)) as usize);
+    let longest = needs
+        .iter()
+        .map(|&n| KvCache::blocks_for(n))
+        .max()
+        .unwrap_or(0);
+    if let Some(affordable) = affordable.filter(|&a| a < longest) {
+        let budget = cfg.kv_budget.expect("affordable comes from the budget");
         let (r, need) = needs
             .iter()
             .enumerate()
@@ -253,7 +254,17 @@ fn pool_tokens(model: &Model, needs: &[usize], cfg: &SamplingConfig) -> Result<u
             ),
         ));
     }
-    Ok(wanted.min(affordable) * KV_BLOCK)
+    Ok(kv_pool_blocks(needs, cfg.batch_size, affordable) * KV_BLOCK)
+}
+
+/// Blocks of the KV cache [`decode`] reserves for requests needing `needs` positions
+/// each: what the `batch_size` longest need together, at most `affordable` (the budget's
+/// blocks, when there is one).
+pub fn kv_pool_blocks(needs: &[usize], batch_size: usize, affordable: Option<usize>) -> usize {
+    let mut blocks: Vec<usize> = needs.iter().map(|&n| KvCache::blocks_for(n)).collect();
+    blocks.sort_unstable_by(|a, b| b.cmp(a));
+    let wanted: usize = blocks.iter().take(batch_size.max(1)).sum();
+    affordable.map_or(wanted, |a| wanted.min(a))
 }
 
 /// Moves waiting requests into free slots, in order, while the cache has room to reserve

@@ -46,7 +46,7 @@ pub struct SampleSummary {
 }
 
 /// `OUT.run.json`, beside the trace file `out`.
-pub fn settings_path(out: &Path) -> std::path::PathBuf {
+fn settings_path(out: &Path) -> std::path::PathBuf {
     let mut name = out.as_os_str().to_owned();
     name.push(".run.json");
     name.into()

@@ -205,7 +205,11 @@ crate::device_tests! {
             let data = (0..rows.len() * width).map(|i| sign * (i + 1) as f32).collect();
             Tensor::from_vec(data, [rows.len(), kv_heads, head_dim]).unwrap().to(device).unwrap()
         };
-        kv_cache_write(&k_pool, &v_pool, &new(1.0), &new(-1.0), &layout).unwrap();
+        let (k_new, v_new) = (new(1.0), new(-1.0));
+        let recorder = Recorder::start();
+        kv_cache_write(&k_pool, &v_pool, &k_new, &v_new, &layout).unwrap();
+        let launched = recorder.launches("kv_cache_write_f32");
+        assert_eq!(launched, usize::from(device.is_gpu()), "{:?}", recorder.kernels());
         let (k, v) = (k_pool.to_vec_f32().unwrap(), v_pool.to_vec_f32().unwrap());
         for (r, slot) in [11, 0, 13].into_iter().enumerate() {
             for e in 0..width {
