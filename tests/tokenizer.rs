@@ -710,6 +710,23 @@ fn real_tokenizers_match_transformers() {
     }
 }
 
+/// The render budget (fuel and output, proportional to the conversation) is far above
+/// what real templates spend, even on many tiny messages, the most per byte.
+#[test]
+fn real_chat_templates_render_long_conversations_within_their_budget() {
+    for (key, folder) in REAL_MODELS {
+        let tok = real_tokenizer(folder);
+        let template = tok.chat_template().unwrap();
+        let messages: Vec<Message> = (0..2000)
+            .map(|i| Message::new(if i % 2 == 0 { "user" } else { "assistant" }, "a"))
+            .collect();
+        let rendered = template
+            .render(&messages, true)
+            .unwrap_or_else(|e| panic!("{key}: {e}"));
+        assert_eq!(rendered.matches('a').count() >= 2000, true, "{key}");
+    }
+}
+
 #[test]
 fn real_chat_templates_match_transformers() {
     let fixture = real_fixture("chat_templates.json");

@@ -113,6 +113,7 @@ impl ChatTemplate {
                     tools => Value::from(()),
                     documents => Value::from(()),
                 },
+                input_bytes(messages) + bos_token.len() + eos_token.len(),
             ),
             ChatTemplate::ChatMl => Ok(render_chatml(messages, add_generation_prompt)),
             ChatTemplate::DeepSeek => self.render_deepseek(messages, add_generation_prompt),
@@ -174,6 +175,14 @@ fn messages_value(messages: &[Message]) -> Value {
         Value::from_pairs([("role", m.role.as_str()), ("content", m.content.as_str())])
     };
     Value::from(messages.iter().map(as_map).collect::<Vec<_>>())
+}
+
+/// The bytes of a conversation's text, which bound what rendering it may cost.
+fn input_bytes(messages: &[Message]) -> usize {
+    messages
+        .iter()
+        .map(|m| m.role.len() + m.content.len())
+        .sum()
 }
 
 fn render_chatml(messages: &[Message], add_generation_prompt: bool) -> String {

@@ -15,17 +15,88 @@ use crate::{Error, Result};
 /// The name render errors give a template, which has no file of its own once loaded.
 pub(super) const TEMPLATE_NAME: &str = "chat template (Jinja)";
 
-/// Renders `source` with `context`; errors carry the template line and, for
-/// `raise_exception`, the template's own message.
-pub(super) fn render(source: &str, context: Value) -> Result<String> {
-    let env = environment();
+/// Renders `source` with `context`, whose strings hold `input_bytes` bytes; errors carry
+/// the template line and, for `raise_exception`, the template's own message.
+///
+/// A template comes with a model folder, so it is untrusted: its work is bounded by
+/// minijinja's fuel (instructions executed) and its output by [`output_limit`], both
+/// far above what a chat template spends on a conversation of that size. Without them
+/// `{{ 9999999 * (1, 2) }}` renders for seconds into hundreds of megabytes.
+pub(super) fn render(source: &str, context: Value, input_bytes: usize) -> Result<String> {
+    let mut env = environment();
+    env.set_fuel(Some(fuel(input_bytes)));
     let origin = Path::new(TEMPLATE_NAME);
     let template = env
         .template_from_str(source)
         .map_err(|e| template_error(&e, source, origin))?;
-    template
-        .render(context)
-        .map_err(|e| template_error(&e, source, origin))
+    let mut out = BoundedOutput::new(output_limit(input_bytes));
+    let rendered = template.render_captured_to(context, &mut out).map(drop);
+    match rendered {
+        Ok(_) => String::from_utf8(out.bytes)
+            .map_err(|_| Error::format(origin, "render", "the template wrote invalid UTF-8")),
+        Err(_) if out.overflowed => Err(Error::format(
+            origin,
+            "render",
+            format!(
+                "the rendered prompt passed {} bytes ({input_bytes} bytes of messages): \
+                 the template repeats or loops far beyond its input",
+                out.limit
+            ),
+        )),
+        Err(e) if e.kind() == ErrorKind::OutOfFuel => Err(Error::format(
+            origin,
+            "render",
+            format!(
+                "the template ran past {} instructions ({input_bytes} bytes of messages): \
+                 it loops far beyond its input",
+                fuel(input_bytes)
+            ),
+        )),
+        Err(e) => Err(template_error(&e, source, origin)),
+    }
+}
+
+/// Instructions a render may execute: a fixed allowance plus a generous amount per
+/// input byte (real templates spend tens of instructions per message).
+fn fuel(input_bytes: usize) -> u64 {
+    1_000_000 + 64 * input_bytes as u64
+}
+
+/// Bytes a render may write: the messages with room for the template's own text.
+fn output_limit(input_bytes: usize) -> usize {
+    (1 << 20) + 8 * input_bytes
+}
+
+/// A render's output, refusing writes past `limit` so a runaway template stops there.
+struct BoundedOutput {
+    bytes: Vec<u8>,
+    limit: usize,
+    overflowed: bool,
+}
+
+impl BoundedOutput {
+    fn new(limit: usize) -> Self {
+        BoundedOutput {
+            bytes: Vec::new(),
+            limit,
+            overflowed: false,
+        }
+    }
+}
+
+impl std::io::Write for BoundedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > self.limit {
+            self.overflowed = true;
+            return Err(std::io::Error::other("the render's output limit"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Parses `source` without rendering it, so a bad template file fails when it is
@@ -300,7 +371,7 @@ mod tests {
     use minijinja::context;
 
     fn render_ok(source: &str, ctx: Value) -> String {
-        render(source, ctx).unwrap()
+        render(source, ctx, 0).unwrap()
     }
 
     /// Renders `{{ v | tojson(args) }}` for a dict written as a Jinja literal.
@@ -335,6 +406,34 @@ mod tests {
         assert_eq!(repr(1.5e-7), "1.5e-07");
         assert_eq!(repr(123456.75), "123456.75");
         assert_eq!(repr(f64::INFINITY), "Infinity");
+    }
+
+    fn render_err(source: &str) -> String {
+        render(source, context! {}, 100).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn runaway_output_stops_at_the_limit() {
+        let err = render_err(r#"{% for i in range(1000) %}{{ "x" * 1000000 }}{% endfor %}"#);
+        assert!(
+            err.contains("the rendered prompt passed 1049376 bytes"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn runaway_loops_run_out_of_fuel() {
+        // The first is a fuzzer finding: printing a repeated tuple costs fuel per item.
+        for source in [
+            r#"{{ 6666666 * (4, "") }}"#,
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        ] {
+            let err = render_err(source);
+            assert!(
+                err.contains("ran past 1006400 instructions"),
+                "{source}: {err}"
+            );
+        }
     }
 
     #[test]
