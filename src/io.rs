@@ -18,6 +18,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    remove_stale_staging(dir, &file_name);
     let tmp = dir.join(format!(".{file_name}.tmp{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -64,9 +65,8 @@ fn decode_text(path: &Path, mut bytes: Vec<u8>) -> Result<String> {
 pub fn write_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let (parent, name) = parent_and_name(dir)?;
     std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    remove_stale_staging(parent, name);
     let staging = parent.join(format!(".{name}.tmp{}", std::process::id()));
-    // A leftover from a crashed run that had our pid: never a folder anyone reads.
-    remove_dir_if_present(&staging)?;
     std::fs::create_dir(&staging).map_err(|e| Error::io(&staging, e))?;
     let built = fill(&staging)
         .and_then(|()| sync_dir(&staging))
@@ -75,6 +75,40 @@ pub fn write_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> R
         let _ = std::fs::remove_dir_all(&staging);
     }
     built
+}
+
+/// Removes the staging files and folders (`.NAME.tmpPID`, `.NAME.oldPID`) that atomic
+/// writes of `name` interrupted by a crash left in `parent`: those whose process is gone
+/// (or is this one, reusing a dead run's pid). The new write supersedes them. Best
+/// effort: a leftover that cannot be listed or removed does not stop the write.
+fn remove_stale_staging(parent: &Path, name: &str) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name.to_str().and_then(|n| staging_pid(n, name)) else {
+            continue;
+        };
+        if pid == std::process::id() || !process_alive(pid) {
+            let _ = remove_if_present(&entry.path());
+        }
+    }
+}
+
+/// The pid in `.NAME.tmpPID` or `.NAME.oldPID`, the names atomic writes stage under.
+fn staging_pid(file_name: &str, name: &str) -> Option<u32> {
+    let rest = file_name.strip_prefix('.')?.strip_prefix(name)?;
+    let pid = rest
+        .strip_prefix(".tmp")
+        .or_else(|| rest.strip_prefix(".old"))?;
+    pid.parse().ok()
+}
+
+/// Whether a process has this pid; where that cannot be told (no /proc), assumed alive,
+/// so another live writer's folder is never removed.
+fn process_alive(pid: u32) -> bool {
+    !Path::new("/proc/self").exists() || Path::new(&format!("/proc/{pid}")).exists()
 }
 
 fn parent_and_name(dir: &Path) -> Result<(&Path, &str)> {
@@ -104,7 +138,7 @@ fn replace_dir(staging: &Path, dir: &Path, parent: &Path, name: &str) -> Result<
             ))
         }
         Ok(_) => {
-            remove_dir_if_present(&old)?;
+            remove_if_present(&old)?;
             std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
             true
         }
@@ -125,9 +159,14 @@ fn replace_dir(staging: &Path, dir: &Path, parent: &Path, name: &str) -> Result<
     Ok(())
 }
 
-fn remove_dir_if_present(dir: &Path) -> Result<()> {
-    match std::fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(dir, e)),
+fn remove_if_present(path: &Path) -> Result<()> {
+    let removed = match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match removed {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, e)),
         _ => Ok(()),
     }
 }
@@ -359,6 +398,40 @@ mod tests {
         drop(first);
         let (_, resumed) = AppendLog::open::<Item>(&path).unwrap();
         assert_eq!(resumed.records, vec![Item { n: 1 }]);
+    }
+
+    #[test]
+    fn a_save_removes_what_crashed_saves_of_its_folder_left() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dead_pid = 4_000_000_000u32; // above any pid_max
+        let live_pid = 1; // init: always running
+        let leftovers = [
+            format!(".model.tmp{dead_pid}"),
+            format!(".model.old{dead_pid}"),
+            format!(".model.tmp{}", std::process::id()),
+        ];
+        let kept = [
+            format!(".model.tmp{live_pid}"),
+            format!(".other.tmp{dead_pid}"),
+            ".model.tmpX".to_string(),
+        ];
+        for name in leftovers.iter().chain(&kept) {
+            std::fs::create_dir(tmp.path().join(name)).unwrap();
+            std::fs::write(tmp.path().join(name).join("config.json"), "{}").unwrap();
+        }
+        std::fs::write(tmp.path().join(format!(".report.json.tmp{dead_pid}")), "{").unwrap();
+        write_atomic(&tmp.path().join("report.json"), b"{}").unwrap();
+        let dir = tmp.path().join("model");
+        write_dir_atomic(&dir, |staging| write_atomic(&staging.join("a"), b"1")).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        let mut expected: Vec<String> = kept.to_vec();
+        expected.extend(["model".into(), "report.json".into()]);
+        expected.sort();
+        assert_eq!(names, expected);
     }
 
     #[test]
