@@ -238,6 +238,18 @@ fn a_kv_budget_too_small_for_the_longest_request_is_refused() {
     );
 }
 
+#[test]
+fn a_batch_of_no_sequences_is_refused() {
+    let cfg = SamplingConfig {
+        batch_size: 0,
+        ..SamplingConfig::default()
+    };
+    let err = generate(&model(64), &[vec![1, 2, 3]], &[], &cfg, |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("batch_size must be at least 1"), "{err}");
+}
+
 /// A config vocabulary padded past the tokenizer's: the padding rows' logits are made the
 /// largest (the final hidden states times 50 × their embedding rows), so greedy and
 /// sampled decoding pick them when allowed and never under `vocab_limit`.

@@ -318,6 +318,15 @@ fn bad_config_fields_are_named() {
             "rope_scaling",
         ),
         ("[1, 2]", "(json)"),
+        // Past f32 (it would become infinity) and below f32's smallest (zero).
+        (
+            r#"{"model_type": "llama", "rope_parameters": {"rope_theta": 1e39}}"#,
+            "rope_parameters.rope_theta",
+        ),
+        (
+            r#"{"model_type": "llama", "hidden_size": 24, "num_attention_heads": 6, "num_hidden_layers": 1, "intermediate_size": 8, "vocab_size": 10, "rms_norm_eps": 1e-50}"#,
+            "rms_norm_eps",
+        ),
     ];
     for (json, field) in cases {
         let err = ModelConfig::from_json(json, Path::new("/x/config.json"))

@@ -88,8 +88,12 @@ impl Fields<'_> {
         match self.obj.get(field) {
             None | Some(Value::Null) => Ok(default),
             Some(v) => match v.as_f64() {
-                Some(x) if x > 0.0 && x.is_finite() => Ok(x as f32),
-                _ => Err(self.err(field, format!("expected a positive number, got {v}"))),
+                // Positive and finite in f32, which the engine computes in.
+                Some(x) if (x as f32) > 0.0 && (x as f32).is_finite() => Ok(x as f32),
+                _ => Err(self.err(
+                    field,
+                    format!("expected a positive number that f32 holds (up to 3.4e38), got {v}"),
+                )),
             },
         }
     }
@@ -130,7 +134,9 @@ fn rope_theta(f: &Fields) -> Result<f32> {
             return nested.f32_or("rope_theta", 10000.0).map_err(|_| {
                 f.err(
                     &format!("{field}.rope_theta"),
-                    format!("expected a positive number, got {theta}"),
+                    format!(
+                        "expected a positive number that f32 holds (up to 3.4e38), got {theta}"
+                    ),
                 )
             });
         }

@@ -276,7 +276,7 @@ fn admit(
     (requests, needs): (&[Request], &[usize]),
     cfg: &SamplingConfig,
 ) -> Result<()> {
-    while slots.len() < cfg.batch_size.max(1) {
+    while slots.len() < cfg.batch_size {
         let Some(&r) = waiting.front() else { break };
         if KvCache::blocks_for(needs[r]) > cache.free_blocks() {
             break;
@@ -329,6 +329,9 @@ fn validate(model: &Model, prompts: &[&[u32]], cfg: &SamplingConfig) -> Result<(
     }
     if !(cfg.top_p > 0.0 && cfg.top_p <= 1.0) {
         return fail(format!("top_p must be in (0, 1], got {}", cfg.top_p));
+    }
+    if cfg.batch_size == 0 {
+        return fail("batch_size must be at least 1".into());
     }
     if cfg.vocab_limit == Some(0) {
         return fail("vocab_limit must leave at least one id to choose".into());

@@ -65,10 +65,10 @@ pub struct DecodingArgs {
     pub system: Option<String>,
     #[arg(long, default_value_t = 256)]
     pub max_new_tokens: usize,
-    /// 0 = greedy.
-    #[arg(long, default_value_t = 0.0)]
+    /// 0 = greedy. A negative value is read as a value (and refused), not as a flag.
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
     pub temperature: f32,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
     pub top_p: f32,
     /// Keep only the k most likely tokens before top-p; 0 keeps them all.
     #[arg(long, default_value_t = 0)]
