@@ -115,6 +115,9 @@ fn clean(answer: &str) -> String {
     {
         return text;
     }
+    if !text.is_ascii() {
+        text = ascii_forms(&text);
+    }
     for (spelling, replacement) in SYNONYMS {
         replace_in_place(&mut text, spelling, replacement);
     }
@@ -127,6 +130,18 @@ fn clean(answer: &str) -> String {
         replace_in_place(&mut text, noise, "");
     }
     without_enclosing_braces(text.trim()).to_string()
+}
+
+/// `text` with fullwidth forms (`１２`, `－５`, `３．５`, which models write in Chinese
+/// text) as their ASCII characters, as Unicode's NFKC maps them.
+fn ascii_forms(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '\u{FF01}'..='\u{FF5E}' => char::from_u32(c as u32 - 0xFEE0).unwrap_or(c),
+            '\u{3000}' => ' ',
+            _ => c,
+        })
+        .collect()
 }
 
 /// `text` without the brace pairs that enclose all of it (`{{5}}` → `5`, `{ {5} }` → `5`,
@@ -460,6 +475,15 @@ mod tests {
         assert_eq!(value("-$4"), Some(-4.0));
         assert_eq!(value("50\\%"), Some(50.0));
         assert_eq!(value("x = 5"), Some(5.0));
+        assert_eq!(value("−7"), Some(-7.0));
+    }
+
+    #[test]
+    fn fullwidth_forms_read_as_ascii() {
+        assert_eq!(value("１２"), Some(12.0));
+        assert_eq!(value("－５"), Some(-5.0));
+        assert_eq!(value("３．５％"), Some(3.5));
+        assert_eq!(value("１，０８０\u{3000}元"), Some(1080.0));
     }
 
     #[test]
