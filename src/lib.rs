@@ -10,6 +10,7 @@ pub mod error;
 pub mod eval;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod hub;
 pub mod io;
 pub mod model;
 pub mod ops;

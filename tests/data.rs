@@ -1047,3 +1047,76 @@ fn a_row_the_template_cannot_render_names_its_dataset_and_keeps_the_position() {
     assert_contains(&err, &["dataset ", "renders nothing"]);
     assert_eq!(stream.state(), before);
 }
+
+/// The rows without their ids: a fallback id names the file and line, which differ by format.
+fn conversations(rows: &[Row]) -> Vec<(&[Message], &[String])> {
+    rows.iter()
+        .map(|row| (row.messages.as_slice(), row.alternatives.as_slice()))
+        .collect()
+}
+
+#[test]
+fn parquet_rows_read_as_their_jsonl_twins() {
+    for (name, format) in [("gsm8k", DataFormat::Gsm8k), ("alpaca", DataFormat::Alpaca)] {
+        let parquet = format!("{name}.parquet");
+        assert_eq!(detect(&data(&parquet)).unwrap(), format);
+        let (from_jsonl, _) = read(&format!("{name}.jsonl"), format);
+        let (from_parquet, report) = read(&parquet, format);
+        assert_eq!(report.records, from_jsonl.len());
+        assert_eq!(
+            conversations(&from_parquet),
+            conversations(&from_jsonl),
+            "{name}"
+        );
+        assert_eq!(from_parquet[1].id, format!("{parquet} row 1"));
+    }
+    // Trace ids come from the data: the rows are equal, ids and alternatives included.
+    let (from_jsonl, jsonl_report) = read("traces.jsonl", DataFormat::Traces);
+    let (from_parquet, parquet_report) = read("traces.parquet", DataFormat::Traces);
+    assert_eq!(detect(&data("traces.parquet")).unwrap(), DataFormat::Traces);
+    assert_eq!(from_parquet, from_jsonl);
+    assert_eq!(
+        parquet_report.incorrect_traces,
+        jsonl_report.incorrect_traces
+    );
+}
+
+#[test]
+fn gsm8k_questions_read_from_parquet_as_from_jsonl_with_row_numbers_as_ids() {
+    let from_jsonl = scotd::data::read_questions(&data("gsm8k.jsonl")).unwrap();
+    let from_parquet = scotd::data::read_questions(&data("gsm8k.parquet")).unwrap();
+    assert_eq!(from_parquet.len(), from_jsonl.len());
+    for (row, (p, j)) in from_parquet.iter().zip(&from_jsonl).enumerate() {
+        assert_eq!((&p.question, &p.gold), (&j.question, &j.gold));
+        assert_eq!(p.id, scotd::data::TraceId::Int(row as i64));
+    }
+    let prompts = scotd::probe::record::read_prompts(&data("gsm8k.parquet")).unwrap();
+    assert_eq!(prompts[0], from_jsonl[0].question);
+}
+
+#[test]
+fn a_parquet_without_a_column_or_a_corrupt_one_is_an_error_naming_the_file() {
+    let path = data("gsm8k_no_answer.parquet");
+    let err = read_err(&path, DataFormat::Gsm8k, BadLines::Fail);
+    assert_contains(
+        &err,
+        &["gsm8k_no_answer.parquet row 0", "answer", "missing"],
+    );
+    let err = scotd::data::read_questions(&path).unwrap_err().to_string();
+    assert_contains(
+        &err,
+        &["gsm8k_no_answer.parquet row 0", "answer", "missing"],
+    );
+    let corrupt = data("corrupt.parquet");
+    let err = read_err(&corrupt, DataFormat::Gsm8k, BadLines::Skip);
+    assert_contains(
+        &err,
+        &[
+            "corrupt.parquet",
+            "(parquet)",
+            "not a readable parquet file",
+        ],
+    );
+    let err = detect(&corrupt).unwrap_err().to_string();
+    assert_contains(&err, &["corrupt.parquet", "not a readable parquet file"]);
+}

@@ -3,8 +3,9 @@
 //!
 //! The path of one example:
 //!
-//! 1. [`read_rows`] reads a file in one of the [`DataFormat`]s (GSM8K, Alpaca, `messages`
-//!    JSONL, or the [`TraceRecord`] JSONL that `scotd sample` writes) into [`Row`]s: one
+//! 1. [`read_rows`] reads a file (JSONL, a JSON array or parquet) in one of the
+//!    [`DataFormat`]s (GSM8K, Alpaca, `messages`, or the [`TraceRecord`] lines that
+//!    `scotd sample` writes) into [`Row`]s: one
 //!    conversation each, ending with the assistant's reply, plus alternative replies when
 //!    a question has several correct traces. Bad records are skipped or fatal
 //!    ([`BadLines`]) and listed in the [`ReadReport`] with their file and line.
@@ -28,6 +29,7 @@ mod formats;
 mod gsm8k;
 mod messages;
 mod mix;
+mod parquet_rows;
 mod questions;
 mod records;
 mod stream;
@@ -41,7 +43,7 @@ pub use formats::{
 pub use gsm8k::{read_gsm8k_solutions, split_gsm8k_answer, Gsm8kAnswer};
 pub use mix::{DatasetSource, Mixer, MixerState, SourceState};
 pub use questions::{read_questions, Question};
-pub use records::Location;
+pub use records::{read_values, Location};
 pub use stream::MixedExamples;
 pub use tokenize::{tokenize_row, Example};
 pub use traces::{TraceId, TraceRecord};

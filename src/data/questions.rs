@@ -1,8 +1,8 @@
 //! Questions with gold answers, the input of teacher sampling and evaluation: a JSONL file
-//! (or JSON array) of GSM8K rows `{"question", "answer"}` whose answer ends in `#### N`,
+//! (or a JSON array, or parquet) of GSM8K rows `{"question", "answer"}` whose answer ends in `#### N`,
 //! or rows `{"question", "gold"}` whose gold is the final answer itself. An optional `id`
 //! (string or integer) names each question; without one, its line number (its index in a
-//! JSON array) does. Every problem is an error naming the file, the line and the field.
+//! JSON array, its row number in parquet) does. Every problem is an error naming the file, the line and the field.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -71,9 +71,7 @@ fn question(
     location: Location,
 ) -> std::result::Result<Question, FieldError> {
     let id = match obj.get("id") {
-        None | Some(Value::Null) => TraceId::Int(match location {
-            Location::Line(n) | Location::Index(n) => n as i64,
-        }),
+        None | Some(Value::Null) => TraceId::Int(location.number() as i64),
         Some(_) => super::traces::trace_id(obj)?,
     };
     Ok(Question {

@@ -1,5 +1,5 @@
-//! The records of a dataset file, each with where it came from: the lines of a JSONL file
-//! or the elements of a JSON array. Also the field accessors every reader uses, so that an
+//! The records of a dataset file, each with where it came from: the lines of a JSONL file,
+//! the elements of a JSON array or the rows of a parquet file. Also the field accessors every reader uses, so that an
 //! error always names the file, the line (or array index) and the field.
 
 use std::fmt;
@@ -8,22 +8,33 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use super::formats::{BadLines, ReadReport, Skipped};
+use super::parquet_rows::{is_parquet, read_parquet_records};
 use crate::{Error, Result};
 
-/// Where a record sits in its file: a JSONL line (1-based, as editors count) or the index
-/// of a JSON array element (0-based, as `jq '.[3]'` counts).
+/// Where a record sits in its file: a JSONL line (1-based, as editors count), the index
+/// of a JSON array element (0-based, as `jq '.[3]'` counts) or a parquet row (0-based, as
+/// pandas and `datasets` count).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Location {
     Line(usize),
     Index(usize),
+    Row(usize),
 }
 
 impl Location {
-    /// `file:12` for a line, `file[3]` for an array element.
+    /// `file:12` for a line, `file[3]` for an array element, `file row 3` for a row.
     pub fn in_file(&self, path: &Path) -> String {
         match self {
             Location::Line(line) => format!("{}:{line}", path.display()),
             Location::Index(index) => format!("{}[{index}]", path.display()),
+            Location::Row(row) => format!("{} row {row}", path.display()),
+        }
+    }
+
+    /// The line, index or row number.
+    pub fn number(&self) -> usize {
+        match self {
+            Location::Line(n) | Location::Index(n) | Location::Row(n) => *n,
         }
     }
 }
@@ -33,6 +44,7 @@ impl fmt::Display for Location {
         match self {
             Location::Line(line) => write!(f, "line {line}"),
             Location::Index(index) => write!(f, "record [{index}]"),
+            Location::Row(row) => write!(f, "row {row}"),
         }
     }
 }
@@ -86,11 +98,15 @@ pub(super) fn reject(
     }
 }
 
-/// Every record of the file, in file order: the elements of a JSON array when the file
+/// Every record of the file, in file order: the rows of a parquet file (see
+/// [`parquet_rows`](super::parquet_rows)), the elements of a JSON array when the file
 /// starts with `[`, otherwise one JSON value per non-blank line (a line that is not JSON
 /// is a record whose value is the parse error). A JSON array that does not parse is
 /// always fatal: there is no line to skip.
 pub(super) fn read_records(path: &Path) -> Result<Vec<Record>> {
+    if is_parquet(path) {
+        return read_parquet_records(path);
+    }
     let text = crate::io::read_text(path)?;
     if text.trim_start().starts_with('[') {
         return json_array_records(path, &text);
@@ -121,6 +137,18 @@ fn json_array_records(path: &Path, text: &str) -> Result<Vec<Record>> {
             value: Ok(value),
         })
         .collect())
+}
+
+/// Every record of a dataset file (JSONL, a JSON array or parquet) with its location; a
+/// line that is not JSON is an error naming the file and the line.
+pub fn read_values(path: &Path) -> Result<Vec<(Location, Value)>> {
+    read_records(path)?
+        .into_iter()
+        .map(|record| match record.value {
+            Ok(value) => Ok((record.location, value)),
+            Err(problem) => Err(problem.at(path, record.location)),
+        })
+        .collect()
 }
 
 /// The first record of the file, for format detection.

@@ -18,6 +18,7 @@ pub use params::{
     parameter_specs, FlatLayout, FlatParam, FlatParams, Init, LayerParam, ParamKind, ParamSpec,
     ParamStore, Projection,
 };
+pub(crate) use weights::shard_paths;
 pub use weights::{save_safetensors, Weights};
 
 use std::path::Path;

@@ -240,7 +240,7 @@ impl Weights {
 }
 
 /// The distinct shard files an index names, in first-seen order.
-fn shard_paths(index: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn shard_paths(index: &Path) -> Result<Vec<PathBuf>> {
     let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
     let value: Value =
         serde_json::from_str(&text).map_err(|e| Error::format(index, "(json)", e.to_string()))?;

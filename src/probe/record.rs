@@ -112,36 +112,16 @@ fn split_heads(
         .collect()
 }
 
-/// The prompt texts of a file: JSONL (or a JSON array, as Alpaca ships) of objects with a
-/// `prompt`, a `question` (GSM8K) or an `instruction` (Alpaca; its `input`, if any, after
-/// a blank line). Errors name the file, the line and what was expected.
+/// The prompt texts of a dataset file (JSONL, a JSON array as Alpaca ships, or parquet) of
+/// objects with a `prompt`, a `question` (GSM8K) or an `instruction` (Alpaca; its `input`,
+/// if any, after a blank line). Errors name the file, the line and what was expected.
 pub fn read_prompts(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let records: Vec<(String, serde_json::Value)> = if text.trim_start().starts_with('[') {
-        let array: Vec<serde_json::Value> = serde_json::from_str(&text)
-            .map_err(|e| Error::format(path, "(json)", e.to_string()))?;
-        array
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| (format!("record {i}"), v))
-            .collect()
-    } else {
-        text.lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-            .map(|(i, l)| {
-                let v = serde_json::from_str(l)
-                    .map_err(|e| Error::format(path, format!("line {}", i + 1), e.to_string()))?;
-                Ok((format!("line {}", i + 1), v))
-            })
-            .collect::<Result<_>>()?
-    };
-    let prompts = records
+    let prompts = crate::data::read_values(path)?
         .iter()
         .map(|(at, v)| {
             prompt_of(v).ok_or_else(|| {
                 let msg = "expected a non-empty \"prompt\", \"question\" or \"instruction\" string";
-                Error::format(path, at.as_str(), msg)
+                Error::format(at.in_file(path), "(prompt)", msg)
             })
         })
         .collect::<Result<Vec<_>>>()?;

@@ -60,7 +60,8 @@ pub enum GpuPrecision {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
-    /// The student: a Hugging Face checkpoint folder.
+    /// The student: a Hugging Face checkpoint folder, or a Hub id (org/name[@revision])
+    /// resolved from the Hugging Face cache (downloaded when absent, unless offline).
     pub model: PathBuf,
     /// Where checkpoints, metrics and the final model go.
     pub output_dir: PathBuf,

@@ -58,10 +58,12 @@ pub fn train(config: TrainConfig, show_progress: bool) -> Result<TrainSummary> {
 /// [`train`], ending early once `stop` is set (by a signal handler, say): the step in
 /// progress is finished and checkpointed, so a rerun resumes right after it.
 pub fn train_until_stopped(
-    config: TrainConfig,
+    mut config: TrainConfig,
     show_progress: bool,
     stop: &AtomicBool,
 ) -> Result<TrainSummary> {
+    // A Hub id becomes its snapshot folder, so a resume checks it is the same commit.
+    config.model = crate::hub::resolve_model(&config.model, crate::hub::Needs::Model)?;
     check_settings(&config)?;
     // Held to the end: a second run on this output_dir is refused before it reads a thing.
     let _one_run_at_a_time = crate::io::lock_folder(&config.output_dir)?;

@@ -32,7 +32,8 @@ enum What {
 
 #[derive(clap::Args)]
 struct TrainArgs {
-    /// A Hugging Face config.json (or a folder holding one): the model's shape.
+    /// A Hugging Face config.json (or a folder holding one, or a Hub id org/name[@revision]
+    /// whose config.json alone is fetched): the model's shape.
     #[arg(long)]
     model: PathBuf,
     /// Rows per step.
@@ -65,7 +66,8 @@ struct TrainArgs {
 
 #[derive(clap::Args)]
 struct GenerateArgs {
-    /// A Hugging Face config.json (or a folder holding one): the model's shape.
+    /// A Hugging Face config.json (or a folder holding one, or a Hub id org/name[@revision]
+    /// whose config.json alone is fetched): the model's shape.
     #[arg(long)]
     model: PathBuf,
     /// Sequences decoded together.
@@ -101,12 +103,13 @@ pub fn run(args: Args) -> Result<()> {
     }
 }
 
-/// The config.json at `model`, or in it when it is a folder.
+/// The config.json at `model`, or in it when it is a folder or a Hub id.
 fn read_config(model: &std::path::Path) -> Result<ModelConfig> {
+    let model = scotd::hub::resolve_model(model, scotd::hub::Needs::Config)?;
     let path = if model.is_dir() {
         model.join("config.json")
     } else {
-        model.to_path_buf()
+        model
     };
     Ok(ModelConfig::from_file(&path)?)
 }

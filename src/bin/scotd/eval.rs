@@ -15,7 +15,8 @@ use crate::prompts::{load_model, DecodingArgs, DeviceArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The checkpoint folder to evaluate.
+    /// The checkpoint folder to evaluate, or a Hub id (org/name[@revision]), as --model of
+    /// `scotd generate`.
     #[arg(long, required_unless_present = "compare")]
     model: Option<PathBuf>,
     /// Questions with gold answers: GSM8K JSONL (`question`, `answer` ending in `#### N`)

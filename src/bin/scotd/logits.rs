@@ -15,7 +15,9 @@ use crate::prompts::{conversation, load_model, DeviceArgs, Loaded};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer.json).
+    /// A Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer.json), or a
+    /// Hub id (org/name or org/name@revision): from the Hugging Face cache, downloaded into
+    /// it when absent (unless HF_HUB_OFFLINE=1).
     #[arg(long)]
     model: PathBuf,
     #[command(flatten)]

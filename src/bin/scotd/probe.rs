@@ -42,7 +42,8 @@ enum What {
 /// The model and how prompts become tokens.
 #[derive(clap::Args)]
 struct ModelArgs {
-    /// A Hugging Face checkpoint folder.
+    /// A Hugging Face checkpoint folder, or a Hub id (org/name[@revision]), as --model of
+    /// `scotd generate`.
     #[arg(long)]
     model: PathBuf,
     #[command(flatten)]

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use scotd::hub::{resolve_model, Needs};
 use scotd::model::Model;
 use scotd::sample::SamplingConfig;
 use scotd::tokenizer::{ChatTemplate, Message, Tokenizer};
@@ -13,7 +14,9 @@ use scotd::{DType, Device};
 /// The model every generating command runs, and how it decodes.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ModelArgs {
-    /// A Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer.json).
+    /// A Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer.json), or a
+    /// Hub id (org/name or org/name@revision): from the Hugging Face cache, downloaded into
+    /// it when absent (unless HF_HUB_OFFLINE=1).
     #[arg(long, visible_alias = "teacher")]
     pub model: PathBuf,
     #[command(flatten)]
@@ -142,8 +145,9 @@ pub struct Loaded {
 }
 
 /// The model for inference on the device and in the precision asked for, and its
-/// tokenizer: what every command that runs a model loads.
-pub fn load_model(dir: &Path, placement: &DeviceArgs) -> Result<(Model, Tokenizer)> {
+/// tokenizer: what every command that runs a model loads. `model` is a folder or a Hub id.
+pub fn load_model(model: &Path, placement: &DeviceArgs) -> Result<(Model, Tokenizer)> {
+    let dir = &resolve_model(model, Needs::Model)?;
     let model = Model::load_on(dir, placement.device, placement.dtype()).with_context(|| {
         format!(
             "loading the model from {} onto {}",

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use scotd::hub::{resolve_model, Needs};
 use scotd::sample::{solution_traces, write_traces};
 use scotd::tokenizer::Tokenizer;
 
@@ -16,7 +17,8 @@ pub struct Args {
     /// The trace JSONL to write (replaced atomically).
     #[arg(long)]
     out: PathBuf,
-    /// A model folder whose tokenizer counts each trace's `tokens` (the student's).
+    /// A model folder (or Hub id, org/name[@revision]) whose tokenizer counts each trace's
+    /// `tokens` (the student's).
     #[arg(long)]
     tokenizer: PathBuf,
     /// Only the first this many questions.
@@ -25,7 +27,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let tokenizer = Tokenizer::from_dir(&args.tokenizer)?;
+    let tokenizer = Tokenizer::from_dir(&resolve_model(&args.tokenizer, Needs::Tokenizer)?)?;
     let traces = solution_traces(&args.data, &tokenizer, args.limit.unwrap_or(usize::MAX))?;
     write_traces(&args.out, &traces).with_context(|| format!("writing {}", args.out.display()))?;
     let correct = traces.iter().filter(|t| t.correct).count();
