@@ -1131,7 +1131,10 @@ fn dataset_flags_replace_the_files_datasets() {
         .collect();
     assert_eq!(names, [("math", 0.25), ("messages", 1.0)]);
     let output = scotd_train(&path)
-        .args(["--dataset", &format!("path={},weight=1", gsm8k.display())])
+        .args([
+            "--dataset",
+            &format!("path={},weight=1", messages.display()),
+        ])
         .output()
         .unwrap();
     assert!(

@@ -245,7 +245,11 @@ impl TrainConfig {
     /// Warmup steps of a run of `total_steps`: `warmup_ratio` of them rounded up, when set.
     pub fn warmup(&self, total_steps: u64) -> u64 {
         match self.warmup_ratio {
-            Some(ratio) => (f64::from(ratio) * total_steps as f64).ceil() as u64,
+            // The ratio as written (0.1, not 0.100000001), so 0.1 of 40 steps is 4.
+            Some(ratio) => {
+                let ratio: f64 = ratio.to_string().parse().unwrap_or(f64::from(ratio));
+                (ratio * total_steps as f64).ceil() as u64
+            }
             None => self.warmup_steps,
         }
     }
