@@ -9,9 +9,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use scotd::autograd::no_grad;
+use scotd::data::Packing;
 use scotd::model::{Batch, Model, ModelConfig};
 use scotd::ops::{cross_entropy, Reduction};
-use scotd::train::{train, GpuPrecision, TrainConfig};
+use scotd::optim::Decay;
+use scotd::train::{train, GpuPrecision, ResumeFrom, TrainConfig};
 use scotd::Device;
 
 /// A tiny Qwen2 with the fixture tokenizer (ChatML template, 335 tokens), saved as a
@@ -340,7 +342,7 @@ fn example_configs_parse_and_bad_fields_are_named() {
     let bad = dir.path().join("bad.toml");
     for (text, field) in [
         ("model = \"m\"\nsteps = \"many\"\n[[datasets]]\nname = \"a\"\npath = \"a\"\nweight = 1.0\n", "steps"),
-        ("model = \"m\"\nlearning_rate = 1.0\n", "learning_rate"),
+        ("model = \"m\"\nbf16 = true\n", "bf16"),
         ("model = \"m\"\n", "datasets"),
         ("model = \"m\"\nlr = -1.0\n[[datasets]]\nname = \"a\"\npath = \"a\"\nweight = 1.0\n", "lr"),
     ] {
@@ -397,15 +399,15 @@ fn the_gpu_step_follows_the_cpu_trainer_and_resumes_across_devices() {
 }
 
 #[test]
-fn without_a_terminal_progress_is_a_log_line_every_log_every_steps() {
+fn without_a_terminal_progress_is_a_log_line_every_logging_steps() {
     let student = tiny_student(32, 2);
     let out = tempfile::tempdir().unwrap();
     let run = out.path().join("logged");
-    let mut cfg = config(student.path(), &run, 5);
-    cfg.log_every = 2;
+    let cfg = config(student.path(), &run, 5);
     std::fs::write(run.with_extension("toml"), toml::to_string(&cfg).unwrap()).unwrap();
+    // Standard error piped: not a terminal. Set by transformers' name for log_every.
     let output = Command::new(env!("CARGO_BIN_EXE_scotd"))
-        .args(["train", "--config"])
+        .args(["train", "--logging-steps", "2", "--config"])
         .arg(run.with_extension("toml"))
         .output()
         .unwrap();
@@ -530,7 +532,7 @@ fn every_setting_is_checked_against_its_range_before_anything_is_written() {
                 "past the model's max_position_embeddings of 512",
             ],
         ),
-        (|c| c.steps = 0, &["steps = 0", "at least 1"]),
+        (|c| c.steps = Some(0), &["steps = 0", "at least 1"]),
         (|c| c.keep_last = 0, &["keep_last = 0", "at least 1"]),
         (
             |c| c.datasets[1].name = "chat".into(),
@@ -781,7 +783,7 @@ fn a_resume_with_other_settings_names_what_differs() {
     let cfg = config(student.path(), &run, 2);
     train(cfg.clone(), false).unwrap();
     let mut other = cfg.clone();
-    other.steps = 4; // free to change
+    other.steps = Some(4); // free to change
     assert_eq!(cfg.weight_decay, 0.0);
     other.weight_decay = 0.25;
     let err = train(other, false).unwrap_err().to_string();
@@ -789,4 +791,460 @@ fn a_resume_with_other_settings_names_what_differs() {
         err.contains("weight_decay (was 0.0, now 0.25)") && !err.contains("steps"),
         "{err}"
     );
+}
+
+/// The run's `train` metrics lines: (step, field) for each.
+fn metric(metrics: &Path, field: &str) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(metrics)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|v| Some((v["step"].as_u64()?, v.get(field)?.as_f64()?)))
+        .collect()
+}
+
+/// A file in transformers' / TRL's names configures the same run as one in ours; a file
+/// or flags naming one setting twice are refused naming both.
+#[test]
+fn transformers_and_trl_names_configure_the_same_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, settings: &str| {
+        let path = dir.path().join(name);
+        let datasets = "[[datasets]]\nname = \"a\"\npath = \"a.jsonl\"\nweight = 1.0\n";
+        std::fs::write(&path, format!("model = \"m\"\n{settings}\n{datasets}")).unwrap();
+        path
+    };
+    let theirs = write(
+        "trl.toml",
+        "learning_rate = 2e-5\nmax_steps = 40\nnum_train_epochs = 3\n\
+         per_device_train_batch_size = 8\ngradient_accumulation_steps = 4\nmax_length = 256\n\
+         lr_scheduler_type = \"constant_with_warmup\"\nadam_beta1 = 0.8\nadam_beta2 = 0.99\n\
+         adam_epsilon = 1e-6\nlogging_steps = 5\neval_steps = 7\nsave_steps = 9\n\
+         save_total_limit = 1\nwarmup_ratio = 0.1\nresume_from_checkpoint = true",
+    );
+    let ours = write(
+        "ours.toml",
+        "lr = 2e-5\nsteps = 40\nepochs = 3.0\nmicro_batch_rows = 8\ngrad_accum = 4\n\
+         seq_len = 256\ndecay = \"constant\"\nbeta1 = 0.8\nbeta2 = 0.99\neps = 1e-6\n\
+         log_every = 5\neval_every = 7\nsave_every = 9\nkeep_last = 1\nwarmup_ratio = 0.1\n\
+         resume_from_checkpoint = true",
+    );
+    let theirs = TrainConfig::load(Some(&theirs), &[]).unwrap();
+    assert_eq!(theirs, TrainConfig::load(Some(&ours), &[]).unwrap());
+    assert_eq!(
+        theirs.resume_from_checkpoint,
+        Some(ResumeFrom::Newest(true))
+    );
+    assert_eq!(
+        theirs.total_steps(|| unreachable!()).unwrap(),
+        40,
+        "max_steps wins"
+    );
+    assert_eq!(theirs.warmup(40), 4);
+
+    let both = write("both.toml", "lr = 1e-5\nlearning_rate = 2e-5");
+    let err = TrainConfig::load(Some(&both), &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("both.toml") && err.contains("learning_rate and lr"),
+        "{err}"
+    );
+    let seq = write("seq.toml", "max_seq_length = 64\nseq_len = 64");
+    let err = TrainConfig::load(Some(&seq), &[]).unwrap_err().to_string();
+    assert!(err.contains("max_seq_length and seq_len"), "{err}");
+    let warm = write("warm.toml", "warmup_steps = 3\nwarmup_ratio = 0.1");
+    let err = TrainConfig::load(Some(&warm), &[]).unwrap_err().to_string();
+    assert!(err.contains("warmup_steps and warmup_ratio"), "{err}");
+    // A flag replaces the file's value of the same setting under either name, and the
+    // file's other member of a pair of which one decides.
+    let flagged = TrainConfig::load(
+        Some(&write("f.toml", "lr = 1e-5\nsteps = 40\nwarmup_steps = 3")),
+        &[
+            ("learning-rate".into(), "3e-5".into()),
+            ("num_train_epochs".into(), "2".into()),
+            ("warmup_ratio".into(), "0.5".into()),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            flagged.lr,
+            flagged.steps,
+            flagged.epochs,
+            flagged.warmup_ratio
+        ),
+        (3e-5, None, Some(2.0), Some(0.5))
+    );
+    let err = TrainConfig::load(
+        None,
+        &[
+            ("lr".into(), "1e-5".into()),
+            ("learning_rate".into(), "1e-5".into()),
+        ],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("(flags)") && err.contains("learning_rate and lr"),
+        "{err}"
+    );
+}
+
+/// `--learning-rate` (and `--learning_rate`, as HfArgumentParser spells it) is `lr`:
+/// refused with lr's range, which names both; every flag's help gives its meaning.
+#[test]
+fn the_command_line_takes_trl_flags_and_explains_every_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let student = tiny_student(32, 1);
+    let run = dir.path().join("run");
+    let cfg = config(student.path(), &run, 2);
+    std::fs::write(run.with_extension("toml"), toml::to_string(&cfg).unwrap()).unwrap();
+    for flag in ["--learning-rate", "--learning_rate"] {
+        let output = scotd_train(&run.with_extension("toml"))
+            .args([flag, "-1"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("lr = -1.0 (transformers / TRL: learning_rate)")
+                && stderr.contains("(0, 1]"),
+            "{flag}: {stderr}"
+        );
+    }
+    let output = scotd_train(&run.with_extension("toml"))
+        .args(["--lr", "1e-5", "--learning-rate", "2e-5"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("learning_rate and lr"), "{stderr}");
+    assert!(!run.exists());
+
+    let help = Command::new(env!("CARGO_BIN_EXE_scotd"))
+        .args(["train", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(!help.contains("Overrides"), "{help}");
+    assert!(
+        help.contains("Peak learning rate (learning_rate) [default: 1e-5]"),
+        "{help}"
+    );
+    assert!(help.contains("--save-total-limit"), "{help}");
+    // Each flag's help line is not empty.
+    let flags: Vec<&str> = help
+        .lines()
+        .filter(|l| l.trim_start().starts_with("--"))
+        .collect();
+    assert!(flags.len() > 40, "{help}");
+    let lines: Vec<&str> = help.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim_start().starts_with("--") && !line.contains("  ") {
+            let next = lines.get(i + 1).map_or("", |l| l.trim());
+            assert!(
+                !next.is_empty() && !next.starts_with("--"),
+                "{line} has no help"
+            );
+        }
+    }
+}
+
+/// `epochs` counts steps from the data: padded one example a row, 13 rows at 2 rows a
+/// micro-batch and 2 micro-batches a step are 7 micro-batches, 4 steps an epoch; `steps`
+/// wins when both are set. `warmup_ratio` is a fraction of those steps.
+#[test]
+fn epochs_count_steps_from_the_data_and_warmup_ratio_scales_with_them() {
+    let student = tiny_student(32, 1);
+    let out = tempfile::tempdir().unwrap();
+    let by_epochs = |name: &str, epochs: f64, steps: Option<u64>| {
+        let mut cfg = config(student.path(), &out.path().join(name), 1);
+        (cfg.steps, cfg.epochs) = (steps, Some(epochs));
+        (cfg.packing, cfg.seq_len, cfg.save_every) = (Packing::Pad, 512, 0);
+        (cfg.warmup_ratio, cfg.decay) = (Some(0.25), Decay::Constant);
+        cfg
+    };
+    let run = train(by_epochs("two", 2.0, None), false).unwrap();
+    assert_eq!(run.steps, 8);
+    let epochs = metric(&run.metrics, "epoch");
+    assert_eq!(epochs.len(), 8);
+    // 4 draws a step over 13 rows.
+    assert_eq!(epochs[0], (1, 4.0 / 13.0));
+    assert!(epochs[7].1 >= 2.0, "{epochs:?}");
+    // Warmup: a quarter of 8 steps, so the third update is the first at the peak.
+    let lrs: Vec<f64> = metric(&run.metrics, "lr")
+        .iter()
+        .map(|&(_, lr)| lr)
+        .collect();
+    assert_eq!(lrs[..3], [0.0, 1.5e-3, 3e-3].map(|x: f64| x as f32 as f64));
+    assert_eq!(train(by_epochs("half", 0.5, None), false).unwrap().steps, 2);
+    assert_eq!(
+        train(by_epochs("steps", 2.0, Some(3)), false)
+            .unwrap()
+            .steps,
+        3
+    );
+}
+
+/// `resume_from_checkpoint`: `true` needs a checkpoint, `false` refuses one, a path
+/// resumes from it (in another folder too, bit-identically) unless a newer checkpoint
+/// would be overwritten.
+#[test]
+fn resume_from_checkpoint_true_false_or_a_path() {
+    let student = tiny_student(32, 1);
+    let out = tempfile::tempdir().unwrap();
+    let first = out.path().join("first");
+    let with = |dir: &Path, resume: Option<ResumeFrom>| {
+        let mut cfg = config(student.path(), dir, 8);
+        cfg.resume_from_checkpoint = resume;
+        cfg
+    };
+    let err = train(with(&first, Some(ResumeFrom::Newest(true))), false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("resume_from_checkpoint = true") && err.contains("no complete"),
+        "{err}"
+    );
+    let straight = train(with(&first, None), false).unwrap();
+    let err = train(with(&first, Some(ResumeFrom::Newest(false))), false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("resume_from_checkpoint = false") && err.contains("checkpoint-8"),
+        "{err}"
+    );
+    let again = train(with(&first, Some(ResumeFrom::Newest(true))), false).unwrap();
+    assert_eq!(again.resumed_from, Some(8));
+
+    let older = first.join("checkpoint-4");
+    let err = train(
+        with(&first, Some(ResumeFrom::Checkpoint(older.clone()))),
+        false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("newer") && err.contains("checkpoint-8"),
+        "{err}"
+    );
+    let err = train(
+        with(&first, Some(ResumeFrom::Checkpoint(out.path().into()))),
+        false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("not a complete checkpoint"), "{err}");
+
+    let elsewhere = out.path().join("elsewhere");
+    let continued = train(with(&elsewhere, Some(ResumeFrom::Checkpoint(older))), false).unwrap();
+    assert_eq!(continued.resumed_from, Some(4));
+    let tail: Vec<(u64, f32)> = losses(&straight.metrics).into_iter().skip(4).collect();
+    assert_eq!(losses(&continued.metrics), tail);
+}
+
+/// The TensorBoard event file beside metrics.jsonl: valid TFRecord framing (both CRCs of
+/// every record), a version event first, then each metrics line's numbers under
+/// transformers' names, after a resume too (rewritten from the lines kept).
+#[test]
+fn tensorboard_events_hold_the_metrics_under_transformers_names() {
+    let student = tiny_student(32, 1);
+    let out = tempfile::tempdir().unwrap();
+    let run = out.path().join("run");
+    let with_evals = |steps| {
+        let mut cfg = config(student.path(), &run, steps);
+        (cfg.eval_rows, cfg.eval_every) = (1, 2);
+        cfg
+    };
+    train(with_evals(3), false).unwrap();
+    let summary = train(with_evals(5), false).unwrap();
+    assert_eq!(summary.resumed_from, Some(3));
+    let events = tfevents::read(&run.join(scotd::train::tensorboard::EVENTS_FILE));
+    assert_eq!(events[0].file_version.as_deref(), Some("brain.Event:2"));
+    let decoded: Vec<(u64, String, f32)> = events[1..]
+        .iter()
+        .flat_map(|e| e.scalars.iter().map(|(tag, v)| (e.step, tag.clone(), *v)))
+        .collect();
+    let mut expected = Vec::new();
+    for line in std::fs::read_to_string(&summary.metrics).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let step = v["step"].as_u64().unwrap();
+        let mut add = |tag: &str, field: &serde_json::Value| {
+            expected.push((step, tag.to_string(), field.as_f64().unwrap() as f32));
+        };
+        if v.get("loss").is_some() {
+            for (field, tag) in [
+                ("loss", "train/loss"),
+                ("lr", "train/learning_rate"),
+                ("grad_norm", "train/grad_norm"),
+                ("epoch", "train/epoch"),
+            ] {
+                add(tag, &v[field]);
+            }
+        } else {
+            add("eval/loss", &v["eval_loss"]);
+            for (name, loss) in v["eval_loss_by_dataset"].as_object().unwrap() {
+                add(&format!("eval/{name}_loss"), loss);
+            }
+        }
+    }
+    assert_eq!(decoded, expected);
+    let train_steps: Vec<u64> = events[1..]
+        .iter()
+        .filter(|e| e.scalars.iter().any(|(t, _)| t == "train/loss"))
+        .map(|e| e.step)
+        .collect();
+    assert_eq!(
+        train_steps,
+        [1, 2, 3, 4, 5],
+        "no step twice after the resume"
+    );
+}
+
+/// `--dataset` flags: one entry each, replacing the file's datasets.
+#[test]
+fn dataset_flags_replace_the_files_datasets() {
+    let student = tiny_student(32, 1);
+    let out = tempfile::tempdir().unwrap();
+    let run = out.path().join("run");
+    let cfg = config(student.path(), &run, 2);
+    let path = run.with_extension("toml");
+    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    let gsm8k = common::fixture("data/gsm8k.jsonl");
+    let messages = common::fixture("data/messages.jsonl");
+    let loaded = TrainConfig::load(
+        Some(&path),
+        &[
+            (
+                "dataset".into(),
+                format!(
+                    "name=math,path={},weight=0.25,format=gsm8k",
+                    gsm8k.display()
+                ),
+            ),
+            ("dataset".into(), messages.display().to_string()),
+        ],
+    )
+    .unwrap();
+    let names: Vec<(&str, f64)> = loaded
+        .datasets
+        .iter()
+        .map(|d| (d.name.as_str(), d.weight))
+        .collect();
+    assert_eq!(names, [("math", 0.25), ("messages", 1.0)]);
+    let output = scotd_train(&path)
+        .args([
+            "--dataset",
+            &format!("path={},weight=1", messages.display()),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let err = TrainConfig::load(
+        Some(&path),
+        &[("dataset".into(), "path=x.jsonl,weigth=1".into())],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("--dataset") && err.contains("unknown key `weigth`"),
+        "{err}"
+    );
+}
+
+/// A reader of TensorBoard event files written from the format (TFRecord framing, the
+/// protocol-buffer wire format), not from the writer, to check it.
+mod tfevents {
+    use scotd::train::tensorboard::masked_crc32c;
+
+    #[derive(Debug, Default)]
+    pub struct Event {
+        pub step: u64,
+        pub file_version: Option<String>,
+        pub scalars: Vec<(String, f32)>,
+    }
+
+    pub fn read(path: &std::path::Path) -> Vec<Event> {
+        let bytes = std::fs::read(path).unwrap();
+        let mut events = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let length_bytes = &bytes[at..at + 8];
+            let length = u64::from_le_bytes(length_bytes.try_into().unwrap()) as usize;
+            let crc = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap());
+            assert_eq!(crc, masked_crc32c(length_bytes), "length CRC at {at}");
+            let data = &bytes[at + 12..at + 12 + length];
+            let end = at + 12 + length;
+            let crc = u32::from_le_bytes(bytes[end..end + 4].try_into().unwrap());
+            assert_eq!(crc, masked_crc32c(data), "data CRC at {at}");
+            events.push(event(data));
+            at = end + 4;
+        }
+        events
+    }
+
+    /// (field number, wire type, value bytes or varint) of each field of a message.
+    fn fields(mut data: &[u8]) -> Vec<(u64, u64, Vec<u8>, u64)> {
+        let mut out = Vec::new();
+        while !data.is_empty() {
+            let key = varint(&mut data);
+            let (field, wire) = (key >> 3, key & 7);
+            match wire {
+                0 => out.push((field, wire, Vec::new(), varint(&mut data))),
+                1 | 5 => {
+                    let n = if wire == 1 { 8 } else { 4 };
+                    out.push((field, wire, data[..n].to_vec(), 0));
+                    data = &data[n..];
+                }
+                2 => {
+                    let n = varint(&mut data) as usize;
+                    out.push((field, wire, data[..n].to_vec(), 0));
+                    data = &data[n..];
+                }
+                _ => panic!("wire type {wire}"),
+            }
+        }
+        out
+    }
+
+    fn varint(data: &mut &[u8]) -> u64 {
+        let mut value = 0;
+        for shift in (0..64).step_by(7) {
+            let byte = data[0];
+            *data = &data[1..];
+            value |= u64::from(byte & 0x7F) << shift;
+            if byte < 0x80 {
+                break;
+            }
+        }
+        value
+    }
+
+    fn event(data: &[u8]) -> Event {
+        let mut event = Event::default();
+        for (field, wire, bytes, number) in fields(data) {
+            match (field, wire) {
+                (1, 1) => assert!(f64::from_le_bytes(bytes.try_into().unwrap()) > 1e9),
+                (2, 0) => event.step = number,
+                (3, 2) => event.file_version = Some(String::from_utf8(bytes).unwrap()),
+                (5, 2) => {
+                    for (_, _, value, _) in fields(&bytes) {
+                        let (mut tag, mut simple) = (String::new(), None);
+                        for (f, w, b, _) in fields(&value) {
+                            match (f, w) {
+                                (1, 2) => tag = String::from_utf8(b).unwrap(),
+                                (2, 5) => simple = Some(f32::from_le_bytes(b.try_into().unwrap())),
+                                other => panic!("unexpected Summary.Value field {other:?}"),
+                            }
+                        }
+                        event.scalars.push((tag, simple.expect("a simple_value")));
+                    }
+                }
+                other => panic!("unexpected Event field {other:?}"),
+            }
+        }
+        event
+    }
 }

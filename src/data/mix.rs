@@ -47,6 +47,21 @@ pub struct MixerState {
     pub sources: Vec<SourceState>,
 }
 
+impl MixerState {
+    /// Rows drawn so far, over every dataset and epoch of it.
+    pub fn draws(&self) -> u64 {
+        self.sources
+            .iter()
+            .map(|s| s.epoch * s.rows as u64 + s.position as u64)
+            .sum()
+    }
+
+    /// The rows of all datasets together: the draws of one epoch of the mix.
+    pub fn rows(&self) -> u64 {
+        self.sources.iter().map(|s| s.rows as u64).sum()
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SourceState {
     pub name: String,

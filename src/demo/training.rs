@@ -118,7 +118,7 @@ fn trainer_config(
         seq_len: training.seq_len,
         micro_batch_rows: training.batch_rows,
         grad_accum: 1,
-        steps: training.steps,
+        steps: Some(training.steps),
         lr: training.lr,
         warmup_steps: training.steps / 20,
         weight_decay: 0.0,

@@ -10,10 +10,12 @@ use super::widen_as_written;
 #[serde(rename_all = "snake_case")]
 pub enum Decay {
     /// Half a cosine from the peak down to the floor.
+    #[serde(alias = "cosine_with_min_lr")]
     Cosine,
     /// A straight line from the peak down to the floor.
     Linear,
-    /// The peak, held.
+    /// The peak, held (after the warmup, as transformers' `constant_with_warmup`).
+    #[serde(alias = "constant_with_warmup")]
     Constant,
 }
 

@@ -1,12 +1,15 @@
 //! The trainer's configuration: one TOML file (`scotd train --config run.toml`) whose
-//! every field can also be given as a flag (`--lr 2e-5`, `--datasets.0.weight 0.5` is not
-//! needed: datasets come from the file or repeated `--dataset` flags). Defaults are the
-//! ones a small SFT run wants; docs/train.md and configs/ show complete files.
+//! every field can also be given as a flag (`--lr 2e-5`); datasets come from the file's
+//! `[[datasets]]`, a `--datasets` TOML array, or repeated `--dataset name=gsm8k,path=x.jsonl`
+//! flags. transformers' and TRL's names are accepted too (`learning_rate`, `--learning-rate`:
+//! [`hf_names`](super::hf_names)). Defaults are the ones a small SFT run wants;
+//! docs/train.md lists every setting and configs/ shows complete files.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::hf_names;
 use crate::data::{BadLines, DataFormat, Overlong, Packing};
 use crate::model::ModelConfig;
 use crate::optim::Decay;
@@ -24,6 +27,22 @@ pub const MAX_MICRO_BATCH_TOKENS: usize = 1 << 16;
 /// and targets, 20 bytes a token, are in memory together: 320 MB at this cap, 512 times
 /// the reference run's step of 32,768 tokens.
 pub const MAX_STEP_TOKENS: usize = 1 << 24;
+
+/// A run's steps when neither `steps` nor `epochs` is set.
+pub const DEFAULT_STEPS: u64 = 1000;
+
+/// The most epochs a run may ask for; past it, a typo rather than a plan.
+pub const MAX_EPOCHS: f64 = 1e6;
+
+/// Where a run starts from (`resume_from_checkpoint`, as transformers' `Trainer.train`
+/// takes it: `true` or a checkpoint folder).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ResumeFrom {
+    /// `true`: the newest checkpoint in `output_dir`, which must exist; `false`: none.
+    Newest(bool),
+    Checkpoint(PathBuf),
+}
 
 /// One dataset of the mix.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -83,9 +102,19 @@ pub struct TrainConfig {
     pub packing: Packing,
     pub overlong: Overlong,
 
-    pub steps: u64,
+    /// Optimizer steps of the run; when unset, `epochs` decides, and without either,
+    /// [`DEFAULT_STEPS`]. Set with `epochs`, `steps` wins (as transformers' `max_steps`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<u64>,
+    /// Passes over the training rows (fractions allowed): the steps are counted from the
+    /// data ([`super::epochs`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<f64>,
     pub lr: f32,
     pub warmup_steps: u64,
+    /// Warmup as a fraction of the run's steps (rounded up); replaces `warmup_steps`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warmup_ratio: Option<f32>,
     pub decay: Decay,
     /// The learning-rate floor as a fraction of `lr`.
     pub min_lr_ratio: f32,
@@ -107,6 +136,11 @@ pub struct TrainConfig {
     /// Checkpoints kept (the oldest are deleted).
     pub keep_last: usize,
     pub save_dtype: SaveDtype,
+    /// Unset: continue from the newest checkpoint in `output_dir` if there is one. `true`:
+    /// from the newest, which must exist; `false`: start afresh, refused when `output_dir`
+    /// holds a checkpoint; a path: from that checkpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resume_from_checkpoint: Option<ResumeFrom>,
 
     /// Where the step runs: "cpu", "emulator" (the CUDA kernels on the CPU emulator: slow,
     /// for checking the GPU path without one) or "cuda" / "cuda:N" (a build with
@@ -136,9 +170,11 @@ impl Default for TrainConfig {
             grad_accum: 1,
             packing: Packing::Pack,
             overlong: Overlong::Truncate,
-            steps: 1000,
+            steps: None,
+            epochs: None,
             lr: 1e-5,
             warmup_steps: 30,
+            warmup_ratio: None,
             decay: Decay::Cosine,
             min_lr_ratio: 0.1,
             weight_decay: 0.01,
@@ -152,6 +188,7 @@ impl Default for TrainConfig {
             save_every: 200,
             keep_last: 2,
             save_dtype: SaveDtype::F32,
+            resume_from_checkpoint: None,
             device: Device::Cpu,
             gpu_precision: GpuPrecision::Bf16,
             recompute: false,
@@ -161,25 +198,61 @@ impl Default for TrainConfig {
 
 impl TrainConfig {
     /// Reads a TOML file, then applies `overrides` (field = TOML value) from flags.
+    /// A `dataset` override (repeatable) is one [`DatasetConfig`] in flag form
+    /// ([`DatasetConfig::from_flag`]); together they replace the file's datasets.
     pub fn load(path: Option<&Path>, overrides: &[(String, String)]) -> Result<Self> {
         let label = path.map_or_else(|| PathBuf::from("(flags)"), Path::to_path_buf);
         let mut table = match path {
             Some(p) => {
                 let text = crate::io::read_text(p)?;
-                text.parse::<toml::Table>()
-                    .map_err(|e| Error::format(p, "(toml)", e.to_string()))?
+                let table = text
+                    .parse::<toml::Table>()
+                    .map_err(|e| Error::format(p, "(toml)", e.to_string()))?;
+                hf_names::to_ours(table, p)?
             }
             None => toml::Table::new(),
         };
-        for (key, value) in overrides {
-            let parsed = parse_flag_value(value);
-            table.insert(key.replace('-', "_"), parsed);
+        let flags = flag_table(overrides)?;
+        refuse_two_warmups(&table, &label)?;
+        refuse_two_warmups(&flags, Path::new("(flags)"))?;
+        for (key, value) in flags {
+            for group in hf_names::ONE_DECIDES
+                .iter()
+                .filter(|g| g.contains(&key.as_str()))
+            {
+                for other in group {
+                    table.remove(*other);
+                }
+            }
+            table.insert(key, value);
         }
         let config: TrainConfig = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| Error::format(&label, "(config)", e.to_string()))?;
         config.validate(&label)?;
         Ok(config)
+    }
+
+    /// The run's steps: `steps`, else `epochs` × `steps_per_epoch` rounded up (as
+    /// transformers counts them), else [`DEFAULT_STEPS`].
+    pub fn total_steps(&self, steps_per_epoch: impl FnOnce() -> Result<u64>) -> Result<u64> {
+        match (self.steps, self.epochs) {
+            (Some(steps), _) => Ok(steps),
+            (None, Some(epochs)) => Ok(((epochs * steps_per_epoch()? as f64).ceil() as u64).max(1)),
+            (None, None) => Ok(DEFAULT_STEPS),
+        }
+    }
+
+    /// Warmup steps of a run of `total_steps`: `warmup_ratio` of them rounded up, when set.
+    pub fn warmup(&self, total_steps: u64) -> u64 {
+        match self.warmup_ratio {
+            // The ratio as written (0.1, not 0.100000001), so 0.1 of 40 steps is 4.
+            Some(ratio) => {
+                let ratio: f64 = ratio.to_string().parse().unwrap_or(f64::from(ratio));
+                (ratio * total_steps as f64).ceil() as u64
+            }
+            None => self.warmup_steps,
+        }
     }
 
     /// The names of every field, for building one flag per field.
@@ -197,7 +270,8 @@ impl TrainConfig {
         self.validate_datasets(label)?;
         self.validate_sizes(label)?;
         self.validate_optimizer(label)?;
-        self.validate_counts(label)
+        self.validate_counts(label)?;
+        self.validate_resume(label)
     }
 
     /// Checks the settings that depend on the student: `model` is its config.json.
@@ -314,6 +388,7 @@ impl TrainConfig {
             ("beta2", self.beta2, ZeroToBelowOne),
             ("eps", self.eps, AboveZeroToOne),
             ("max_grad_norm", self.max_grad_norm, FiniteNonNegative),
+            ("warmup_ratio", self.warmup_ratio.unwrap_or(0.0), ZeroToOne),
         ] {
             if !allowed.contains(value) {
                 return Err(out_of_range(label, field, value, allowed.describe()));
@@ -323,12 +398,15 @@ impl TrainConfig {
     }
 
     fn validate_counts(&self, label: &Path) -> Result<()> {
-        if self.steps == 0 {
+        if self.steps == Some(0) {
+            return Err(out_of_range(label, "steps", 0, "must be at least 1"));
+        }
+        if let Some(epochs) = self.epochs.filter(|e| !(*e > 0.0 && *e <= MAX_EPOCHS)) {
             return Err(out_of_range(
                 label,
-                "steps",
-                self.steps,
-                "must be at least 1",
+                "epochs",
+                epochs,
+                format!("must be in (0, {MAX_EPOCHS:e}]"),
             ));
         }
         if self.keep_last == 0 {
@@ -341,6 +419,105 @@ impl TrainConfig {
         }
         Ok(())
     }
+
+    fn validate_resume(&self, label: &Path) -> Result<()> {
+        match &self.resume_from_checkpoint {
+            Some(ResumeFrom::Checkpoint(path)) if path.as_os_str().is_empty() => {
+                Err(Error::format(
+                    label,
+                    "resume_from_checkpoint",
+                    "empty: true, false or a checkpoint folder",
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl DatasetConfig {
+    /// A dataset from the flag form of its TOML entry, `key=value` pairs split by commas:
+    /// `name=gsm8k,path=train.jsonl,weight=0.7,format=gsm8k`, or `path=x.jsonl` alone
+    /// (named after the file, weight 1, format detected) or just `x.jsonl`.
+    pub fn from_flag(spec: &str) -> Result<Self> {
+        let bad = |msg: String| Error::format("(flags)", format!("--dataset {spec}"), msg);
+        let mut entry = toml::Table::new();
+        for part in spec.split(',') {
+            let (key, value) = match part.split_once('=') {
+                Some((key, value)) => (key.trim(), value.trim()),
+                None if !entry.contains_key("path") => ("path", part.trim()),
+                None => return Err(bad(format!("`{part}` is not key=value"))),
+            };
+            let value = match key {
+                "weight" => toml::Value::Float(
+                    value
+                        .parse()
+                        .map_err(|_| bad(format!("weight `{value}` is not a number")))?,
+                ),
+                "name" | "path" | "format" => toml::Value::String(value.to_string()),
+                _ => {
+                    return Err(bad(format!(
+                        "unknown key `{key}`: name, path, weight or format"
+                    )))
+                }
+            };
+            entry.insert(key.to_string(), value);
+        }
+        let path = entry
+            .get("path")
+            .and_then(toml::Value::as_str)
+            .ok_or_else(|| bad("no path".into()))?;
+        let stem = Path::new(path)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        entry.entry("name").or_insert(toml::Value::String(stem));
+        entry.entry("weight").or_insert(toml::Value::Float(1.0));
+        toml::Value::Table(entry)
+            .try_into()
+            .map_err(|e: toml::de::Error| bad(e.to_string()))
+    }
+}
+
+/// The flags as a table of our names: each value parsed as TOML ([`parse_flag_value`]),
+/// repeated `dataset` flags gathered into `datasets`.
+fn flag_table(overrides: &[(String, String)]) -> Result<toml::Table> {
+    let mut table = toml::Table::new();
+    let mut datasets = Vec::new();
+    for (key, value) in overrides {
+        let key = key.replace('-', "_");
+        if key == "dataset" {
+            let entry = toml::Value::try_from(DatasetConfig::from_flag(value)?)
+                .expect("a dataset serialises");
+            datasets.push(entry);
+        } else {
+            table.insert(key, parse_flag_value(value));
+        }
+    }
+    let mut table = hf_names::to_ours(table, Path::new("(flags)"))?;
+    if !datasets.is_empty() && table.contains_key("datasets") {
+        return Err(Error::format(
+            "(flags)",
+            "--dataset and --datasets",
+            "both given: use one",
+        ));
+    }
+    if !datasets.is_empty() {
+        table.insert("datasets".into(), toml::Value::Array(datasets));
+    }
+    Ok(table)
+}
+
+/// `warmup_ratio` replaces `warmup_steps`: a table with both is ambiguous (transformers
+/// would quietly prefer `warmup_steps`).
+fn refuse_two_warmups(table: &toml::Table, label: &Path) -> Result<()> {
+    if table.contains_key("warmup_steps") && table.contains_key("warmup_ratio") {
+        return Err(Error::format(
+            label,
+            "warmup_steps and warmup_ratio",
+            "both set: warmup_ratio replaces warmup_steps, keep one",
+        ));
+    }
+    Ok(())
 }
 
 /// Where a float setting must lie; NaN lies in none.
@@ -380,12 +557,27 @@ fn out_of_range(
     value: impl std::fmt::Debug,
     allowed: impl Into<String>,
 ) -> Error {
-    Error::format(label, format!("{field} = {value:?}"), allowed)
+    let hf: Vec<&str> = hf_names::hf_names_of(field).collect();
+    let also = if hf.is_empty() {
+        String::new()
+    } else {
+        format!(" (transformers / TRL: {})", hf.join(", "))
+    };
+    Error::format(label, format!("{field} = {value:?}{also}"), allowed)
 }
 
 /// Fields that are `None` by default, so absent from the serialised default.
 fn optional_fields() -> impl Iterator<Item = String> {
-    ["template", "system_prompt"].into_iter().map(String::from)
+    [
+        "template",
+        "system_prompt",
+        "steps",
+        "epochs",
+        "warmup_ratio",
+        "resume_from_checkpoint",
+    ]
+    .into_iter()
+    .map(String::from)
 }
 
 /// A flag's value as TOML when it parses as a TOML value (numbers, booleans, arrays),

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::checkpoints::{self, TrainerState};
-use super::config::{GpuPrecision, SaveDtype, TrainConfig};
+use super::config::{GpuPrecision, ResumeFrom, SaveDtype, TrainConfig};
+use super::epochs;
 use super::metrics::{EvalMetrics, MetricsLog, StepMetrics};
 use super::step::{train_step, MicroBatch};
 use crate::autograd::no_grad;
@@ -48,6 +49,8 @@ struct Run<'a> {
     /// Held-out examples and the index of the dataset each came from.
     eval_examples: Vec<(usize, Example)>,
     schedule: Schedule,
+    /// `steps`, or counted from `epochs` ([`TrainConfig::total_steps`]).
+    total_steps: u64,
 }
 
 /// Runs (or resumes) the training described by `config`.
@@ -82,14 +85,15 @@ pub fn train_until_stopped(
     let out = run.config.output_dir.clone();
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     let mut log = MetricsLog::open(&out.join("metrics.jsonl"), resumed.map(|s| s.step))?;
-    let progress = Progress::new(show_progress, start, &run.config);
+    let total_steps = run.total_steps;
+    let progress = Progress::new(show_progress, start, run.config.log_every, total_steps);
     if start == 0 && run.config.eval_every > 0 && !run.eval_examples.is_empty() {
         // The held-out loss before any step: where the curves start from.
         run.log_evaluation(&mut log, 0)?;
     }
     let mut last_loss = log.last_loss.unwrap_or(f32::NAN);
     let mut interrupted_at = None;
-    for step in start..run.config.steps {
+    for step in start..total_steps {
         let m = run.step(step)?;
         let done = step + 1;
         if !m.skipped {
@@ -106,9 +110,9 @@ pub fn train_until_stopped(
         }
         // Checked after the step's evaluation, so the metrics of a run stopped and
         // resumed are those of one that was not.
-        let stopping = stop.load(Ordering::SeqCst) && done < run.config.steps;
-        let saving = done == run.config.steps
-            || (run.config.save_every > 0 && done % run.config.save_every == 0);
+        let stopping = stop.load(Ordering::SeqCst) && done < total_steps;
+        let saving =
+            done == total_steps || (run.config.save_every > 0 && done % run.config.save_every == 0);
         if saving || stopping {
             run.save(done, optimizer_steps)?;
         }
@@ -118,10 +122,9 @@ pub fn train_until_stopped(
         }
     }
     progress.finish();
-    let steps = run.config.steps;
-    let final_dir = checkpoints::checkpoint_dir(&out, interrupted_at.unwrap_or(steps));
+    let final_dir = checkpoints::checkpoint_dir(&out, interrupted_at.unwrap_or(total_steps));
     Ok(TrainSummary {
-        steps,
+        steps: total_steps,
         resumed_from: resumed.map(|s| s.step),
         interrupted_at,
         final_loss: last_loss,
@@ -139,8 +142,9 @@ fn check_settings(config: &TrainConfig) -> Result<()> {
     config.validate_for_model(&model, label)
 }
 
-/// How a run shows its steps: a progress bar on a terminal, else (a log file, a CI job)
-/// a plain line every `log_every` steps; nothing when not shown.
+/// How a run shows its steps: a progress bar on a terminal, else (a log file, a CI job;
+/// indicatif draws nothing there) a plain line every `log_every` steps; nothing when not
+/// shown.
 struct Progress {
     bar: ProgressBar,
     log_every: u64,
@@ -149,17 +153,13 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(show: bool, start: u64, config: &TrainConfig) -> Self {
+    fn new(show: bool, start: u64, log_every: u64, steps: u64) -> Self {
         let on_terminal = std::io::stderr().is_terminal();
-        let log_every = if show && !on_terminal {
-            config.log_every
-        } else {
-            0
-        };
+        let log_every = if show && !on_terminal { log_every } else { 0 };
         Progress {
-            bar: progress_bar(show && on_terminal, start, config.steps),
+            bar: progress_bar(show && on_terminal, start, steps),
             log_every,
-            steps: config.steps,
+            steps,
             started: Instant::now(),
         }
     }
@@ -246,10 +246,19 @@ impl<'a> Run<'a> {
             weight_decay: config.weight_decay,
         };
         let optimizer = AdamW::new(&store.flat, adamw)?;
+        let mut examples = MixedExamples::new(mixer, tokenizer, template);
+        let total_steps = config.total_steps(|| {
+            let builder = batch_builder(&config, tokenizer);
+            let per_epoch = epochs::steps_per_epoch(&mut examples, &builder, config.grad_accum)?;
+            if verbose {
+                eprintln!("one epoch: {per_epoch} steps");
+            }
+            Ok(per_epoch)
+        })?;
         let schedule = Schedule {
             peak_lr: config.lr,
-            warmup_steps: config.warmup_steps,
-            total_steps: config.steps,
+            warmup_steps: config.warmup(total_steps),
+            total_steps,
             decay: config.decay,
             min_lr_ratio: config.min_lr_ratio,
         };
@@ -258,21 +267,38 @@ impl<'a> Run<'a> {
             store,
             optimizer,
             tokenizer,
-            examples: MixedExamples::new(mixer, tokenizer, template),
+            examples,
             eval_examples,
             schedule,
+            total_steps,
         })
     }
 
-    /// Continues from the newest complete checkpoint in the output folder, if any.
+    /// Continues from the checkpoint `resume_from_checkpoint` names: by default the newest
+    /// complete one in the output folder, if any.
     fn resume(&mut self) -> Result<Option<Resumed>> {
-        let Some((_, dir)) = checkpoints::completed(&self.config.output_dir)?.pop() else {
+        let out = &self.config.output_dir;
+        let newest = checkpoints::completed(out)?.pop();
+        let Some(dir) =
+            checkpoint_to_resume(self.config.resume_from_checkpoint.as_ref(), out, &newest)?
+        else {
             return Ok(None);
         };
         let state = checkpoints::load(&dir, &self.store, &mut self.optimizer)?;
+        if let Some((step, newer)) = newest.filter(|(step, _)| *step > state.step) {
+            return Err(Error::format(
+                &dir,
+                "resume_from_checkpoint",
+                format!(
+                    "{} (step {step}) is newer: a resumed run would overwrite or prune it; use a new output_dir, or remove the newer checkpoints",
+                    newer.display()
+                ),
+            ));
+        }
         let config = self.config_json();
-        if state.config != config {
-            let differences = crate::io::differing_settings(&state.config, &config);
+        let saved = without_free_settings(state.config.clone());
+        if saved != config {
+            let differences = crate::io::differing_settings(&saved, &config);
             return Err(Error::format(
                 dir.join(checkpoints::STATE_FILE),
                 "config",
@@ -289,28 +315,16 @@ impl<'a> Run<'a> {
         }))
     }
 
-    /// The settings that must not change across a resume: everything but `steps`, which
-    /// a user may raise to train longer, and where and how precisely the steps run.
+    /// The settings that must not change across a resume.
     fn config_json(&self) -> serde_json::Value {
-        let mut c = serde_json::to_value(&self.config).expect("config serialises");
-        let fields = c.as_object_mut().expect("an object");
-        for free in ["steps", "device", "gpu_precision", "recompute"] {
-            fields.remove(free);
-        }
-        c
+        without_free_settings(serde_json::to_value(&self.config).expect("config serialises"))
     }
 
     /// The step's micro-batches, drawn before any compute so the loss can be normalised
     /// by the supervised tokens of the whole step.
     fn draw_micro_batches(&mut self) -> Result<(Vec<MicroBatch>, BatchStats)> {
         let c = &self.config;
-        let builder = BatchBuilder::new(
-            c.micro_batch_rows,
-            c.seq_len,
-            c.packing,
-            c.overlong,
-            pad_id(self.tokenizer),
-        );
+        let builder = batch_builder(c, self.tokenizer);
         let mut total = BatchStats::default();
         let mut batches = Vec::with_capacity(c.grad_accum);
         for _ in 0..c.grad_accum {
@@ -335,11 +349,13 @@ impl<'a> Run<'a> {
             c.recompute,
         )?;
         let tokens = batches.iter().map(|(b, _)| b.num_tokens()).sum();
+        let drawn = self.examples.state();
         Ok(StepMetrics {
             step: step + 1,
             loss: result.loss,
             lr,
             grad_norm: result.outcome.grad_norm,
+            epoch: drawn.draws() as f64 / drawn.rows().max(1) as f64,
             tokens,
             supervised_tokens: stats.supervised_tokens,
             tokens_per_s: tokens as f32 / started.elapsed().as_secs_f32(),
@@ -421,6 +437,78 @@ impl<'a> Run<'a> {
         )?;
         Ok(())
     }
+}
+
+/// Everything but what may change across a resume: `steps` and `epochs` (raised to train
+/// longer), where and how precisely the steps run, where the run started from and where it
+/// writes (a run may continue in a new folder from another's checkpoint).
+fn without_free_settings(mut config: serde_json::Value) -> serde_json::Value {
+    if let Some(fields) = config.as_object_mut() {
+        for free in [
+            "steps",
+            "epochs",
+            "device",
+            "gpu_precision",
+            "recompute",
+            "resume_from_checkpoint",
+            "output_dir",
+        ] {
+            fields.remove(free);
+        }
+    }
+    config
+}
+
+/// The checkpoint a run starts from (HF's `resume_from_checkpoint`), given the newest
+/// complete one in `output_dir`; an error for `true` without one and `false` with one.
+fn checkpoint_to_resume(
+    resume: Option<&ResumeFrom>,
+    output_dir: &Path,
+    newest: &Option<(u64, PathBuf)>,
+) -> Result<Option<PathBuf>> {
+    let newest_dir = newest.as_ref().map(|(_, dir)| dir.clone());
+    match resume {
+        None => Ok(newest_dir),
+        Some(ResumeFrom::Newest(true)) => newest_dir.map(Some).ok_or_else(|| {
+            Error::format(
+                output_dir,
+                "resume_from_checkpoint = true",
+                "no complete checkpoint-N folder here to resume from",
+            )
+        }),
+        Some(ResumeFrom::Newest(false)) => match newest_dir {
+            Some(dir) => Err(Error::format(
+                output_dir,
+                "resume_from_checkpoint = false",
+                format!(
+                    "it holds {}: use a new output_dir, or remove its checkpoints to start afresh",
+                    dir.display()
+                ),
+            )),
+            None => Ok(None),
+        },
+        Some(ResumeFrom::Checkpoint(dir)) if dir.join(checkpoints::STATE_FILE).is_file() => {
+            Ok(Some(dir.clone()))
+        }
+        Some(ResumeFrom::Checkpoint(dir)) => Err(Error::format(
+            dir,
+            "resume_from_checkpoint",
+            format!(
+                "not a complete checkpoint: no {} (a scotd checkpoint-N folder is needed)",
+                checkpoints::STATE_FILE
+            ),
+        )),
+    }
+}
+
+fn batch_builder(config: &TrainConfig, tokenizer: &Tokenizer) -> BatchBuilder {
+    BatchBuilder::new(
+        config.micro_batch_rows,
+        config.seq_len,
+        config.packing,
+        config.overlong,
+        pad_id(tokenizer),
+    )
 }
 
 fn pad_id(tokenizer: &Tokenizer) -> u32 {

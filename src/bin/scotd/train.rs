@@ -1,6 +1,8 @@
 //! `scotd train --config run.toml`: supervised fine-tuning. Every field of the config
 //! is also a flag (`--lr 2e-5`, `--steps 500`, `--datasets '[{name="x", path="x.jsonl",
-//! weight=1.0}]'`); flags override the file.
+//! weight=1.0}]'`, or `--dataset name=x,path=x.jsonl` repeated), and so is each
+//! transformers / TRL name of one (`--learning-rate`, also spelt `--learning_rate`);
+//! flags override the file.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -8,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use clap::{Arg, ArgAction, ArgMatches, Command, FromArgMatches};
-use scotd::train::{train_until_stopped, TrainConfig};
+use scotd::train::{field_help, hf_names, train_until_stopped, TrainConfig};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::flag;
 
@@ -33,22 +35,39 @@ impl clap::Args for Args {
                     .action(ArgAction::SetTrue)
                     .help("No progress bar"),
             );
-        TrainConfig::field_names()
+        let cmd = cmd.arg(
+            Arg::new("dataset")
+                .long("dataset")
+                .value_name("name=N,path=P[,weight=W][,format=F]")
+                .action(ArgAction::Append)
+                .help(
+                    "One dataset of the mix (repeat for more; together they replace the file's \
+                     datasets): a path alone, or key=value pairs; name defaults to the file's \
+                     stem, weight to 1, format to detected",
+                ),
+        );
+        let ours = TrainConfig::field_names()
             .into_iter()
-            .fold(cmd, |cmd, field| {
-                let flag = field.replace('_', "-");
-                cmd.arg(
-                    Arg::new(field.clone())
-                        .long(flag)
-                        .value_name("VALUE")
-                        // `--lr -1e-5` is a value (that validation then refuses with its
-                        // range), not a flag; allow_negative_numbers would miss `-1e-5`.
-                        .allow_hyphen_values(true)
-                        .help(format!(
-                            "Overrides `{field}` of the config file (a TOML value)"
-                        )),
-                )
-            })
+            .map(|field| (field.clone(), field_help::flag_help(&field)));
+        let theirs = hf_names::HF_NAMES.iter().map(|(hf, field)| {
+            let help = format!(
+                "transformers / TRL's name for --{}",
+                field.replace('_', "-")
+            );
+            (hf.to_string(), help)
+        });
+        ours.chain(theirs).fold(cmd, |cmd, (name, help)| {
+            let flag = name.replace('_', "-");
+            let arg = Arg::new(name.clone())
+                .long(flag.clone())
+                .value_name("VALUE")
+                // `--lr -1e-5` is a value (that validation then refuses with its
+                // range), not a flag; allow_negative_numbers would miss `-1e-5`.
+                .allow_hyphen_values(true)
+                .help(help);
+            // Also as transformers' HfArgumentParser spells them: `--learning_rate`.
+            cmd.arg(if flag == name { arg } else { arg.alias(name) })
+        })
     }
 
     fn augment_args_for_update(cmd: Command) -> Command {
@@ -58,10 +77,14 @@ impl clap::Args for Args {
 
 impl FromArgMatches for Args {
     fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
-        let overrides = TrainConfig::field_names()
+        let names = TrainConfig::field_names()
             .into_iter()
+            .chain(hf_names::HF_NAMES.iter().map(|(hf, _)| hf.to_string()));
+        let mut overrides: Vec<(String, String)> = names
             .filter_map(|f| m.get_one::<String>(&f).map(|v| (f.clone(), v.clone())))
             .collect();
+        let datasets = m.get_many::<String>("dataset").into_iter().flatten();
+        overrides.extend(datasets.map(|d| ("dataset".to_string(), d.clone())));
         Ok(Args {
             config: m.get_one::<String>("config").map(PathBuf::from),
             overrides,
@@ -78,10 +101,14 @@ impl FromArgMatches for Args {
 pub fn run(args: Args) -> Result<()> {
     let config = TrainConfig::load(args.config.as_deref(), &args.overrides)?;
     let signals = TerminationSignals::install()?;
+    let length = match (config.steps, config.epochs) {
+        (Some(steps), _) => format!("{steps} steps"),
+        (None, Some(epochs)) => format!("{epochs} epochs"),
+        (None, None) => format!("{} steps", scotd::train::DEFAULT_STEPS),
+    };
     eprintln!(
-        "training {} for {} steps → {}",
+        "training {} for {length} → {}",
         config.model.display(),
-        config.steps,
         config.output_dir.display()
     );
     let summary = train_until_stopped(config, !args.quiet, &signals.received)?;
