@@ -10,6 +10,7 @@
 //! and `report.md`. `run.json` records what was evaluated; a rerun with another model,
 //! data or decoding settings into the same folder is refused rather than mixed.
 
+pub mod lm_eval;
 mod paired;
 pub mod probes;
 mod report;
