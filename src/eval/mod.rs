@@ -107,6 +107,9 @@ fn claim_folder(target: &EvalTarget, opts: &EvalOptions, out_dir: &Path) -> Resu
         "temperature": s.temperature,
         "top_p": s.top_p,
         "seed": s.seed,
+        // The numerics: greedy answers can differ between devices and precisions.
+        "device": target.model.device().to_string(),
+        "precision": format!("{:?}", target.model.activation_dtype()).to_lowercase(),
     });
     // Only when set, so that folders written before top-k existed still resume.
     if s.top_k != 0 {
