@@ -19,7 +19,7 @@ mod retention;
 pub use paired::{mcnemar_exact, paired, paired_markdown, Paired};
 pub use report::{
     compare_markdown, probes_markdown, read_answers, wilson_interval, Answer, EvalReport,
-    ProbeReply, Rate,
+    ProbeReply, Rate, SCOTD_PROTOCOL,
 };
 pub use retention::{read_chat_rows, ChatReply, ChatRows, RetentionReport};
 
