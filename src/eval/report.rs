@@ -349,7 +349,7 @@ mod tests {
         let report = EvalReport::new("m", "d", &[], Vec::new(), None);
         let mut json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["accuracy_protocol"], SCOTD_PROTOCOL);
-        assert!(compare_markdown(&[report.clone()]).contains(SCOTD_PROTOCOL));
+        assert!(compare_markdown(std::slice::from_ref(&report)).contains(SCOTD_PROTOCOL));
         json.as_object_mut().unwrap().remove("accuracy_protocol");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("report.json");
