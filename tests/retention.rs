@@ -135,6 +135,7 @@ fn chat_retention_is_recomputed_from_logits_and_resumes() {
         sampling,
         probes: Vec::new(),
         chat: Some((chat.clone(), 24)),
+        lm_eval_fewshot: None,
     };
     let dir = tempfile::tempdir().unwrap();
     let report = evaluate(&target, &questions[..2], &opts, dir.path(), false).unwrap();

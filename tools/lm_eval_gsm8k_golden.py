@@ -11,7 +11,11 @@ data, with Python's `re`, the way lm-eval's RegexFilter and exact_match apply th
   from prediction and reference with re.sub, ignore_case (lower), no punctuation removal.
 
 Usage: tools/lm_eval_gsm8k_golden.py tests/fixtures/lm_eval/gsm8k_outputs.jsonl \
-           tests/fixtures/lm_eval/gsm8k_golden.json
+           tests/fixtures/lm_eval/gsm8k_golden.json \
+           [tests/fixtures/data/gsm8k.jsonl tests/fixtures/lm_eval/gsm8k_prompt.txt]
+With the last two: also the 5-shot prompt of the sixth question of the GSM8K file, the
+first five its examples, as lm-eval renders it ("Question: {q}\nAnswer: {a}" blocks,
+target delimiter " ", few-shot delimiter "\n\n", the question's "Question: {q}\nAnswer:").
 The Rust test tests/lm_eval.rs checks src/eval/lm_eval.rs against the golden file.
 """
 import json
@@ -47,7 +51,18 @@ def normalise(text):
     return text
 
 
-def main(fixture, golden):
+def write_prompt(gsm8k, out):
+    with open(gsm8k, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    shots = [f"Question: {r['question']}\nAnswer: {r['answer']}" for r in rows[:5]]
+    prompt = "\n\n".join(shots + [f"Question: {rows[5]['question']}\nAnswer:"])
+    with open(out, "w", encoding="utf-8") as f:
+        f.write(prompt)
+
+
+def main(fixture, golden, gsm8k=None, prompt=None):
+    if gsm8k:
+        write_prompt(gsm8k, prompt)
     cases = []
     with open(fixture, encoding="utf-8") as f:
         for line in f:

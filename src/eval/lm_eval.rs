@@ -119,6 +119,42 @@ pub fn score(output: &str, reference: &str) -> LmEvalScore {
     }
 }
 
+/// The protocol names of the two numbers, as the report shows them.
+pub const STRICT_PROTOCOL: &str = "exact_match, lm-eval gsm8k 5-shot, strict-match";
+pub const FLEXIBLE_PROTOCOL: &str = "exact_match, lm-eval gsm8k 5-shot, flexible-extract";
+
+/// One question answered under lm-eval's protocol, a line of `lm_eval_answers.jsonl`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LmEvalAnswer {
+    pub id: crate::data::TraceId,
+    pub gold: String,
+    /// The generation cut at the first stop sequence.
+    pub output: String,
+    #[serde(flatten)]
+    pub score: LmEvalScore,
+}
+
+/// The two exact_match rates of the lm-eval protocol, in `report.json`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LmEvalReport {
+    pub strict_protocol: String,
+    pub strict_match: super::Rate,
+    pub flexible_protocol: String,
+    pub flexible_extract: super::Rate,
+}
+
+impl LmEvalReport {
+    pub fn new(answers: &[LmEvalAnswer]) -> Self {
+        let count = |f: fn(&LmEvalScore) -> bool| answers.iter().filter(|a| f(&a.score)).count();
+        LmEvalReport {
+            strict_protocol: STRICT_PROTOCOL.into(),
+            strict_match: super::Rate::of(count(|s| s.strict_exact_match), answers.len()),
+            flexible_protocol: FLEXIBLE_PROTOCOL.into(),
+            flexible_extract: super::Rate::of(count(|s| s.flexible_exact_match), answers.len()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

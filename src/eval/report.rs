@@ -87,6 +87,9 @@ pub struct EvalReport {
     /// Chat retention on held-out chat rows, when they were given (`--chat`).
     #[serde(default)]
     pub retention: Option<RetentionReport>,
+    /// lm-evaluation-harness's gsm8k exact_match, when it was asked for (`--lm-eval-fewshot`).
+    #[serde(default)]
+    pub lm_eval: Option<super::lm_eval::LmEvalReport>,
 }
 
 impl EvalReport {
@@ -123,6 +126,7 @@ impl EvalReport {
             probes_with_think: probes.iter().filter(|p| p.think).count(),
             probes,
             retention,
+            lm_eval: None,
         }
     }
 
@@ -188,7 +192,7 @@ pub fn compare_markdown(reports: &[EvalReport]) -> String {
     md.push_str("\n|---|");
     md.push_str(&"--:|".repeat(reports.len()));
     md.push('\n');
-    let rows: [(&str, Column); 10] = [
+    let rows: [(&str, Column); 12] = [
         ("questions", |r| r.questions.to_string()),
         ("accuracy (95% CI)", |r| {
             format!(
@@ -198,6 +202,16 @@ pub fn compare_markdown(reports: &[EvalReport]) -> String {
                 100.0 * r.accuracy_ci95[1],
                 r.accuracy_protocol
             )
+        }),
+        (super::lm_eval::STRICT_PROTOCOL, |r| {
+            r.lm_eval
+                .as_ref()
+                .map_or("–".into(), |l| percent(l.strict_match))
+        }),
+        (super::lm_eval::FLEXIBLE_PROTOCOL, |r| {
+            r.lm_eval
+                .as_ref()
+                .map_or("–".into(), |l| percent(l.flexible_extract))
         }),
         ("no answer found", |r| percent(r.no_answer)),
         ("cut off by the token limit", |r| percent(r.truncated)),
