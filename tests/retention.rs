@@ -135,6 +135,7 @@ fn chat_retention_is_recomputed_from_logits_and_resumes() {
         sampling,
         probes: Vec::new(),
         chat: Some((chat.clone(), 24)),
+        lm_eval_fewshot: None,
     };
     let dir = tempfile::tempdir().unwrap();
     let report = evaluate(&target, &questions[..2], &opts, dir.path(), false).unwrap();
@@ -187,6 +188,25 @@ fn chat_retention_is_recomputed_from_logits_and_resumes() {
     };
     let err = evaluate(&target, &questions[..2], &other, dir.path(), false).unwrap_err();
     assert!(err.to_string().contains("another"), "{err}");
+
+    // So is a folder answered on another device or in another precision.
+    let run_path = dir.path().join("run.json");
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&run_path).unwrap()).unwrap();
+    assert_eq!(
+        (run["device"].as_str(), run["precision"].as_str()),
+        (Some("cpu"), Some("f32"))
+    );
+    let elsewhere = std::fs::read_to_string(&run_path)
+        .unwrap()
+        .replace("\"cpu\"", "\"cuda:0\"");
+    std::fs::write(&run_path, elsewhere).unwrap();
+    let err = evaluate(&target, &questions[..2], &opts, dir.path(), false).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("device (was \"cuda:0\", now \"cpu\")"),
+        "{err}"
+    );
 }
 
 #[test]

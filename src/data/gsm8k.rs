@@ -46,6 +46,18 @@ pub fn read_gsm8k_solutions(path: &Path) -> crate::Result<Vec<(Question, Gsm8kAn
     })
 }
 
+/// The questions of a GSM8K file with their answers as written (calculator notes and
+/// `#### N` kept), in file order: few-shot examples as lm-evaluation-harness shows them.
+pub fn read_gsm8k_examples(path: &Path) -> crate::Result<Vec<(String, String)>> {
+    let rows = super::questions::read_questions_with(path, |obj| {
+        Ok(records::text(obj, "answer")?.to_string())
+    })?;
+    Ok(rows
+        .into_iter()
+        .map(|(q, answer)| (q.question, answer))
+        .collect())
+}
+
 /// Removes every `<<expression=result>>` note; an unclosed `<<` is left as it is.
 fn without_calculator_notes(text: &str) -> String {
     let mut out = String::with_capacity(text.len());

@@ -40,7 +40,7 @@ pub use batch::{BatchBuilder, BatchStats, ExampleSource, Overlong, Packing};
 pub use formats::{
     detect, read_rows, BadLines, DataFormat, ReadReport, ReasoningFormat, Row, Skipped,
 };
-pub use gsm8k::{read_gsm8k_solutions, split_gsm8k_answer, Gsm8kAnswer};
+pub use gsm8k::{read_gsm8k_examples, read_gsm8k_solutions, split_gsm8k_answer, Gsm8kAnswer};
 pub use mix::{DatasetSource, Mixer, MixerState, SourceState};
 pub use questions::{read_questions, Question};
 pub use records::{read_values, Location};

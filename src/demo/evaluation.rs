@@ -42,6 +42,7 @@ pub fn evaluate_model(
         },
         probes: probes.iter().map(|p| p.to_string()).collect(),
         chat: None,
+        lm_eval_fewshot: None,
     };
     evaluate(&target, questions, &options, out_dir, show_progress)
 }

@@ -10,6 +10,7 @@
 //! and `report.md`. `run.json` records what was evaluated; a rerun with another model,
 //! data or decoding settings into the same folder is refused rather than mixed.
 
+pub mod lm_eval;
 mod paired;
 pub mod probes;
 mod report;
@@ -18,7 +19,7 @@ mod retention;
 pub use paired::{mcnemar_exact, paired, paired_markdown, Paired};
 pub use report::{
     compare_markdown, probes_markdown, read_answers, wilson_interval, Answer, EvalReport,
-    ProbeReply, Rate,
+    ProbeReply, Rate, SCOTD_PROTOCOL,
 };
 pub use retention::{read_chat_rows, ChatReply, ChatRows, RetentionReport};
 
@@ -45,6 +46,9 @@ pub struct EvalOptions {
     pub probes: Vec<String>,
     /// Held-out chat rows for the retention measures, and the token limit of their replies.
     pub chat: Option<(ChatRows, usize)>,
+    /// lm-evaluation-harness's gsm8k protocol as well, with these few-shot examples
+    /// (question, GSM8K answer as written) and the name of the file they came from.
+    pub lm_eval_fewshot: Option<(Vec<(String, String)>, String)>,
 }
 
 /// What is evaluated, as the report names it (usually the model and data paths).
@@ -79,13 +83,19 @@ pub fn evaluate(
             retention::measure_retention(target, rows, &sampling, out_dir, show_progress)
         })
         .transpose()?;
-    let report = EvalReport::new(
+    let lm_eval = opts
+        .lm_eval_fewshot
+        .as_ref()
+        .map(|(examples, _)| answer_lm_eval(target, questions, examples, &opts.sampling, out_dir))
+        .transpose()?;
+    let mut report = EvalReport::new(
         target.model_name,
         target.data_name,
         &answers,
         probes,
         retention,
     );
+    report.lm_eval = lm_eval.map(|a| lm_eval::LmEvalReport::new(&a));
     let json = serde_json::to_vec_pretty(&report)
         .map_err(|e| Error::format(out_dir, "report", e.to_string()))?;
     write_atomic(&out_dir.join("report.json"), &json)?;
@@ -106,6 +116,9 @@ fn claim_folder(target: &EvalTarget, opts: &EvalOptions, out_dir: &Path) -> Resu
         "temperature": s.temperature,
         "top_p": s.top_p,
         "seed": s.seed,
+        // The numerics: greedy answers can differ between devices and precisions.
+        "device": target.model.device().to_string(),
+        "precision": format!("{:?}", target.model.activation_dtype()).to_lowercase(),
     });
     // Only when set, so that folders written before top-k existed still resume.
     if s.top_k != 0 {
@@ -115,7 +128,66 @@ fn claim_folder(target: &EvalTarget, opts: &EvalOptions, out_dir: &Path) -> Resu
         run["chat"] = json!(rows.name);
         run["chat_max_new_tokens"] = json!(max_new_tokens);
     }
+    if let Some((_, fewshot)) = &opts.lm_eval_fewshot {
+        run["lm_eval_fewshot"] = json!(fewshot);
+    }
     crate::io::claim_settings(&out_dir.join("run.json"), &run)
+}
+
+/// Every question under lm-eval's gsm8k protocol: the few-shot completion prompt (no chat
+/// template, no special tokens, as lm-eval's HF model encodes it), greedy, cut at the
+/// stop sequences and scored; written whole to `lm_eval_answers.jsonl` (a rerun decodes
+/// them again).
+fn answer_lm_eval(
+    target: &EvalTarget,
+    questions: &[Question],
+    examples: &[(String, String)],
+    sampling: &SamplingConfig,
+    out_dir: &Path,
+) -> Result<Vec<lm_eval::LmEvalAnswer>> {
+    let shots: Vec<(&str, &str)> = examples
+        .iter()
+        .take(lm_eval::FEWSHOT)
+        .map(|(q, a)| (q.as_str(), a.as_str()))
+        .collect();
+    let prompts = questions
+        .iter()
+        .map(|q| {
+            let prompt = lm_eval::fewshot_prompt(&shots, &q.question);
+            target.tokenizer.encode(&prompt, false)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let greedy = SamplingConfig {
+        temperature: 0.0,
+        ..sampling.clone()
+    };
+    let replies = generate(
+        target.model,
+        &prompts,
+        target.tokenizer.eos_ids(),
+        &greedy,
+        |_, _| {},
+    )?;
+    let mut jsonl = String::new();
+    let mut answers = Vec::new();
+    for (question, generated) in questions.iter().zip(&replies) {
+        let text = reply_text(target.tokenizer, generated)?;
+        let output = lm_eval::cut_at_stop(&text).to_string();
+        let reference = format!("#### {}", question.gold);
+        let answer = lm_eval::LmEvalAnswer {
+            id: question.id.clone(),
+            gold: question.gold.clone(),
+            score: lm_eval::score(&output, &reference),
+            output,
+        };
+        let line = serde_json::to_string(&answer)
+            .map_err(|e| Error::format(out_dir, "lm_eval_answers", e.to_string()))?;
+        jsonl.push_str(&line);
+        jsonl.push('\n');
+        answers.push(answer);
+    }
+    write_atomic(&out_dir.join("lm_eval_answers.jsonl"), jsonl.as_bytes())?;
+    Ok(answers)
 }
 
 /// Every question's answer: those already in `answers.jsonl`, then the rest, generated

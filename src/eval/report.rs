@@ -66,6 +66,9 @@ pub struct EvalReport {
     pub model: String,
     pub data: String,
     pub questions: usize,
+    /// How `accuracy` was measured; reports written before it was named measured it so.
+    #[serde(default = "scotd_protocol")]
+    pub accuracy_protocol: String,
     pub accuracy: Rate,
     /// 95% Wilson score interval of the accuracy.
     pub accuracy_ci95: [f64; 2],
@@ -84,6 +87,9 @@ pub struct EvalReport {
     /// Chat retention on held-out chat rows, when they were given (`--chat`).
     #[serde(default)]
     pub retention: Option<RetentionReport>,
+    /// lm-evaluation-harness's gsm8k exact_match, when it was asked for (`--lm-eval-fewshot`).
+    #[serde(default)]
+    pub lm_eval: Option<super::lm_eval::LmEvalReport>,
 }
 
 impl EvalReport {
@@ -104,6 +110,7 @@ impl EvalReport {
             model: model.to_string(),
             data: data.to_string(),
             questions: n,
+            accuracy_protocol: scotd_protocol(),
             accuracy: Rate::of(correct, n),
             accuracy_ci95: wilson_interval(correct, n),
             no_answer: Rate::of(count(&|a| a.answer.is_none()), n),
@@ -119,6 +126,7 @@ impl EvalReport {
             probes_with_think: probes.iter().filter(|p| p.think).count(),
             probes,
             retention,
+            lm_eval: None,
         }
     }
 
@@ -159,6 +167,14 @@ impl EvalReport {
     }
 }
 
+/// The protocol of scotd's own accuracy: the question alone as the user turn of the
+/// model's chat template, no examples, and the verifier's lenient answer extraction.
+pub const SCOTD_PROTOCOL: &str = "scotd: zero-shot chat, \\boxed / lenient extraction";
+
+fn scotd_protocol() -> String {
+    SCOTD_PROTOCOL.to_string()
+}
+
 /// The answers of an evaluation folder (its `answers.jsonl`), in file order.
 pub fn read_answers(dir: &Path) -> Result<Vec<Answer>> {
     crate::io::read_jsonl(&dir.join("answers.jsonl"))
@@ -176,15 +192,26 @@ pub fn compare_markdown(reports: &[EvalReport]) -> String {
     md.push_str("\n|---|");
     md.push_str(&"--:|".repeat(reports.len()));
     md.push('\n');
-    let rows: [(&str, Column); 10] = [
+    let rows: [(&str, Column); 12] = [
         ("questions", |r| r.questions.to_string()),
         ("accuracy (95% CI)", |r| {
             format!(
-                "{:.1}% ({:.1}–{:.1})",
+                "{:.1}% ({:.1}–{:.1}; {})",
                 100.0 * r.accuracy.rate,
                 100.0 * r.accuracy_ci95[0],
-                100.0 * r.accuracy_ci95[1]
+                100.0 * r.accuracy_ci95[1],
+                r.accuracy_protocol
             )
+        }),
+        (super::lm_eval::STRICT_PROTOCOL, |r| {
+            r.lm_eval
+                .as_ref()
+                .map_or("–".into(), |l| percent(l.strict_match))
+        }),
+        (super::lm_eval::FLEXIBLE_PROTOCOL, |r| {
+            r.lm_eval
+                .as_ref()
+                .map_or("–".into(), |l| percent(l.flexible_extract))
         }),
         ("no answer found", |r| percent(r.no_answer)),
         ("cut off by the token limit", |r| percent(r.truncated)),
@@ -329,6 +356,19 @@ mod tests {
             md.contains("#### 2+2?\n\n**base**\n> 4\n\n**v1**\n> –\n"),
             "{md}"
         );
+    }
+
+    #[test]
+    fn reports_name_their_protocol_and_older_ones_still_read() {
+        let report = EvalReport::new("m", "d", &[], Vec::new(), None);
+        let mut json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["accuracy_protocol"], SCOTD_PROTOCOL);
+        assert!(compare_markdown(std::slice::from_ref(&report)).contains(SCOTD_PROTOCOL));
+        json.as_object_mut().unwrap().remove("accuracy_protocol");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("report.json");
+        std::fs::write(&path, json.to_string()).unwrap();
+        assert_eq!(EvalReport::read(&path).unwrap(), report);
     }
 
     #[test]

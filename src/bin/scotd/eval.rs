@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use scotd::data::read_questions;
+use scotd::data::{read_gsm8k_examples, read_questions};
 use scotd::eval::{
     compare_markdown, evaluate, paired_markdown, probes, probes_markdown, read_answers,
     read_chat_rows, EvalOptions, EvalReport, EvalTarget,
@@ -47,6 +47,12 @@ pub struct Args {
     /// The token limit of the replies to the chat rows.
     #[arg(long, default_value_t = 256)]
     chat_max_new_tokens: usize,
+    /// Also score lm-evaluation-harness's gsm8k protocol (5-shot "Question: …\nAnswer:"
+    /// completion prompt, greedy, exact_match under strict-match and flexible-extract),
+    /// the examples the first five questions of this GSM8K file (its train split; lm-eval
+    /// draws five from train with a seed instead).
+    #[arg(long, value_name = "GSM8K_TRAIN")]
+    lm_eval_fewshot: Option<PathBuf>,
     /// Put the reports of earlier evaluations (folders or report.json files) side by side;
     /// folders are also paired with the first, question by question (exact McNemar test).
     #[arg(long, num_args = 1.., conflicts_with_all = ["model", "data"])]
@@ -93,6 +99,10 @@ pub fn run(args: Args) -> Result<()> {
         sampling: args.decoding.sampling(&tokenizer),
         probes: read_probes(args.probes.as_deref())?,
         chat,
+        lm_eval_fewshot: match &args.lm_eval_fewshot {
+            Some(path) => Some((read_gsm8k_examples(path)?, path.display().to_string())),
+            None => None,
+        },
     };
     let report = evaluate(&target, &questions, &opts, out, true)
         .with_context(|| format!("evaluating into {}", out.display()))?;
