@@ -105,6 +105,16 @@ pub fn read_request(stream: &mut TcpStream, max_body: usize) -> Result<Request, 
     Ok(Request { method, path, body })
 }
 
+/// After refusing a request whose body was not read: stops writing and reads what the
+/// client still sends (at most 16 MiB, for 2 seconds), so closing does not reset the
+/// connection before the client has read the answer.
+pub fn discard_unread(stream: &mut TcpStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+    let mut rest = stream.take(16 << 20);
+    let _ = std::io::copy(&mut rest, &mut std::io::sink());
+}
+
 fn find_head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
 }

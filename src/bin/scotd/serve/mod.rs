@@ -135,6 +135,7 @@ fn serve_connection(server: &Server, mut stream: TcpStream) {
         Err(e) => {
             let error = api::ApiError::new(e.status, e.message);
             http::write_json(&mut stream, error.status, &error.body());
+            http::discard_unread(&mut stream);
         }
     }
 }
