@@ -248,7 +248,7 @@ fn submit<'t>(
     server: &'t Server,
     request: &Completion,
     jobs: Vec<(usize, Vec<u32>, RequestSettings)>,
-) -> Result<(Vec<Choice<'t>>, Receiver<(usize, Reply)>), ApiError> {
+) -> Result<(Vec<Choice<'t>>, Replies), ApiError> {
     let (replies, received) = mpsc::channel();
     let mut choices = Vec::new();
     for (index, prompt, settings) in jobs {
@@ -273,6 +273,9 @@ fn submit<'t>(
     }
     Ok((choices, received))
 }
+
+/// Where the worker's replies to a request's choices come back, tagged by choice.
+type Replies = Receiver<(usize, Reply)>;
 
 /// One choice being received.
 struct Choice<'t> {
@@ -359,11 +362,7 @@ impl Answer<'_> {
     }
 
     /// Waits for every choice and answers with them all.
-    fn whole(
-        &self,
-        mut choices: Vec<Choice>,
-        replies: &Receiver<(usize, Reply)>,
-    ) -> Result<Value, ApiError> {
+    fn whole(&self, mut choices: Vec<Choice>, replies: &Replies) -> Result<Value, ApiError> {
         let mut texts = vec![String::new(); choices.len()];
         let mut open = choices.len();
         while open > 0 {
@@ -414,12 +413,7 @@ impl Answer<'_> {
 
     /// Streams every choice's text as it comes, then `data: [DONE]`. A client gone
     /// cancels the choices; a decoding failure is sent as an error event.
-    fn stream(
-        &self,
-        mut choices: Vec<Choice>,
-        replies: &Receiver<(usize, Reply)>,
-        stream: &mut TcpStream,
-    ) {
+    fn stream(&self, mut choices: Vec<Choice>, replies: &Replies, stream: &mut TcpStream) {
         let cancel_all = |choices: &[Choice]| {
             for c in choices {
                 c.cancelled.store(true, Ordering::Relaxed);
