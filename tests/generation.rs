@@ -292,3 +292,86 @@ fn padding_rows_of_the_vocabulary_are_never_chosen() {
         );
     }
 }
+
+/// The server's use of the decoder: requests join while others are mid-decode, each with
+/// its own settings; a greedy one gets exactly what it gets alone, a sampled one what its
+/// seed gives alone, and a cancelled one frees its room for the next.
+#[test]
+fn requests_joining_mid_decode_keep_their_own_settings() {
+    use scotd::sample::{Decoder, Event, RequestSettings};
+    let model = model(64);
+    let greedy = |max_new_tokens| RequestSettings {
+        max_new_tokens,
+        temperature: 0.0,
+        top_p: 1.0,
+        top_k: 0,
+        seed: 0,
+    };
+    let sampled = RequestSettings {
+        temperature: 1.3,
+        top_k: 5,
+        seed: 99,
+        ..greedy(9)
+    };
+    let alone = |prompt: &[u32], settings: RequestSettings| {
+        let mut decoder = Decoder::new(&model, &[], 64, 1, None).unwrap();
+        decoder.submit(0, prompt.to_vec(), settings).unwrap();
+        let mut ids = Vec::new();
+        while !decoder.is_idle() {
+            decoder
+                .step(|e| {
+                    if let Event::Token { id, .. } = e {
+                        ids.push(id);
+                    }
+                    Ok(())
+                })
+                .unwrap();
+        }
+        ids
+    };
+    let requests: Vec<(Vec<u32>, RequestSettings)> = vec![
+        (vec![1, 2, 3], greedy(10)),
+        (vec![9], sampled),
+        (vec![4, 30, 21], greedy(4)),
+        (vec![33, 6], greedy(7)),
+    ];
+    // Room for two sequences at a time; one more request to be cancelled mid-decode.
+    let mut decoder = Decoder::new(&model, &[], 32, 3, None).unwrap();
+    decoder.submit(100, vec![5, 5], greedy(12)).unwrap();
+    let mut got: Vec<Vec<u32>> = vec![Vec::new(); requests.len()];
+    let mut finished = 0;
+    for step in 0.. {
+        if step < requests.len() {
+            let (prompt, settings) = &requests[step];
+            decoder.submit(step, prompt.clone(), *settings).unwrap();
+        }
+        if step == 2 {
+            assert!(decoder.cancel(100));
+        }
+        if decoder.is_idle() {
+            break;
+        }
+        decoder
+            .step(|e| {
+                match e {
+                    Event::Token { request: 100, .. } => {}
+                    Event::Token { request, id } => got[request].push(id),
+                    Event::Finished { request, result } => {
+                        assert_eq!(result.ids, got[request]);
+                        finished += 1;
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+    assert_eq!(finished, requests.len());
+    for (i, (prompt, settings)) in requests.iter().enumerate() {
+        assert_eq!(got[i].len(), settings.max_new_tokens, "request {i}");
+        assert_eq!(got[i], alone(prompt, *settings), "request {i}");
+    }
+    assert!(
+        decoder.submit(7, vec![1; 40], greedy(20)).is_err(),
+        "60 positions never fit 32"
+    );
+}

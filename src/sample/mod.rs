@@ -5,22 +5,20 @@
 //! for the next waiting prompt (continuous batching), and the next tokens are chosen
 //! where the logits are, so only their ids come back from a GPU.
 
-use std::collections::VecDeque;
-
 use indicatif::{ProgressBar, ProgressStyle};
 
+mod decoder;
 mod prompt;
 mod solutions;
 mod traces;
 
+pub use decoder::{Decoder, RequestSettings};
 pub use prompt::Prompter;
 pub use solutions::{solution_traces, write_traces};
 pub(crate) use traces::trace_seed;
 pub use traces::{sample_traces, SampleOptions, SampleSummary};
 
-use crate::model::{KvCache, Model, SeqId, KV_BLOCK};
-use crate::ops::{self, TokenChoice};
-use crate::rng::Rng;
+use crate::model::{KvCache, Model, KV_BLOCK};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
@@ -86,15 +84,6 @@ impl Generated {
     }
 }
 
-/// One sequence being decoded.
-struct Slot {
-    request: usize,
-    seq: SeqId,
-    next_chunk: Vec<u32>,
-    generated: Vec<u32>,
-    rng: Rng,
-}
-
 /// One sequence to decode: its prompt ids and the seed of its own random stream, so a
 /// sampled continuation depends on neither its batch neighbours nor its position.
 #[derive(Clone, Copy, Debug)]
@@ -151,8 +140,7 @@ pub fn decode(
     cfg: &SamplingConfig,
     mut on_event: impl FnMut(Event) -> Result<()>,
 ) -> Result<()> {
-    let prompts: Vec<&[u32]> = requests.iter().map(|r| r.prompt).collect();
-    validate(model, &prompts, cfg)?;
+    validate(model, requests, cfg)?;
     if cfg.max_new_tokens == 0 {
         for request in 0..requests.len() {
             let result = Generated {
@@ -163,66 +151,32 @@ pub fn decode(
         }
         return Ok(());
     }
-    let needs: Vec<usize> = prompts
+    let needs: Vec<usize> = requests
         .iter()
-        .map(|p| reservation(model, p.len(), cfg))
+        .map(|r| Decoder::reservation(model, r.prompt.len(), cfg.max_new_tokens))
         .collect();
-    let mut cache = KvCache::for_model(model, pool_tokens(model, &needs, cfg)?)?;
-    let mut waiting: VecDeque<usize> = (0..requests.len()).collect();
-    let mut slots: Vec<Slot> = Vec::new();
-    loop {
-        admit(
-            &mut waiting,
-            &mut slots,
-            &mut cache,
-            (requests, &needs),
-            cfg,
-        )?;
-        if slots.is_empty() {
-            return Ok(());
-        }
-        let chunks: Vec<(SeqId, &[u32])> = slots
-            .iter()
-            .map(|s| (s.seq, s.next_chunk.as_slice()))
-            .collect();
-        let logits = model.forward_step(&chunks, &mut cache)?;
-        let tokens = next_tokens(model, &logits, &mut slots, cfg)?;
-        for (slot, token) in slots.iter_mut().zip(tokens) {
-            slot.generated.push(token);
-            slot.next_chunk = vec![token];
-            on_event(Event::Token {
-                request: slot.request,
-                id: token,
-            })?;
-        }
-        let mut i = 0;
-        while i < slots.len() {
-            match stop_reason(model, &slots[i], &cache, eos_ids, cfg)? {
-                Some(stop) => {
-                    let slot = slots.swap_remove(i);
-                    cache.remove_sequence(slot.seq);
-                    let result = Generated {
-                        ids: slot.generated,
-                        stop,
-                    };
-                    on_event(Event::Finished {
-                        request: slot.request,
-                        result,
-                    })?;
-                }
-                None => i += 1,
-            }
-        }
+    let pool = pool_tokens(model, &needs, cfg)?;
+    let mut decoder = Decoder::new(model, eos_ids, pool, cfg.batch_size, cfg.vocab_limit)?;
+    for (i, r) in requests.iter().enumerate() {
+        decoder.submit(i, r.prompt.to_vec(), cfg.settings(r.seed))?;
     }
+    while !decoder.is_idle() {
+        decoder.step(&mut on_event)?;
+    }
+    Ok(())
 }
 
-/// Positions a request may fill: its prompt and every new token, within the context.
-fn reservation(model: &Model, prompt: usize, cfg: &SamplingConfig) -> usize {
-    let end = prompt + cfg.max_new_tokens;
-    model
-        .config
-        .max_position_embeddings
-        .map_or(end, |m| end.min(m))
+impl SamplingConfig {
+    /// The settings of one request decoded under this config, with its own seed.
+    pub fn settings(&self, seed: u64) -> RequestSettings {
+        RequestSettings {
+            max_new_tokens: self.max_new_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            seed,
+        }
+    }
 }
 
 /// Positions of the KV cache: what the `batch_size` longest requests need together,
@@ -267,124 +221,18 @@ pub fn kv_pool_blocks(needs: &[usize], batch_size: usize, affordable: Option<usi
     affordable.map_or(wanted, |a| wanted.min(a))
 }
 
-/// Moves waiting requests into free slots, in order, while the cache has room to reserve
-/// each one's whole length (so no sequence runs out mid-decode).
-fn admit(
-    waiting: &mut VecDeque<usize>,
-    slots: &mut Vec<Slot>,
-    cache: &mut KvCache,
-    (requests, needs): (&[Request], &[usize]),
-    cfg: &SamplingConfig,
-) -> Result<()> {
-    while slots.len() < cfg.batch_size {
-        let Some(&r) = waiting.front() else { break };
-        if KvCache::blocks_for(needs[r]) > cache.free_blocks() {
-            break;
-        }
-        waiting.pop_front();
-        slots.push(Slot {
-            request: r,
-            seq: cache.add_sequence(needs[r])?,
-            next_chunk: requests[r].prompt.to_vec(),
-            generated: Vec::new(),
-            rng: Rng::new(requests[r].seed),
-        });
-    }
-    Ok(())
-}
-
-/// Each slot's next token from its row of `logits`, chosen where the logits are (only
-/// the ids come back from a GPU); a sampling slot draws its uniform from its own stream.
-fn next_tokens(
-    model: &Model,
-    logits: &crate::Tensor,
-    slots: &mut [Slot],
-    cfg: &SamplingConfig,
-) -> Result<Vec<u32>> {
-    let vocab = model.config.vocab_size;
-    let choices: Vec<TokenChoice> = slots
-        .iter_mut()
-        .map(|slot| TokenChoice {
-            temperature: cfg.temperature,
-            top_k: cfg.top_k,
-            top_p: cfg.top_p,
-            uniform: if cfg.temperature > 0.0 {
-                slot.rng.uniform()
-            } else {
-                0.0
-            },
-        })
-        .collect();
-    ops::choose_tokens(
-        logits,
-        &choices,
-        cfg.vocab_limit.unwrap_or(vocab).min(vocab),
-    )
-}
-
-fn validate(model: &Model, prompts: &[&[u32]], cfg: &SamplingConfig) -> Result<()> {
-    let fail = |msg: String| Err(Error::shape("generate", msg));
-    if !(cfg.temperature >= 0.0 && cfg.temperature.is_finite()) {
-        return fail(format!("temperature must be >= 0, got {}", cfg.temperature));
-    }
-    if !(cfg.top_p > 0.0 && cfg.top_p <= 1.0) {
-        return fail(format!("top_p must be in (0, 1], got {}", cfg.top_p));
-    }
-    if cfg.batch_size == 0 {
-        return fail("batch_size must be at least 1".into());
-    }
+fn validate(model: &Model, requests: &[Request], cfg: &SamplingConfig) -> Result<()> {
+    decoder::check_settings(&cfg.settings(0))?;
     if cfg.vocab_limit == Some(0) {
-        return fail("vocab_limit must leave at least one id to choose".into());
+        return Err(Error::shape(
+            "generate",
+            "vocab_limit must leave at least one id to choose",
+        ));
     }
-    let vocab = model.config.vocab_size as u32;
-    for (i, p) in prompts.iter().enumerate() {
-        if p.is_empty() {
-            return fail(format!("prompt {i} is empty"));
-        }
-        if let Some(&bad) = p.iter().find(|&&id| id >= vocab) {
-            return fail(format!(
-                "prompt {i} holds token id {bad}, past the vocabulary of {vocab}"
-            ));
-        }
-        if let Some(max) = model
-            .config
-            .max_position_embeddings
-            .filter(|&m| p.len() >= m)
-        {
-            return fail(format!(
-                "prompt {i} has {} tokens; the model's context is {max}, leaving no room to generate",
-                p.len()
-            ));
-        }
+    for (i, r) in requests.iter().enumerate() {
+        decoder::check_prompt(model, i, r.prompt)?;
     }
     Ok(())
-}
-
-fn stop_reason(
-    model: &Model,
-    slot: &Slot,
-    cache: &KvCache,
-    eos_ids: &[u32],
-    cfg: &SamplingConfig,
-) -> Result<Option<StopReason>> {
-    let Some(&last) = slot.generated.last() else {
-        return Ok(None);
-    };
-    let cached = cache.len(slot.seq)?;
-    Ok(if eos_ids.contains(&last) {
-        Some(StopReason::Eos)
-    } else if slot.generated.len() >= cfg.max_new_tokens {
-        Some(StopReason::MaxNewTokens)
-    } else if model
-        .config
-        .max_position_embeddings
-        .is_some_and(|m| cached + 1 >= m)
-    {
-        // The new token is not cached yet: prompt + generated now fill the context.
-        Some(StopReason::ContextFull)
-    } else {
-        None
-    })
 }
 
 /// The text of a generated reply: its ids up to (not including) a final end-of-sequence

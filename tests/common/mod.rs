@@ -12,13 +12,17 @@ pub fn fixture(relative: &str) -> PathBuf {
         .join(relative)
 }
 
-/// `${SCOTD_CACHE:-$HOME/.cache/scotd}/models/<name>`; fails with the fix when absent.
-pub fn real_model_dir(name: &str) -> PathBuf {
-    let cache = std::env::var_os("SCOTD_CACHE")
+/// `${SCOTD_CACHE:-$HOME/.cache/scotd}`, where tools/fetch-test-models.sh puts things.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("SCOTD_CACHE")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/scotd")))
-        .expect("neither SCOTD_CACHE nor HOME is set");
-    let dir = cache.join("models").join(name);
+        .expect("neither SCOTD_CACHE nor HOME is set")
+}
+
+/// `${SCOTD_CACHE:-$HOME/.cache/scotd}/models/<name>`; fails with the fix when absent.
+pub fn real_model_dir(name: &str) -> PathBuf {
+    let dir = cache_dir().join("models").join(name);
     assert!(
         dir.is_dir(),
         "{} is missing: run tools/fetch-test-models.sh first (the README's test command does)",

@@ -12,6 +12,7 @@ mod plot;
 mod probe;
 mod prompts;
 mod sample;
+mod serve;
 mod solution_traces;
 mod train;
 mod verify;
@@ -68,6 +69,9 @@ enum Command {
     Eval(eval::Args),
     /// Fine-tune a student on mixed datasets (SFT); resumes from its last checkpoint.
     Train(train::Args),
+    /// Serve a model over an OpenAI-compatible HTTP API (/v1/chat/completions,
+    /// /v1/completions, /v1/models), every client's requests decoded together.
+    Serve(serve::Args),
     /// Check answers against gold: annotate output/gold pairs with a verdict (--pairs),
     /// or keep only the correct traces of a trace file (--filter).
     Verify(verify::Args),
@@ -91,6 +95,7 @@ fn main() {
         Command::SolutionTraces(args) => solution_traces::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Train(args) => train::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Verify(args) => verify::run(args),
     };
     if let Some(report) = scotd::backend::cuda::profile::report() {
