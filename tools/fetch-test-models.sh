@@ -60,33 +60,24 @@ sha256() { sha256sum "$1" | cut -d' ' -f1; }
 
 mkdir -p "$DL" "$MODELS"
 
-# ---------------------------------------------------------------------------- venv
-REQS="$HERE/requirements-fetch.txt"
-STAMP="$VENV/.scotd-requirements"
-if [[ -x "$VENV/bin/python" && -f "$STAMP" ]] && cmp -s "$REQS" "$STAMP"; then
-    log "venv up to date: $VENV"
-else
-    log "creating venv $VENV ($(tr '\n' ' ' < <(grep -v '^#' "$REQS")))"
-    rm -rf "$VENV"
-    "$PYTHON" -m venv "$VENV" || die "python3 -m venv failed (on Debian: apt-get install python3-venv)"
-    "$VENV/bin/python" -m pip install --disable-pip-version-check -q -r "$REQS"
-    cp "$REQS" "$STAMP"
-fi
+# ---------------------------------------------------------------------------- venvs
+# ensure_venv DIR REQUIREMENTS: a venv holding exactly REQUIREMENTS, rebuilt when they change.
+ensure_venv() {
+    local venv=$1 reqs=$2 stamp="$1/.scotd-requirements"
+    if [[ -x "$venv/bin/python" && -f "$stamp" ]] && cmp -s "$reqs" "$stamp"; then
+        log "venv up to date: $venv"
+        return
+    fi
+    log "creating venv $venv ($(grep -v '^#' "$reqs" | tr '\n' ' '))"
+    rm -rf "$venv"
+    "$PYTHON" -m venv "$venv" || die "python3 -m venv failed (on Debian: apt-get install python3-venv)"
+    "$venv/bin/python" -m pip install --disable-pip-version-check -q -r "$reqs"
+    cp "$reqs" "$stamp"
+}
+ensure_venv "$VENV" "$HERE/requirements-fetch.txt"
 VPY="$VENV/bin/python"
-
-# ---------------------------------------------------------------------------- openai venv
-OPENAI_VENV="$CACHE/openai-venv"
-OPENAI_REQS="$HERE/requirements-openai.txt"
-OPENAI_STAMP="$OPENAI_VENV/.scotd-requirements"
-if [[ -x "$OPENAI_VENV/bin/python" && -f "$OPENAI_STAMP" ]] && cmp -s "$OPENAI_REQS" "$OPENAI_STAMP"; then
-    log "openai venv up to date: $OPENAI_VENV"
-else
-    log "creating venv $OPENAI_VENV ($(grep -v '^#' "$OPENAI_REQS" | tr '\n' ' '))"
-    rm -rf "$OPENAI_VENV"
-    "$PYTHON" -m venv "$OPENAI_VENV" || die "python3 -m venv failed (on Debian: apt-get install python3-venv)"
-    "$OPENAI_VENV/bin/python" -m pip install --disable-pip-version-check -q -r "$OPENAI_REQS"
-    cp "$OPENAI_REQS" "$OPENAI_STAMP"
-fi
+# The official openai client, for tests/serve.rs.
+ensure_venv "$CACHE/openai-venv" "$HERE/requirements-openai.txt"
 
 # ---------------------------------------------------------------------------- SmolLM2 GGUF
 if [[ -f "$SMOL_GGUF" && "$(sha256 "$SMOL_GGUF")" == "$SMOL_GGUF_SHA256" ]]; then
