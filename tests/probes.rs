@@ -461,7 +461,7 @@ fn bad_probe_input_is_a_clear_error() {
         o,
     ]);
     assert!(
-        err.contains("line 1") && err.contains("\"question\""),
+        err.contains("messages.jsonl:1:") && err.contains("\"question\""),
         "{err}"
     );
     let prompts = common::fixture("data/gsm8k_test40.jsonl");
