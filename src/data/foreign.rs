@@ -222,6 +222,13 @@ fn gold(
     };
     let answer =
         verify::gold_answer(&text).ok_or_else(|| FieldError::new(field, "holds no answer"))?;
+    // As the question readers require: a worked solution without `#### N` is no gold.
+    if verify::normalize(answer).is_none() {
+        return Err(FieldError::new(
+            field,
+            format!("the final answer {answer:?} is not a number (expected a number, or a GSM8K answer ending in `#### N`)"),
+        ));
+    }
     Ok(Some(answer.to_string()))
 }
 
@@ -303,6 +310,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("rows.jsonl:2") && e.contains("output"), "{e}");
+    }
+
+    #[test]
+    fn a_gold_that_is_no_number_names_its_field() {
+        let e = rows("{\"question\": \"A?\", \"output\": \"1\", \"answer\": \"She has two.\"}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("rows.jsonl:1") && e.contains("answer") && e.contains("not a number"),
+            "{e}"
+        );
     }
 
     #[test]

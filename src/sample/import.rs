@@ -131,7 +131,7 @@ fn without_gold(
         return Err(Error::format(
             at,
             "gold",
-            "no gold answer: the row has none and --gsm8k holds no such question",
+            "no gold answer: the row has no gold field and no --gsm8k question has its text",
         ));
     }
     summary.without_gold += 1;
