@@ -25,6 +25,7 @@
 
 mod alpaca;
 mod batch;
+mod foreign;
 mod formats;
 mod gsm8k;
 mod messages;
@@ -37,6 +38,7 @@ mod tokenize;
 mod traces;
 
 pub use batch::{BatchBuilder, BatchStats, ExampleSource, Overlong, Packing};
+pub use foreign::{gsm8k_by_question, question_key, read_foreign_rows, ForeignFields, ForeignRow};
 pub use formats::{
     detect, read_rows, BadLines, DataFormat, ReadReport, ReasoningFormat, Row, Skipped,
 };

@@ -66,7 +66,7 @@ pub(super) fn read_questions_with<T>(
     Ok(questions)
 }
 
-fn question(
+pub(super) fn question(
     obj: &Map<String, Value>,
     location: Location,
 ) -> std::result::Result<Question, FieldError> {

@@ -8,11 +8,13 @@
 use indicatif::{ProgressBar, ProgressStyle};
 
 mod decoder;
+mod import;
 mod prompt;
 mod solutions;
 mod traces;
 
 pub use decoder::{Decoder, RequestSettings};
+pub use import::{import_traces, ImportOptions, ImportSummary, Keep, MissingGold};
 pub use prompt::Prompter;
 pub use solutions::{solution_traces, write_traces};
 pub(crate) use traces::trace_seed;

@@ -7,6 +7,7 @@ mod demo;
 mod eval;
 mod generate;
 mod gpu_bench;
+mod import_traces;
 mod logits;
 mod plot;
 mod probe;
@@ -64,6 +65,9 @@ enum Command {
     /// Write a GSM8K file's own worked solutions as a trace JSONL (calculator notes
     /// removed, `#### N` as `\boxed{N}`, verified): the teacher when no model can be one.
     SolutionTraces(solution_traces::Args),
+    /// Verify question/output rows written by another engine (vLLM, an API) into a trace
+    /// JSONL, gold answers their own or joined from a GSM8K file by question text.
+    ImportTraces(import_traces::Args),
     /// Evaluate a model on held-out questions (accuracy, think tags) and chat probes;
     /// or put earlier reports side by side (--compare).
     Eval(eval::Args),
@@ -93,6 +97,7 @@ fn main() {
         Command::Probe(args) => probe::run(args),
         Command::Sample(args) => sample::run(args),
         Command::SolutionTraces(args) => solution_traces::run(args),
+        Command::ImportTraces(args) => import_traces::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Train(args) => train::run(args),
         Command::Serve(args) => serve::run(args),
