@@ -1,6 +1,7 @@
 //! Model arguments given as Hugging Face Hub ids, resolved from a Hugging Face cache that
 //! each test lays out as `huggingface_hub` does (blobs, snapshot links into them, refs),
-//! holding the real SmolLM2-135M-Instruct. HF_HUB_OFFLINE=1 throughout: no test downloads.
+//! holding the real SmolLM2-135M-Instruct. HF_HUB_OFFLINE=1, except where a test
+//! downloads from a Hub of its own on 127.0.0.1 (`fake_hub`): never from the network.
 
 mod common;
 
@@ -176,4 +177,118 @@ fn a_snapshot_whose_blob_is_gone_names_the_missing_weights() {
     std::fs::remove_file(blob).unwrap();
     let err = stderr_of_failure(cache.generate(id));
     assert!(err.contains("lacks model.safetensors"), "{err}");
+}
+
+/// A Hub on 127.0.0.1 holding one repo at one commit, answering as huggingface.co answers
+/// hf-hub: the revision's file list (`/api/models/ID/revision/main`), and each file
+/// (`/ID/resolve/main/FILE`) by byte range with its commit and etag headers. Returns the
+/// endpoint; the server thread lives until the test process ends.
+fn fake_hub(id: &'static str, commit: &'static str, folder: PathBuf) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            answer(stream.unwrap(), id, commit, &folder);
+        }
+    });
+    endpoint
+}
+
+fn answer(mut stream: std::net::TcpStream, id: &str, commit: &str, folder: &Path) {
+    use std::io::{BufRead, Read, Seek, Write};
+    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line).unwrap();
+    let path = request_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("")
+        .to_string();
+    let mut range_start = None;
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header).unwrap();
+        if header.trim().is_empty() {
+            break;
+        }
+        if let Some(range) = header.to_ascii_lowercase().strip_prefix("range: bytes=") {
+            let (start, end) = range.trim().split_once('-').unwrap();
+            range_start = Some((start.parse::<u64>().unwrap(), end.parse::<u64>().ok()));
+        }
+    }
+    let head = |status: &str, extra: &str, length: u64| {
+        format!("HTTP/1.1 {status}\r\n{extra}Content-Length: {length}\r\nConnection: close\r\n\r\n")
+    };
+    if path == format!("/api/models/{id}/revision/main") {
+        let siblings: Vec<_> = MODEL_FILES
+            .iter()
+            .map(|f| serde_json::json!({ "rfilename": f }))
+            .collect();
+        let body = serde_json::json!({ "sha": commit, "siblings": siblings }).to_string();
+        let response = head(
+            "200 OK",
+            "Content-Type: application/json\r\n",
+            body.len() as u64,
+        );
+        stream
+            .write_all(format!("{response}{body}").as_bytes())
+            .unwrap();
+        return;
+    }
+    let file = path
+        .strip_prefix(&format!("/{id}/resolve/main/"))
+        .filter(|f| MODEL_FILES.contains(f));
+    let Some(file) = file else {
+        stream
+            .write_all(head("404 Not Found", "", 0).as_bytes())
+            .unwrap();
+        return;
+    };
+    let mut data = std::fs::File::open(folder.join(file)).unwrap();
+    let size = data.metadata().unwrap().len();
+    let (start, end) = range_start.unwrap_or((0, None));
+    let end = end.unwrap_or(size - 1).min(size - 1);
+    let headers = format!(
+        "X-Repo-Commit: {commit}\r\nETag: \"{}\"\r\nContent-Range: bytes {start}-{end}/{size}\r\n",
+        file.replace('.', "-")
+    );
+    let response = head("206 Partial Content", &headers, end + 1 - start);
+    stream.write_all(response.as_bytes()).unwrap();
+    data.seek(std::io::SeekFrom::Start(start)).unwrap();
+    let _ = std::io::copy(&mut data.take(end + 1 - start), &mut stream);
+}
+
+/// Online and absent from the cache: the model comes from the Hub (here a local one, by
+/// HF_ENDPOINT) into the cache's standard layout, generates as its folder does, and is
+/// then found offline.
+#[test]
+fn an_id_absent_from_the_cache_is_downloaded_then_found_offline() {
+    let cache = HfCache::new();
+    let id = "test-org/downloaded";
+    let endpoint = fake_hub(id, MAIN, smollm2());
+    let online = Command::new(env!("CARGO_BIN_EXE_scotd"))
+        .args(["generate", "--model", id, "What is 12 * 7?"])
+        .args(["--max-new-tokens", "6"])
+        .env("HF_HUB_CACHE", cache.path())
+        .env_remove("HF_HUB_OFFLINE")
+        .env("HF_ENDPOINT", &endpoint)
+        .output()
+        .unwrap();
+    let expected = from_the_folder();
+    assert_eq!(stdout_of(online), expected);
+    let snapshot = cache.repo(id).join("snapshots").join(MAIN);
+    for file in MODEL_FILES {
+        assert!(
+            snapshot.join(file).is_file(),
+            "{file} missing from {}",
+            snapshot.display()
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(cache.repo(id).join("refs/main"))
+            .unwrap()
+            .trim(),
+        MAIN
+    );
+    assert_eq!(stdout_of(cache.generate(id)), expected);
 }
