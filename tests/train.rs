@@ -638,6 +638,13 @@ fn signal_after_first_step(
     lines: &std::sync::mpsc::Receiver<String>,
     signal: &str,
 ) -> Vec<String> {
+    let seen = lines_to_first_step(lines);
+    send_signal(child, signal);
+    seen
+}
+
+/// The run's lines up to and including its first step's.
+fn lines_to_first_step(lines: &std::sync::mpsc::Receiver<String>) -> Vec<String> {
     let mut seen = Vec::new();
     while !seen.iter().any(|l: &String| l.starts_with("step ")) {
         let line = lines
@@ -645,7 +652,6 @@ fn signal_after_first_step(
             .expect("a step logged");
         seen.push(line);
     }
-    send_signal(child, signal);
     seen
 }
 
@@ -714,8 +720,10 @@ fn sigterm_checkpoints_the_step_in_progress_and_the_rerun_resumes_from_it() {
 }
 
 /// A second SIGINT does not wait for the step in progress: the run exits at once with
-/// SIGINT's 130 and writes no checkpoint. Steps of 16k tokens take long enough that the
-/// first signal (sent right after step 1) and the second (0.2 s later) fall in step 2.
+/// SIGINT's 130 and writes no checkpoint. Steps of 16k tokens take over a second here, so
+/// the first signal (0.3 s after step 1 is logged: one sent at once can land before the
+/// run checks for it after step 1, which then stops there) and the second (0.2 s later)
+/// both fall in step 2.
 #[test]
 fn a_second_sigint_exits_at_once() {
     let student = tiny_student(128, 4);
@@ -729,7 +737,9 @@ fn a_second_sigint_exits_at_once() {
 
     let (mut child, lines) = spawn_logged_train(&config_path);
     let started = Instant::now();
-    let mut stderr = signal_after_first_step(&child, &lines, "INT");
+    let mut stderr = lines_to_first_step(&lines);
+    std::thread::sleep(Duration::from_millis(300));
+    send_signal(&child, "INT");
     std::thread::sleep(Duration::from_millis(200));
     send_signal(&child, "INT");
     let status = child.wait().unwrap();
