@@ -71,12 +71,7 @@ impl<'m> Decoder<'m> {
         if batch_size == 0 {
             return Err(Error::shape("generate", "batch_size must be at least 1"));
         }
-        if vocab_limit == Some(0) {
-            return Err(Error::shape(
-                "generate",
-                "vocab_limit must leave at least one id to choose",
-            ));
-        }
+        check_vocab_limit(vocab_limit)?;
         Ok(Decoder {
             model,
             eos_ids: eos_ids.to_vec(),
@@ -298,6 +293,16 @@ pub(super) fn check_settings(s: &RequestSettings) -> Result<()> {
 
 /// Checks that prompt `i` can be decoded: not empty, every id in the vocabulary, and
 /// shorter than the model's context.
+pub(super) fn check_vocab_limit(vocab_limit: Option<usize>) -> Result<()> {
+    if vocab_limit == Some(0) {
+        return Err(Error::shape(
+            "generate",
+            "vocab_limit must leave at least one id to choose",
+        ));
+    }
+    Ok(())
+}
+
 pub(super) fn check_prompt(model: &Model, i: usize, prompt: &[u32]) -> Result<()> {
     let fail = |msg: String| Err(Error::shape("generate", msg));
     let vocab = model.config.vocab_size as u32;

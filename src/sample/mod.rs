@@ -223,14 +223,11 @@ pub fn kv_pool_blocks(needs: &[usize], batch_size: usize, affordable: Option<usi
     affordable.map_or(wanted, |a| wanted.min(a))
 }
 
+/// The decoder's own checks, made before anything is sized or allocated (and for
+/// `max_new_tokens` 0, which needs no decoder).
 fn validate(model: &Model, requests: &[Request], cfg: &SamplingConfig) -> Result<()> {
     decoder::check_settings(&cfg.settings(0))?;
-    if cfg.vocab_limit == Some(0) {
-        return Err(Error::shape(
-            "generate",
-            "vocab_limit must leave at least one id to choose",
-        ));
-    }
+    decoder::check_vocab_limit(cfg.vocab_limit)?;
     for (i, r) in requests.iter().enumerate() {
         decoder::check_prompt(model, i, r.prompt)?;
     }
