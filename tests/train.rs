@@ -1,6 +1,8 @@
-//! The SFT trainer end to end on a tiny model and the committed fixtures: memorisation
-//! with assistant-only loss, the step-level loss normalisation, packing, and exact resume
-//! (after a clean stop and after `kill -9`).
+//! The SFT trainer end to end on a tiny model and the committed fixtures, in sections:
+//! what training learns (memorisation with assistant-only loss, the step-level loss
+//! normalisation, packing), resuming (after a clean stop and after `kill -9`), configs and
+//! devices, logs, settings checked up front, signals, shared use, and transformers / TRL
+//! names with epochs and TensorBoard; `tfevents`, at the end, reads the event files back.
 
 mod common;
 
@@ -91,6 +93,8 @@ fn losses(metrics: &Path) -> Vec<(u64, f32)> {
         })
         .collect()
 }
+
+// ---------------------------------------------------------------- what training learns
 
 #[test]
 fn tiny_student_memorises_the_mix_with_assistant_only_loss() {
@@ -228,6 +232,8 @@ fn one_micro_batch_of_eight_equals_four_of_two() {
     }
 }
 
+// ---------------------------------------------------------------- resuming
+
 #[test]
 fn stopping_and_resuming_gives_bit_identical_losses() {
     let student = tiny_student(32, 2);
@@ -311,6 +317,8 @@ fn kill_9_mid_run_then_resume_gives_bit_identical_losses() {
         losses(&killed.join("metrics.jsonl"))
     );
 }
+
+// ---------------------------------------------------------------- configs, errors and devices
 
 #[test]
 fn example_configs_parse_and_bad_fields_are_named() {
@@ -397,6 +405,8 @@ fn the_gpu_step_follows_the_cpu_trainer_and_resumes_across_devices() {
     }
     assert!(gpu_start.final_dir.join("model.safetensors").exists());
 }
+
+// ---------------------------------------------------------------- logs
 
 #[test]
 fn without_a_terminal_progress_is_a_log_line_every_logging_steps() {
@@ -488,6 +498,8 @@ fn held_out_loss_is_logged_before_the_first_step_and_per_dataset() {
         .collect();
     assert_eq!(steps, [0, 2]);
 }
+
+// ---------------------------------------------------------------- settings checked before anything runs
 
 /// One bad setting of each kind: every one is refused before anything is read or
 /// written, with the field, its value and the allowed range in the message.
@@ -606,6 +618,8 @@ fn negative_flag_values_reach_the_range_check() {
     }
     assert!(!run.exists());
 }
+
+// ---------------------------------------------------------------- signals
 
 /// `scotd train` without --quiet, standard error piped: a log line every `log_every`
 /// steps, read line by line as the run goes.
@@ -753,6 +767,8 @@ fn a_second_sigint_exits_at_once() {
     assert!(!run.join("checkpoint-2").exists() && !run.join("checkpoint-1").exists());
 }
 
+// ---------------------------------------------------------------- shared use
+
 /// Two `scotd train` on one output_dir: while one job holds the folder's lock (here the
 /// test, as a running train does), `scotd train` is refused at once and writes nothing;
 /// once the lock is released it trains.
@@ -802,6 +818,8 @@ fn a_resume_with_other_settings_names_what_differs() {
         "{err}"
     );
 }
+
+// ---------------------------------------------------------------- transformers / TRL names, epochs, TensorBoard
 
 /// The run's `train` metrics lines: (step, field) for each.
 fn metric(metrics: &Path, field: &str) -> Vec<(u64, f64)> {
